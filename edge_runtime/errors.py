@@ -1,0 +1,65 @@
+"""One exception tree for the whole package.
+
+    EdgeRuntimeError
+    ├── ConfigError                 bad settings or command-line values
+    ├── ModelLoadError              an export that cannot be used (names the file and the problem)
+    │   ├── ModelIntegrityError     ModelFileSHA1 does not match the file
+    │   └── UnsupportedModelError   a real export we cannot run (ONNX 1.0, TensorFlow, ...)
+    ├── DeviceUnavailableError      the requested device is not on this machine
+    ├── InferenceError              the backend failed while running a loaded model
+    └── ImageError                  bytes that are not a usable image
+        ├── ImageDecodeError        not an image, or a broken one
+        └── ImageTooLargeError      more pixels than the configured limit
+
+Foreign errors (onnxruntime, openvino, PIL, zipfile, json) are translated where they are raised,
+so callers only ever catch these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class EdgeRuntimeError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(EdgeRuntimeError):
+    pass
+
+
+class ModelLoadError(EdgeRuntimeError):
+    """A model export could not be loaded; the message always names the file."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ModelIntegrityError(ModelLoadError):
+    pass
+
+
+class UnsupportedModelError(ModelLoadError):
+    pass
+
+
+class DeviceUnavailableError(EdgeRuntimeError):
+    pass
+
+
+class InferenceError(EdgeRuntimeError):
+    pass
+
+
+class ImageError(EdgeRuntimeError):
+    pass
+
+
+class ImageDecodeError(ImageError):
+    pass
+
+
+class ImageTooLargeError(ImageError):
+    pass

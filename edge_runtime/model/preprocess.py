@@ -1,0 +1,82 @@
+"""PIL image + PreprocessSpec -> the input tensor, exactly as Custom Vision prepares it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from edge_runtime.model.spec import PreprocessSpec, Resample, Resize
+
+_FILTERS = {Resample.BILINEAR: Image.Resampling.BILINEAR, Resample.BICUBIC: Image.Resampling.BICUBIC}
+LEGACY_MAX_SIDE = 1600  # the 2018 container shrinks anything larger first
+
+
+def shorter_side_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """The container's arithmetic: shorter side -> `side`, the other round()ed with aspect = w / h."""
+    aspect = width / height
+    if width < height:
+        return side, round(side / aspect)
+    return round(side * aspect), side
+
+
+def pixel_count_align32_size(width: int, height: int, target: tuple[int, int]) -> tuple[int, int]:
+    """The detection export's arithmetic: w*h ~ target area, int() THEN round up to a multiple of 32."""
+    ratio = math.sqrt(target[0] * target[1] / (width * height))
+    return (
+        32 * math.ceil(int(width * ratio) / 32),
+        32 * math.ceil(int(height * ratio) / 32),
+    )
+
+
+def centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    width, height = image.size
+    left, top = (width - size[0]) // 2, (height - size[1]) // 2
+    return image.crop((left, top, left + size[0], top + size[1]))
+
+
+def resize_for(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """Resize and crop in the image's own mode, then convert to RGB (the container's order)."""
+    resample = _FILTERS[spec.resample]
+    width, height = image.size
+    crop = spec.input_size
+    if spec.resize is Resize.PIXEL_COUNT_ALIGN32:
+        out = image.resize(pixel_count_align32_size(width, height, spec.resize_target), resample)
+    elif spec.resize is Resize.STRETCH:
+        out = image.resize(spec.resize_target, resample)
+    elif spec.resize is Resize.CENTRE_SQUARE_THEN_CROP:
+        if max(width, height) > LEGACY_MAX_SIDE:
+            scale = LEGACY_MAX_SIDE / max(width, height)
+            image = image.resize((round(width * scale), round(height * scale)), resample)
+        square = min(image.size)
+        out = centre_crop(image, (square, square)).resize(spec.resize_target, resample)
+        out = centre_crop(out, crop) if crop else out
+    else:
+        side = spec.resize_target[0] if spec.resize is Resize.SHORTER_SIDE_THEN_CROP else max(crop or (0, 0))
+        out = image.resize(shorter_side_size(width, height, side), resample)
+        out = centre_crop(out, crop) if crop else out
+    return out if out.mode == "RGB" else out.convert("RGB")
+
+
+def to_tensor(image: Image.Image, spec: PreprocessSpec) -> NDArray[np.float32] | NDArray[np.float16]:
+    pixels = np.asarray(image)  # H x W x 3 uint8, RGB
+    if spec.bgr:
+        pixels = pixels[..., ::-1]
+    chw = pixels.transpose(2, 0, 1) if spec.nchw else pixels
+    tensor = chw.astype(np.float32)[None]  # one copy: reorders and converts at once
+    if spec.scale != 1.0:
+        tensor *= np.float32(spec.scale)
+    if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
+        shape = (1, 3, 1, 1) if spec.nchw else (1, 1, 1, 3)
+        mean = np.asarray(spec.mean, np.float32).reshape(shape)
+        std = np.asarray(spec.std, np.float32).reshape(shape)
+        tensor = (tensor - mean) / std
+    if spec.float16:
+        return tensor.astype(np.float16)
+    return tensor
+
+
+def preprocess(image: Image.Image, spec: PreprocessSpec) -> NDArray[np.float32] | NDArray[np.float16]:
+    return to_tensor(resize_for(image, spec), spec)
