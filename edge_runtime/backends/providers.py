@@ -1,0 +1,165 @@
+"""Pure device selection: (requested device, what this machine has, the model) -> an ExecutionPlan.
+
+Never falls back silently: a requested device that is missing raises DeviceUnavailableError unless
+fallback is allowed, and then the plan records `fallback_from` so it is logged, exported and shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from edge_runtime.errors import ConfigError, DeviceUnavailableError
+from edge_runtime.model.spec import ModelFormat
+
+CUDA_EP = "CUDAExecutionProvider"
+OPENVINO_EP = "OpenVINOExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+
+
+class BackendKind(StrEnum):
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRequest:
+    kind: str  # "auto" | "cpu" | "cuda" | "openvino"
+    openvino_device: str | None = None  # "CPU", "GPU", "GPU.1", "NPU", "AUTO" (with kind "openvino")
+    allow_fallback: bool = False
+
+    def __str__(self) -> str:
+        return f"openvino:{self.openvino_device}" if self.openvino_device else self.kind
+
+
+def parse_device(text: str, allow_fallback: bool = False) -> DeviceRequest:
+    """'auto' | 'cpu' | 'cuda' | 'openvino' | 'openvino:GPU' (case-insensitive kind)."""
+    kind, _, device = text.strip().partition(":")
+    kind = kind.lower()
+    if kind not in ("auto", "cpu", "cuda", "openvino"):
+        raise ConfigError(f"device {text!r}: expected auto, cpu, cuda or openvino[:CPU|GPU|NPU|AUTO]")
+    if device and kind != "openvino":
+        raise ConfigError(f"device {text!r}: only openvino takes a device name after ':'")
+    return DeviceRequest(kind, device.upper() if device else None, allow_fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    ort_providers: tuple[str, ...]
+    openvino_devices: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelNeeds:
+    format: ModelFormat
+    openvino_compatible: bool = True  # False for ZipMap (ai.onnx.ml) models
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionPlan:
+    backend: BackendKind
+    device: str  # what we report: "cpu", "cuda", "openvino:GPU"
+    ort_providers: tuple[str, ...] = ()
+    openvino_device: str | None = None
+    reason: str = ""
+    fallback_from: str | None = None
+
+
+def _ov_match(wanted: str, devices: tuple[str, ...]) -> str | None:
+    """'GPU' matches 'GPU' or 'GPU.0'; 'AUTO' needs any device at all."""
+    if wanted == "AUTO":
+        return "AUTO" if devices else None
+    for device in devices:
+        if device == wanted or device.split(".")[0] == wanted:
+            return wanted
+    return None
+
+
+def _accelerator(available: Availability) -> str | None:
+    for family in ("GPU", "NPU"):
+        if _ov_match(family, available.openvino_devices):
+            return family
+    return None
+
+
+def _cpu(model: ModelNeeds, reason: str) -> ExecutionPlan:
+    if model.format is ModelFormat.OPENVINO:
+        return ExecutionPlan(BackendKind.OPENVINO, "openvino:CPU", openvino_device="CPU", reason=reason)
+    return ExecutionPlan(BackendKind.ONNXRUNTIME, "cpu", ort_providers=(CPU_EP,), reason=reason)
+
+
+def _openvino(device: str, available: Availability, model: ModelNeeds, reason: str) -> ExecutionPlan:
+    if model.format is ModelFormat.ONNX and OPENVINO_EP in available.ort_providers:
+        return ExecutionPlan(
+            BackendKind.ONNXRUNTIME, f"openvino:{device}", (OPENVINO_EP, CPU_EP), device, reason
+        )
+    return ExecutionPlan(BackendKind.OPENVINO, f"openvino:{device}", openvino_device=device, reason=reason)
+
+
+def _auto(available: Availability, model: ModelNeeds) -> ExecutionPlan:
+    if model.format is ModelFormat.ONNX and CUDA_EP in available.ort_providers:
+        return ExecutionPlan(
+            BackendKind.ONNXRUNTIME, "cuda", (CUDA_EP, CPU_EP), reason="auto: CUDA is available"
+        )
+    accel = _accelerator(available)
+    if accel and model.openvino_compatible:
+        return _openvino(accel, available, model, f"auto: Intel {accel} found by OpenVINO")
+    if accel:
+        return _cpu(model, f"auto: Intel {accel} found but this model has ops OpenVINO cannot run (ZipMap)")
+    return _cpu(model, "auto: no CUDA or Intel GPU/NPU found")
+
+
+def _requested(request: DeviceRequest, available: Availability, model: ModelNeeds) -> ExecutionPlan:
+    if request.kind == "auto":
+        return _auto(available, model)
+    if request.kind == "cpu":
+        return _cpu(model, "requested cpu")
+    if request.kind == "cuda":
+        if model.format is ModelFormat.OPENVINO:
+            raise DeviceUnavailableError("cuda: an OpenVINO IR model runs only on OpenVINO devices")
+        if CUDA_EP not in available.ort_providers:
+            raise DeviceUnavailableError(
+                "cuda: onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu, "
+                f"check the NVIDIA driver); available: {', '.join(available.ort_providers) or 'none'}"
+            )
+        return ExecutionPlan(BackendKind.ONNXRUNTIME, "cuda", (CUDA_EP, CPU_EP), reason="requested cuda")
+    wanted = request.openvino_device or "AUTO"
+    if not model.openvino_compatible:
+        raise DeviceUnavailableError(f"openvino:{wanted}: this model has ops OpenVINO cannot run (ZipMap)")
+    device = _ov_match(wanted, available.openvino_devices)
+    if device is None:
+        raise DeviceUnavailableError(
+            f"openvino:{wanted}: OpenVINO does not see that device here; available: "
+            f"{', '.join(available.openvino_devices) or 'none'}"
+        )
+    return _openvino(device, available, model, f"requested openvino:{wanted}")
+
+
+def select_provider(request: DeviceRequest, available: Availability, model: ModelNeeds) -> ExecutionPlan:
+    try:
+        return _requested(request, available, model)
+    except DeviceUnavailableError as exc:
+        if not request.allow_fallback:
+            raise
+        plan = _auto(available, model)
+        return ExecutionPlan(
+            plan.backend,
+            plan.device,
+            plan.ort_providers,
+            plan.openvino_device,
+            f"fallback: {exc}; then {plan.reason}",
+            fallback_from=str(request),
+        )
+
+
+def detect_availability() -> Availability:
+    """What this machine offers right now (imports the runtimes; not pure, kept apart on purpose)."""
+    import onnxruntime as ort
+
+    try:
+        import openvino as ov
+
+        devices = tuple(ov.Core().available_devices)
+    except (ImportError, RuntimeError):
+        devices = ()
+    return Availability(tuple(ort.get_available_providers()), devices)
