@@ -1,0 +1,1 @@
+"""HTTP API: the Custom Vision container's routes, plus health and metrics."""

@@ -1,0 +1,165 @@
+"""Command line: `edge-runtime predict | inspect | serve`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_runtime import __version__
+from edge_runtime.api.schemas import ResponseIds, dumps, prediction_body
+from edge_runtime.backends.providers import detect_availability, parse_device
+from edge_runtime.engine import Predictor, PredictorOptions
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.model.loader import LoadOptions
+from edge_runtime.model.spec import Resize
+
+log = logging.getLogger("edge_runtime")
+
+
+def demo_model_path() -> Path:
+    from edge_runtime.demo.model import build_demo_export
+
+    return build_demo_export(Path(tempfile.gettempdir()) / "edge-runtime-demo" / "model")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="Custom Vision export folder or .zip (default: built-in demo)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | openvino[:CPU|GPU|NPU|AUTO]")
+    parser.add_argument(
+        "--allow-fallback", action="store_true", help="use the auto choice if the requested device is missing"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="backend threads per inference (0 = default)")
+    parser.add_argument(
+        "--resize",
+        choices=[r.value for r in Resize],
+        help="override the export's preprocessing recipe (see README, Preprocessing)",
+    )
+    parser.add_argument(
+        "--no-verify-sha1", action="store_true", help="load even if ModelFileSHA1 does not match the file"
+    )
+
+
+def predictor_options(args: argparse.Namespace) -> PredictorOptions:
+    return PredictorOptions(
+        device=parse_device(args.device, args.allow_fallback),
+        threads=args.threads,
+        load=LoadOptions(
+            resize=Resize(args.resize) if args.resize else None, verify_sha1=not args.no_verify_sha1
+        ),
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    predictor = Predictor.load(args.model or demo_model_path(), predictor_options(args))
+    failures = 0
+    for image in args.images:
+        try:
+            result = predictor.predict_bytes(Path(image).read_bytes())
+        except (OSError, EdgeRuntimeError) as exc:
+            print(f"{image}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        body = prediction_body(result, ResponseIds())
+        if len(args.images) > 1:
+            body = {"image": str(image), **body}
+        sys.stdout.write(dumps(body))
+    return 1 if failures else 0
+
+
+def model_card(predictor: Predictor) -> dict[str, object]:
+    spec, plan = predictor.spec, predictor.plan
+    available = detect_availability()
+    return {
+        "model": str(spec.model_path),
+        "format": spec.format.value,
+        "task": spec.task.value,
+        "domain": spec.domain,
+        "flavour": spec.flavour,
+        "postprocess": spec.postprocess.value,
+        "labels": list(spec.labels),
+        "sha1": spec.sha1,
+        "iteration_id": spec.iteration_id,
+        "input": {
+            "name": spec.input.name,
+            "shape": list(spec.input.shape),
+            "dtype": spec.input.dtype,
+            "layout": "NCHW" if spec.preprocess.nchw else "NHWC",
+            "colour": "BGR" if spec.preprocess.bgr else "RGB",
+            "range": "0..255" if spec.preprocess.scale == 1.0 else "0..1",
+        },
+        "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in spec.outputs],
+        "preprocessing": spec.preprocess.describe(),
+        "detection": None
+        if spec.task.value == "classification"
+        else {
+            "prob_threshold": spec.detection.prob_threshold,
+            "iou_threshold": spec.detection.iou_threshold,
+            "max_detections": spec.detection.max_detections,
+            "anchors": [list(a) for a in spec.detection.anchors],
+        },
+        "devices_available": {
+            "onnxruntime": list(available.ort_providers),
+            "openvino": list(available.openvino_devices),
+        },
+        "device": predictor.device,
+        "device_reason": plan.reason,
+        "fallback_from": plan.fallback_from,
+        "warmup_ms": round(predictor.warmup_seconds * 1000, 2),
+        "notes": list(spec.notes),
+    }
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    predictor = Predictor.load(args.model or demo_model_path(), predictor_options(args))
+    card = model_card(predictor)
+    if args.json:
+        print(json.dumps(card, indent=2))
+        return 0
+    for key, value in card.items():
+        if isinstance(value, list | dict) and key != "labels":
+            print(f"{key}:")
+            for item in value if isinstance(value, list) else [f"{k}: {v}" for k, v in value.items()]:
+                print(f"  {item}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-runtime", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    predict = sub.add_parser("predict", help="predict images, print the container's JSON per image")
+    add_model_arguments(predict)
+    predict.add_argument("images", nargs="+", type=Path)
+    predict.set_defaults(func=cmd_predict)
+
+    inspect = sub.add_parser("inspect", help="print the model card: task, labels, tensors, device")
+    add_model_arguments(inspect)
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.func(args))
+    except EdgeRuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
