@@ -28,7 +28,9 @@ def demo_model_path() -> Path:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, help="Custom Vision export folder or .zip (default: built-in demo)")
+    parser.add_argument(
+        "--model", type=Path, help="Custom Vision export folder or .zip (default: built-in demo)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | openvino[:CPU|GPU|NPU|AUTO]")
     parser.add_argument(
         "--allow-fallback", action="store_true", help="use the auto choice if the requested device is missing"
@@ -152,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     try:
         return int(args.func(args))

@@ -81,8 +81,13 @@ class Predictor:
         predictor.warm_up()
         log.info(
             "model %s (%s, %s, %d labels) on %s (%s); warm-up %.1f ms",
-            spec.model_path, spec.task.value, spec.postprocess.value, len(spec.labels),
-            backend.device, plan.reason, predictor.warmup_seconds * 1000,
+            spec.model_path,
+            spec.task.value,
+            spec.postprocess.value,
+            len(spec.labels),
+            backend.device,
+            plan.reason,
+            predictor.warmup_seconds * 1000,
         )
         return predictor
 

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 class Backend(Protocol):
     @property
     def device(self) -> str:
-        """The device actually in use, as shown in /health and metrics (e.g. "cpu", "cuda:0", "openvino:GPU")."""
+        """The device actually in use, shown in /health and metrics ("cpu", "cuda", "openvino:GPU")."""
 
     def run(self, tensor: NDArray[np.floating[Any]]) -> Mapping[str, Any]:
         """Run one input tensor; outputs by name. Safe to call from several threads at once."""

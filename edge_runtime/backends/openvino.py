@@ -29,7 +29,9 @@ class OpenVinoBackend:
         try:
             self._compiled = core.compile_model(str(model_path), device, config)
         except RuntimeError as exc:
-            raise ModelLoadError(model_path, f"OpenVINO cannot compile the model for {device}: {exc}") from exc
+            raise ModelLoadError(
+                model_path, f"OpenVINO cannot compile the model for {device}: {exc}"
+            ) from exc
         self._device = f"openvino:{device}"
         if device == "AUTO":
             chosen = self._compiled.get_property("EXECUTION_DEVICES")
@@ -49,7 +51,10 @@ class OpenVinoBackend:
             result = request.infer([tensor])
         except RuntimeError as exc:
             raise InferenceError(f"OpenVINO failed: {exc}") from exc
-        return {name: np.array(result[port]) for name, port in zip(self._names, self._compiled.outputs, strict=True)}
+        return {
+            name: np.array(result[port])
+            for name, port in zip(self._names, self._compiled.outputs, strict=True)
+        }
 
     def close(self) -> None:
         del self._compiled

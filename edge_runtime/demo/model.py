@@ -70,7 +70,9 @@ def build_demo_onnx() -> bytes:
             numpy_helper.from_array(np.array(BRIGHT_ABOVE, np.float32), "bright_level"),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edge_runtime")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edge_runtime"
+    )
     model.ir_version = 7
     helper.set_model_props(
         model, {"Image.BitmapPixelFormat": "Bgr8", "Image.NominalPixelRange": "NominalRange_0_255"}

@@ -73,7 +73,9 @@ def open_export(path: Path, workdir: Path | None = None) -> Path:
     if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
         return _find_root(_extract_zip(path, workdir))
     if path.suffix.lower() in (".onnx", ".xml"):
-        raise ModelLoadError(path, "give the export folder (or .zip) that holds this model file, not the file")
+        raise ModelLoadError(
+            path, "give the export folder (or .zip) that holds this model file, not the file"
+        )
     raise ModelLoadError(path, "not a folder or a .zip Custom Vision export")
 
 
@@ -223,29 +225,69 @@ def describe_export(root: Path) -> ExportDescription:
         # No sidecar on 2019 exports: those were all YOLO-grid compact models.
         if method == "ssd" or (not method and resize_method == "stretch"):
             return ExportDescription(
-                root, manifest, labels, sidecar, task, Postprocess.SSD, "General (compact) [S1]",
-                Resize.STRETCH, target or (320, 320), None,
+                root,
+                manifest,
+                labels,
+                sidecar,
+                task,
+                Postprocess.SSD,
+                "General (compact) [S1]",
+                Resize.STRETCH,
+                target or (320, 320),
+                None,
             )
         return ExportDescription(
-            root, manifest, labels, sidecar, task, Postprocess.YOLO, "General (compact)",
-            Resize.PIXEL_COUNT_ALIGN32, target or (512, 512), None,
+            root,
+            manifest,
+            labels,
+            sidecar,
+            task,
+            Postprocess.YOLO,
+            "General (compact)",
+            Resize.PIXEL_COUNT_ALIGN32,
+            target or (512, 512),
+            None,
         )
     if flavor == "onnx12":
         # 2018 Windows ML export: labels in a ZipMap; verified recipe shorter side 256 -> centre crop.
         return ExportDescription(
-            root, manifest, labels, sidecar, task, Postprocess.ZIPMAP, "General (compact), ONNX 1.2 (2018)",
-            Resize.SHORTER_SIDE_THEN_CROP, (256, 256), None,
+            root,
+            manifest,
+            labels,
+            sidecar,
+            task,
+            Postprocess.ZIPMAP,
+            "General (compact), ONNX 1.2 (2018)",
+            Resize.SHORTER_SIDE_THEN_CROP,
+            (256, 256),
+            None,
         )
     postprocess = Postprocess.MULTILABEL if method == "classificationmultilabel" else Postprocess.MULTICLASS
     if resize_method == "stretch":
         return ExportDescription(
-            root, manifest, labels, sidecar, task, postprocess, "General (compact) [S1]",
-            Resize.STRETCH, target or (300, 300), None,
+            root,
+            manifest,
+            labels,
+            sidecar,
+            task,
+            postprocess,
+            "General (compact) [S1]",
+            Resize.STRETCH,
+            target or (300, 300),
+            None,
         )
     # Compact classification: the container's measured recipe by default (shorter side -> input size).
     return ExportDescription(
-        root, manifest, labels, sidecar, task, postprocess, "General (compact)",
-        Resize.SHORTER_SIDE_TO_INPUT, target or (256, 256), crop,
+        root,
+        manifest,
+        labels,
+        sidecar,
+        task,
+        postprocess,
+        "General (compact)",
+        Resize.SHORTER_SIDE_TO_INPUT,
+        target or (256, 256),
+        crop,
     )
 
 

@@ -43,7 +43,8 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
         raise ImageDecodeError(f"the image has no pixels ({width}x{height})")
     if width * height > limits.max_pixels:
         raise ImageTooLargeError(
-            f"the image has {width}x{height} = {width * height} pixels, more than the limit of {limits.max_pixels}"
+            f"the image has {width}x{height} = {width * height} pixels, "
+            f"more than the limit of {limits.max_pixels}"
         )
     try:
         image.load()

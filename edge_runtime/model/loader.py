@@ -200,7 +200,8 @@ def _input_tensor(desc: ExportDescription, facts: ModelFacts) -> TensorInfo:
     images = [t for t in facts.inputs if len(t.shape) == 4]
     if len(images) != 1:
         raise ModelLoadError(
-            desc.root, f"expected one image input (4-D tensor), found {[(t.name, t.shape) for t in facts.inputs]}"
+            desc.root,
+            f"expected one image input (4-D tensor), found {[(t.name, t.shape) for t in facts.inputs]}",
         )
     return images[0]
 
@@ -218,8 +219,8 @@ def _preprocess(
     sidecar_range = desc.sidecar.get("Image.NominalPixelRange")
     if sidecar_fmt or sidecar_range:
         notes.append(
-            f"{desc.root.name}/metadata_properties.json Image.* keys ({sidecar_fmt}, {sidecar_range}) are not "
-            "used: colour order and range come from the model's own metadata_props or the domain default"
+            f"{desc.root.name}/metadata_properties.json Image.* keys ({sidecar_fmt}, {sidecar_range}) "
+            "are not used: colour order and range come from the model's metadata_props or the domain default"
         )
     resize = options.resize or desc.resize
     if postprocess in _DETECTION and options.resize is None:
@@ -260,7 +261,9 @@ def _preprocess(
     return spec, notes
 
 
-def _detection_params(desc: ExportDescription, facts: ModelFacts, postprocess: Postprocess) -> DetectionParams:
+def _detection_params(
+    desc: ExportDescription, facts: ModelFacts, postprocess: Postprocess
+) -> DetectionParams:
     if postprocess in (Postprocess.SSD, Postprocess.SSD_RAW):
         iou = 0.5 if postprocess is Postprocess.SSD_RAW else 0.45
         return DetectionParams(prob_threshold=0.01, iou_threshold=iou, max_detections=64, anchors=())

@@ -74,7 +74,9 @@ def _inspect_onnx(path: Path) -> ModelFacts:
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(path, f"not a readable ONNX model (truncated or corrupt?): {exc}") from exc
     if not model.graph.node:
-        raise ModelLoadError(path, "not a readable ONNX model: the graph has no nodes (truncated or corrupt?)")
+        raise ModelLoadError(
+            path, "not a readable ONNX model: the graph has no nodes (truncated or corrupt?)"
+        )
     opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
     opset = opsets.get("ai.onnx")
     if opset is not None and opset < MIN_OPSET:
@@ -86,7 +88,9 @@ def _inspect_onnx(path: Path) -> ModelFacts:
         )
     initializers = {init.name for init in model.graph.initializer}
     inputs = tuple(
-        TensorInfo(v.name, *_swap(_onnx_type(v.type))) for v in model.graph.input if v.name not in initializers
+        TensorInfo(v.name, *_swap(_onnx_type(v.type)))
+        for v in model.graph.input
+        if v.name not in initializers
     )
     outputs = tuple(TensorInfo(v.name, *_swap(_onnx_type(v.type))) for v in model.graph.output)
     zipmap: tuple[str, ...] | None = None
@@ -114,16 +118,16 @@ def _inspect_openvino(path: Path) -> ModelFacts:
     import openvino as ov
 
     if not path.with_suffix(".bin").is_file():
-        raise ModelLoadError(path.with_suffix(".bin"), "OpenVINO weights file is missing (expected beside model.xml)")
+        raise ModelLoadError(
+            path.with_suffix(".bin"), "OpenVINO weights file is missing (expected beside model.xml)"
+        )
     try:
         model = ov.Core().read_model(str(path))
     except RuntimeError as exc:
         raise ModelLoadError(path, f"not a readable OpenVINO IR model: {exc}") from exc
 
     def info(port: Any) -> TensorInfo:
-        shape = tuple(
-            (int(d.get_length()) if d.is_static else None) for d in port.get_partial_shape()
-        )
+        shape = tuple((int(d.get_length()) if d.is_static else None) for d in port.get_partial_shape())
         return TensorInfo(port.get_any_name(), shape, port.get_element_type().to_dtype().name)
 
     anchors = None

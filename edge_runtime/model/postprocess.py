@@ -38,7 +38,8 @@ def postprocess(outputs: Mapping[str, Any], spec: ModelSpec) -> tuple[Prediction
 def _first_tensor(outputs: Mapping[str, Any]) -> FloatArray:
     for value in outputs.values():
         if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-            return value.astype(np.float64)
+            tensor: FloatArray = value.astype(np.float64)
+            return tensor
     raise InferenceError(f"the model returned no float tensor (outputs: {list(outputs)})")
 
 
@@ -51,7 +52,8 @@ def _named(outputs: Mapping[str, Any], name: str) -> NDArray[Any]:
 
 def _softmax(x: FloatArray) -> FloatArray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    out: FloatArray = e / e.sum(axis=-1, keepdims=True)
+    return out
 
 
 def _sigmoid(x: FloatArray) -> FloatArray:
@@ -95,7 +97,9 @@ def decode_yolo_grid(
     num_anchors = anchor.shape[0]
     _, channels, height, width = grid.shape
     if channels % num_anchors or channels // num_anchors < 6:
-        raise InferenceError(f"YOLO grid has {channels} channels, not a multiple of {num_anchors} x (5 + classes)")
+        raise InferenceError(
+            f"YOLO grid has {channels} channels, not a multiple of {num_anchors} x (5 + classes)"
+        )
     out = grid[0].transpose(1, 2, 0).reshape(height, width, num_anchors, -1)
     squash = (lambda v: v) if activated else _sigmoid
     cols = np.arange(width)[np.newaxis, :, np.newaxis]
@@ -170,16 +174,16 @@ def detect_yolo(
     return _boxes_to_predictions(boxes, greedy_nms(boxes, scores, params), labels)
 
 
-def detect_ssd(outputs: Mapping[str, Any], labels: Sequence[str], params: DetectionParams) -> tuple[Prediction, ...]:
+def detect_ssd(
+    outputs: Mapping[str, Any], labels: Sequence[str], params: DetectionParams
+) -> tuple[Prediction, ...]:
     """[S1]: boxes [1, N, 4] as x1, y1, x2, y2 (fractions), scores [1, N], classes [1, N]; sorted by score."""
     boxes = _named(outputs, "detected_boxes").reshape(-1, 4).astype(np.float64)
     scores = _named(outputs, "detected_scores").reshape(-1).astype(np.float64)
     classes = _named(outputs, "detected_classes").reshape(-1).astype(np.int64)
     keep = np.where(scores > params.prob_threshold)[0]
     keep = keep[np.argsort(-scores[keep], kind="stable")][: params.max_detections]
-    xywh = np.stack(
-        (boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), axis=-1
-    )
+    xywh = np.stack((boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), axis=-1)
     picks = [(int(i), int(classes[i]), float(scores[i])) for i in keep]
     return _boxes_to_predictions(xywh, picks, labels)
 

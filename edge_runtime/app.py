@@ -1,0 +1,105 @@
+"""Composition root: create_app(settings) -> aiohttp Application with every long-lived part wired in."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aiohttp import web
+
+from edge_runtime import metrics
+from edge_runtime.api.routes import register_routes
+from edge_runtime.api.urlfetch import UrlPolicy
+from edge_runtime.backends.providers import parse_device
+from edge_runtime.engine import Predictor, PredictorOptions
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.model.imaging import ImageLimits
+from edge_runtime.model.loader import LoadOptions
+from edge_runtime.settings import Settings
+from edge_runtime.state import CAPACITY, EXECUTOR, INFLIGHT, MODEL, SETTINGS, URL_POLICY, Capacity, ModelSlot
+
+log = logging.getLogger(__name__)
+
+
+def capacity_for(settings: Settings) -> Capacity:
+    workers = settings.server.inference_workers or os.cpu_count() or 1
+    return Capacity(workers, settings.server.max_inflight or 4 * workers)
+
+
+def predictor_options(settings: Settings, workers: int) -> PredictorOptions:
+    m = settings.model
+    # Several workers share the cores: one backend thread each avoids oversubscription.
+    threads = m.threads or (1 if workers > 1 else 0)
+    return PredictorOptions(
+        device=parse_device(m.device, m.allow_fallback),
+        threads=threads,
+        load=LoadOptions(resize=m.resize, verify_sha1=m.verify_sha1),
+        limits=ImageLimits(settings.server.max_image_pixels),
+    )
+
+
+def create_app(
+    settings: Settings,
+    model_path: Path | None = None,
+    loader: Callable[[Path, PredictorOptions], Predictor] = Predictor.load,
+) -> web.Application:
+    """`model_path` defaults to settings.model.path (the CLI supplies the demo model when neither is set)."""
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    capacity = capacity_for(settings)
+    app[SETTINGS] = settings
+    app[MODEL] = ModelSlot()
+    app[CAPACITY] = capacity
+    app[URL_POLICY] = UrlPolicy.from_allow_list(settings.url_fetch.allow)
+    app[INFLIGHT] = [0]
+    path = model_path or settings.model.path
+    if path is None:
+        raise EdgeRuntimeError("no model path given")
+
+    async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(capacity.workers, thread_name_prefix="inference")
+        app[EXECUTOR] = executor
+        yield
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    async def model_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Load in the background: /health/live answers at once, /health/ready once warmed up.
+        async def load() -> None:
+            loop = asyncio.get_running_loop()
+            options = predictor_options(settings, capacity.workers)
+            try:
+                predictor = await loop.run_in_executor(app[EXECUTOR], loader, path, options)
+            except EdgeRuntimeError as exc:
+                app[MODEL].error = str(exc)
+                log.error("model load failed: %s", exc)
+                return
+            app[MODEL].set(predictor)
+
+        metrics.MODEL_READY.set(0)
+        task = asyncio.create_task(load())
+        yield
+        task.cancel()
+        predictor = app[MODEL].predictor
+        if predictor is not None:
+            predictor.close()
+        metrics.MODEL_READY.set(0)
+
+    app.cleanup_ctx.append(executor_ctx)
+    app.cleanup_ctx.append(model_ctx)
+    register_routes(app)
+    return app
+
+
+async def wait_until_loaded(app: web.Application, timeout: float = 60.0) -> None:
+    """For callers that need the model before going on (tests, benchmarks)."""
+    slot = app[MODEL]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while slot.predictor is None and slot.error is None:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("model did not load in time")
+        await asyncio.sleep(0.01)
+    if slot.error:
+        raise EdgeRuntimeError(slot.error)
