@@ -9,14 +9,16 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from edge_runtime import __version__
 from edge_runtime.api.schemas import ResponseIds, dumps, prediction_body
-from edge_runtime.backends.providers import detect_availability, parse_device
-from edge_runtime.engine import Predictor, PredictorOptions
+from edge_runtime.app import predictor_options
+from edge_runtime.backends.providers import detect_availability
+from edge_runtime.engine import Predictor
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.model.loader import LoadOptions
 from edge_runtime.model.spec import Resize
+from edge_runtime.settings import Settings, load_settings
 
 log = logging.getLogger("edge_runtime")
 
@@ -28,36 +30,55 @@ def demo_model_path() -> Path:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML settings file (also EDGE_RUNTIME_CONFIG)")
     parser.add_argument(
         "--model", type=Path, help="Custom Vision export folder or .zip (default: built-in demo)"
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | openvino[:CPU|GPU|NPU|AUTO]")
+    parser.add_argument("--device", help="auto | cpu | cuda | openvino[:CPU|GPU|NPU|AUTO] (default auto)")
     parser.add_argument(
-        "--allow-fallback", action="store_true", help="use the auto choice if the requested device is missing"
+        "--allow-fallback",
+        action="store_true",
+        default=None,
+        help="use the auto choice if the requested device is missing",
     )
-    parser.add_argument("--threads", type=int, default=0, help="backend threads per inference (0 = default)")
+    parser.add_argument("--threads", type=int, help="backend threads per inference (0 = default)")
     parser.add_argument(
         "--resize",
         choices=[r.value for r in Resize],
         help="override the export's preprocessing recipe (see README, Preprocessing)",
     )
     parser.add_argument(
-        "--no-verify-sha1", action="store_true", help="load even if ModelFileSHA1 does not match the file"
+        "--no-verify-sha1",
+        dest="verify_sha1",
+        action="store_false",
+        default=None,
+        help="load even if ModelFileSHA1 does not match the file",
     )
 
 
-def predictor_options(args: argparse.Namespace) -> PredictorOptions:
-    return PredictorOptions(
-        device=parse_device(args.device, args.allow_fallback),
-        threads=args.threads,
-        load=LoadOptions(
-            resize=Resize(args.resize) if args.resize else None, verify_sha1=not args.no_verify_sha1
-        ),
-    )
+_MODEL_FLAGS = ("device", "allow_fallback", "threads", "resize", "verify_sha1")
+_SERVER_FLAGS = ("host", "port", "inference_workers", "max_inflight", "max_body_bytes", "prediction_key")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Command-line flags override the environment, which overrides the YAML file."""
+    model: dict[str, Any] = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
+    if args.model is not None:
+        model["path"] = args.model
+    server = {k: getattr(args, k) for k in _SERVER_FLAGS if getattr(args, k, None) is not None}
+    overrides: dict[str, Any] = {"model": model, "server": server}
+    if args.log_level:
+        overrides["log_level"] = args.log_level
+    return load_settings(args.config, overrides)
+
+
+def model_path(settings: Settings) -> Path:
+    return settings.model.path or demo_model_path()
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    predictor = Predictor.load(args.model or demo_model_path(), predictor_options(args))
+    settings = settings_from_args(args)
+    predictor = Predictor.load(model_path(settings), predictor_options(settings, workers=1))
     failures = 0
     for image in args.images:
         try:
@@ -117,7 +138,8 @@ def model_card(predictor: Predictor) -> dict[str, object]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    predictor = Predictor.load(args.model or demo_model_path(), predictor_options(args))
+    settings = settings_from_args(args)
+    predictor = Predictor.load(model_path(settings), predictor_options(settings, workers=1))
     card = model_card(predictor)
     if args.json:
         print(json.dumps(card, indent=2))
@@ -132,10 +154,30 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from edge_runtime.app import create_app
+
+    settings = settings_from_args(args)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    app = create_app(settings, model_path(settings))
+    log.info("serving on http://%s:%d", settings.server.host, settings.server.port)
+    web.run_app(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        shutdown_timeout=settings.server.shutdown_timeout_s,
+        access_log=None,
+        print=None,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-runtime", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     predict = sub.add_parser("predict", help="predict images, print the container's JSON per image")
@@ -147,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(inspect)
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_inspect)
+
+    serve = sub.add_parser("serve", help="serve the Custom Vision container API, health and metrics")
+    add_model_arguments(serve)
+    serve.add_argument("--host", help="listen address (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="listen port (default 80, like the container)")
+    serve.add_argument("--workers", dest="inference_workers", type=int, help="inference threads (0 = cores)")
+    serve.add_argument("--max-inflight", type=int, help="requests admitted at once before 503")
+    serve.add_argument("--max-body-bytes", type=int, help="413 above this (default 4 MiB)")
+    serve.add_argument(
+        "--prediction-key", help="require this Prediction-Key header (prefer the env variable)"
+    )
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -154,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=(args.log_level or "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
