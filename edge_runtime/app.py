@@ -17,10 +17,27 @@ from edge_runtime.api.urlfetch import UrlPolicy
 from edge_runtime.backends.providers import parse_device
 from edge_runtime.engine import Predictor, PredictorOptions
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.events.dispatcher import Dispatcher, Sink
+from edge_runtime.events.snapshots import SnapshotStore
 from edge_runtime.model.imaging import ImageLimits
 from edge_runtime.model.loader import LoadOptions
+from edge_runtime.redact import redact_url
 from edge_runtime.settings import Settings
-from edge_runtime.state import CAPACITY, EXECUTOR, INFLIGHT, MODEL, SETTINGS, URL_POLICY, Capacity, ModelSlot
+from edge_runtime.sinks.jsonl import JsonlSink
+from edge_runtime.sources.capture import Capture
+from edge_runtime.sources.sampler import CameraSampler
+from edge_runtime.state import (
+    CAPACITY,
+    EXECUTOR,
+    INFLIGHT,
+    MODEL,
+    PIPELINE,
+    SETTINGS,
+    URL_POLICY,
+    Capacity,
+    ModelSlot,
+    Pipeline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +72,7 @@ def create_app(
     app[CAPACITY] = capacity
     app[URL_POLICY] = UrlPolicy.from_allow_list(settings.url_fetch.allow)
     app[INFLIGHT] = [0]
+    app[PIPELINE] = Pipeline()
     path = model_path or settings.model.path
     if path is None:
         raise EdgeRuntimeError("no model path given")
@@ -89,8 +107,51 @@ def create_app(
 
     app.cleanup_ctx.append(executor_ctx)
     app.cleanup_ctx.append(model_ctx)
+    app.cleanup_ctx.append(events_ctx)
+    app.cleanup_ctx.append(cameras_ctx)
     register_routes(app)
     return app
+
+
+async def events_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Snapshot store, sinks and the dispatcher; on shutdown queued events get a moment to go out."""
+    events = app[SETTINGS].events
+    pipeline = app[PIPELINE]
+    if events.snapshot_dir is not None:
+        pipeline.snapshots = SnapshotStore(
+            events.snapshot_dir, events.snapshot_max_count, events.snapshot_max_bytes
+        )
+    sinks: list[Sink] = []
+    if events.jsonl_path is not None:
+        sinks.append(JsonlSink(events.jsonl_path))
+    dispatcher = Dispatcher(sinks, events.queue_size)
+    dispatcher.start()
+    pipeline.dispatcher = dispatcher
+    yield
+    await dispatcher.close()
+
+
+async def cameras_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One capture thread and one sampling task per enabled camera; stopped first on shutdown."""
+    pipeline = app[PIPELINE]
+    assert pipeline.dispatcher is not None  # events_ctx runs first
+    tasks = []
+    for camera in app[SETTINGS].cameras:
+        if not camera.enabled:
+            continue
+        capture = Capture(camera)
+        capture.start()
+        sampler = CameraSampler(capture, app[MODEL], app[EXECUTOR], pipeline.dispatcher, pipeline.snapshots)
+        pipeline.samplers.append(sampler)
+        tasks.append(asyncio.create_task(sampler.run(), name=f"sampler-{camera.id}"))
+        log.info("camera %s: %s at %.1f fps", camera.id, redact_url(camera.url), camera.fps)
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    stopped = await asyncio.gather(*(asyncio.to_thread(s.capture.stop) for s in pipeline.samplers))
+    if not all(stopped):
+        log.warning("some capture threads did not stop in time")
 
 
 async def wait_until_loaded(app: web.Application, timeout: float = 60.0) -> None:

@@ -161,6 +161,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     logging.getLogger().setLevel(settings.log_level.upper())
+    if settings.model.path is None and not settings.cameras:
+        from edge_runtime.demo.camera import with_demo_camera
+
+        log.info("no model and no camera configured: running the built-in demo (synthetic conveyor)")
+        settings = with_demo_camera(settings)
     app = create_app(settings, model_path(settings))
     log.info("serving on http://%s:%d", settings.server.host, settings.server.port)
     web.run_app(

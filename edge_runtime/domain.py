@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
+
+import numpy as np
+from numpy.typing import NDArray
 
 
 class Task(StrEnum):
@@ -54,3 +58,86 @@ class PredictionResult:
     predictions: tuple[Prediction, ...]
     image_size: tuple[int, int]  # (width, height) of the original image after EXIF orientation
     timings: StageTimings
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded camera frame (OpenCV BGR, H x W x 3) and when it was read from the source."""
+
+    image: NDArray[np.uint8]
+    captured_at: float  # wall clock (time.time()) at read, for frame age and event times
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Roi:
+    """A normalised rectangle of the frame, predicted on its own (the whole frame: FULL_FRAME)."""
+
+    name: str
+    x: float
+    y: float
+    width: float
+    height: float
+
+    def to_frame(self, box: BoundingBox) -> BoundingBox:
+        """Map a box predicted on this ROI's crop back to full-frame fractions."""
+        return BoundingBox(
+            self.x + box.left * self.width,
+            self.y + box.top * self.height,
+            box.width * self.width,
+            box.height * self.height,
+        )
+
+    def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the crop in a width x height frame, at least one pixel each way."""
+        x0, y0 = round(self.x * width), round(self.y * height)
+        x1 = max(x0 + 1, round((self.x + self.width) * width))
+        y1 = max(y0 + 1, round((self.y + self.height) * height))
+        return x0, y0, min(x1, width), min(y1, height)
+
+
+FULL_FRAME = Roi("full", 0.0, 0.0, 1.0, 1.0)
+
+
+class EventKind(StrEnum):
+    STARTED = "started"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A defect episode starting or ending on one camera / ROI / tag."""
+
+    id: str  # unique and sortable by time (ULID)
+    kind: EventKind
+    camera: str
+    roi: str
+    tag: str
+    probability: float  # the highest probability seen in the episode so far
+    boxes: tuple[BoundingBox, ...]  # full-frame fractions; empty for classification
+    captured_at: float  # capture time of the frame that decided the event
+    model_id: str
+    model_sha1: str
+    snapshot: str | None = None  # URL path of the snapshot, e.g. /snapshots/<id>.jpg
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "camera": self.camera,
+            "roi": self.roi,
+            "tag": self.tag,
+            "probability": round(self.probability, 8),
+            "boxes": [
+                {
+                    "left": round(b.left, 6),
+                    "top": round(b.top, 6),
+                    "width": round(b.width, 6),
+                    "height": round(b.height, 6),
+                }
+                for b in self.boxes
+            ],
+            "captured_at": datetime.fromtimestamp(self.captured_at, UTC).isoformat(timespec="milliseconds"),
+            "model": {"id": self.model_id, "sha1": self.model_sha1},
+            "snapshot": self.snapshot,
+        }

@@ -63,3 +63,34 @@ def observe_prediction(source: str, timings: StageTimings) -> None:
     STAGE_SECONDS.labels(source, "inference").observe(timings.inference)
     STAGE_SECONDS.labels(source, "postprocess").observe(timings.postprocess)
     STAGE_SECONDS.labels(source, "total").observe(timings.total)
+
+
+# --- cameras and events --------------------------------------------------------------------------
+FRAME_AGE_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
+
+CAMERA_STATE = Gauge("edge_runtime_camera_state", "1 for the camera's current state", ["camera", "state"])
+CAMERA_FRAMES = Counter("edge_runtime_camera_frames_total", "Frames read from the camera", ["camera"])
+CAMERA_FRAMES_DROPPED = Counter(
+    "edge_runtime_camera_frames_dropped_total", "Frames replaced by a newer one before sampling", ["camera"]
+)
+CAMERA_RECONNECTS = Counter("edge_runtime_camera_reconnects_total", "Stream reopen attempts", ["camera"])
+CAMERA_STALLS = Counter(
+    "edge_runtime_camera_stalls_total", "Times the watchdog found no fresh frame", ["camera"]
+)
+FRAME_AGE_SECONDS = Histogram(
+    "edge_runtime_frame_age_seconds",
+    "Capture-to-inference age of sampled frames",
+    ["camera"],
+    buckets=FRAME_AGE_BUCKETS,
+)
+EVENTS = Counter("edge_runtime_events_total", "Defect events emitted", ["camera", "tag", "kind"])
+SINK_DROPPED = Counter(
+    "edge_runtime_sink_dropped_total", "Events dropped because a sink queue was full", ["sink"]
+)
+SINK_SENT = Counter("edge_runtime_sink_sent_total", "Events delivered by a sink", ["sink"])
+SINK_FAILED = Counter("edge_runtime_sink_failed_total", "Delivery attempts that failed", ["sink"])
+
+
+def set_camera_state(camera: str, state: str, all_states: list[str]) -> None:
+    for name in all_states:
+        CAMERA_STATE.labels(camera, name).set(1 if name == state else 0)

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.model.spec import Resize
@@ -74,11 +82,82 @@ class UrlFetchSettings(_Section):
         return _as_list(value)
 
 
+class RoiSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    x: float = Field(ge=0, lt=1)
+    y: float = Field(ge=0, lt=1)
+    width: float = Field(gt=0, le=1)
+    height: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _inside(self) -> RoiSettings:
+        if self.x + self.width > 1.0 + 1e-9 or self.y + self.height > 1.0 + 1e-9:
+            raise ValueError(f"ROI {self.name!r} reaches outside the frame")
+        return self
+
+
+class RuleSettings(_Section):
+    """When predictions of a tag become a defect event (see README, Rules and events)."""
+
+    tag: str = Field("*", description="a label, or * for every label without its own rule")
+    min_probability: float = Field(0.5, ge=0, le=1)
+    min_box_area: float = Field(0.0, ge=0, le=1, description="detection: smallest box, fraction of the ROI")
+    k: int = Field(2, ge=1, description="a defect needs k hits ...")
+    n: int = Field(3, ge=1, description="... among the last n sampled frames")
+    clear_after: int = Field(3, ge=1, description="clean frames in a row that end an episode")
+    emit_ended: bool = True
+    cooldown_s: float = Field(10.0, ge=0, description="no new 'started' sooner than this after the last one")
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> RuleSettings:
+        if self.k > self.n:
+            raise ValueError(f"rule for {self.tag!r}: k ({self.k}) must not exceed n ({self.n})")
+        return self
+
+
+class CameraSettings(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    url: str = Field(description="rtsp://..., a local video file (loops), or synthetic://conveyor")
+    fps: float = Field(2.0, gt=0, le=60, description="sampling rate for inference")
+    rois: tuple[RoiSettings, ...] = ()
+    rules: tuple[RuleSettings, ...] = (RuleSettings(),)
+    open_timeout_s: float = Field(5.0, gt=0)
+    stall_timeout_s: float = Field(5.0, gt=0, description="no frame for this long -> stalled, reopen")
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("camera url is empty")
+        return value
+
+
+class EventSettings(_Section):
+    jsonl_path: Path | None = Field(Path("var/events.jsonl"), description="JSON-lines sink; null = off")
+    snapshot_dir: Path | None = Field(Path("var/snapshots"), description="null = no snapshots")
+    snapshot_max_count: int = Field(500, ge=1)
+    snapshot_max_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    queue_size: int = Field(1000, ge=1, description="per sink; oldest dropped (and counted) when full")
+
+
 class Settings(_Section):
     model: ModelSettings = ModelSettings()
     server: ServerSettings = ServerSettings()
     url_fetch: UrlFetchSettings = UrlFetchSettings()
+    cameras: tuple[CameraSettings, ...] = ()
+    events: EventSettings = EventSettings()
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> Settings:
+        ids = [c.id for c in self.cameras]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"camera ids must be unique: {duplicates}")
+        return self
 
 
 def _as_list(value: Any) -> Any:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from edge_runtime import metrics
 from edge_runtime.api.urlfetch import UrlPolicy
 from edge_runtime.engine import Predictor
+from edge_runtime.events.snapshots import SnapshotStore
 from edge_runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from edge_runtime.events.dispatcher import Dispatcher
+    from edge_runtime.sources.sampler import CameraSampler
 
 
 class ModelSlot:
@@ -48,3 +54,18 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 CAPACITY = web.AppKey("capacity", Capacity)
 URL_POLICY = web.AppKey("url_policy", UrlPolicy)
 INFLIGHT = web.AppKey("inflight", list)  # [count]: a mutable cell the loop alone touches
+
+
+class Pipeline:
+    """Camera samplers, snapshots and the event dispatcher (filled by their cleanup contexts)."""
+
+    def __init__(self) -> None:
+        self.samplers: list[CameraSampler] = []
+        self.snapshots: SnapshotStore | None = None
+        self.dispatcher: Dispatcher | None = None
+
+    def camera_statuses(self) -> dict[str, dict[str, object]]:
+        return {s.capture.settings.id: s.capture.status().to_dict() for s in self.samplers}
+
+
+PIPELINE = web.AppKey("pipeline", Pipeline)

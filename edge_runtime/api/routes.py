@@ -21,7 +21,7 @@ from edge_runtime.api.urlfetch import TooLarge, UrlRefused, fetch_image
 from edge_runtime.domain import PredictionResult
 from edge_runtime.engine import Predictor
 from edge_runtime.errors import ImageDecodeError, ImageTooLargeError, InferenceError
-from edge_runtime.state import CAPACITY, EXECUTOR, INFLIGHT, MODEL, SETTINGS, URL_POLICY
+from edge_runtime.state import CAPACITY, EXECUTOR, INFLIGHT, MODEL, PIPELINE, SETTINGS, URL_POLICY
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def register_routes(app: web.Application) -> None:
     router.add_get("/health/live", health_live)
     router.add_get("/health/ready", health_ready)
     router.add_get("/metrics", metrics_endpoint)
+    router.add_get("/snapshots/{event_id}.jpg", snapshot)
 
 
 @web.middleware
@@ -217,12 +218,15 @@ async def health_ready(request: web.Request) -> web.Response:
         _check_key(request)
     slot = request.app[MODEL]
     predictor = slot.predictor
+    cameras = request.app[PIPELINE].camera_statuses()
     if predictor is None:
-        return _json({"status": "failed" if slot.error else "loading", "error": slot.error}, status=503)
+        status = "failed" if slot.error else "loading"
+        return _json({"status": status, "error": slot.error, "cameras": cameras}, status=503)
     spec = predictor.spec
     return _json(
         {
             "status": "ready",
+            "cameras": cameras,
             "model": {
                 "id": spec.model_id,
                 "sha1": spec.sha1,
@@ -245,3 +249,11 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     if request.app[SETTINGS].server.protect_metrics:
         _check_key(request)
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def snapshot(request: web.Request) -> web.FileResponse:
+    store = request.app[PIPELINE].snapshots
+    path = store.path_for(request.match_info["event_id"]) if store is not None else None
+    if path is None:
+        raise web.HTTPNotFound(text="no such snapshot")
+    return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})

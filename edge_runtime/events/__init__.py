@@ -1,0 +1,1 @@
+"""Predictions -> defect events (rules), snapshots, and fan-out to sinks."""

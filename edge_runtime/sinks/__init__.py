@@ -1,0 +1,1 @@
+"""Event sinks: each has `name`, `async publish(event)` and `async close()`."""

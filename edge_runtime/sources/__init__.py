@@ -1,0 +1,1 @@
+"""Cameras: one capture thread per camera feeding a latest-wins slot, sampled by the pipeline."""

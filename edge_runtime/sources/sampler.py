@@ -1,0 +1,142 @@
+"""Per camera: take the newest frame at the configured fps, predict each ROI, apply rules, emit events.
+
+Runs on the event loop; inference and snapshot encoding go to the shared inference executor, so the
+camera path and the HTTP path use the same Predictor and the same threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+
+from edge_runtime import metrics
+from edge_runtime.domain import FULL_FRAME, Event, Frame, Prediction, Roi
+from edge_runtime.engine import Predictor
+from edge_runtime.events.dispatcher import Dispatcher
+from edge_runtime.events.ids import new_event_id
+from edge_runtime.events.rules import Decision, RuleEngine
+from edge_runtime.events.snapshots import SnapshotStore
+from edge_runtime.sources.capture import Capture
+from edge_runtime.state import ModelSlot
+
+log = logging.getLogger(__name__)
+
+
+def predict_rois(
+    predictor: Predictor, frame: Frame, rois: tuple[Roi, ...]
+) -> list[tuple[Roi, tuple[Prediction, ...]]]:
+    """Predict each ROI crop; boxes come back in full-frame fractions."""
+    height, width = frame.image.shape[:2]
+    results = []
+    for roi in rois:
+        x0, y0, x1, y1 = roi.pixels(width, height)
+        result = predictor.predict_frame(frame.image[y0:y1, x0:x1])
+        metrics.observe_prediction("camera", result.timings)
+        mapped = tuple(
+            p
+            if p.bounding_box is None
+            else Prediction(p.tag_name, p.probability, p.tag_id, roi.to_frame(p.bounding_box))
+            for p in result.predictions
+        )
+        results.append((roi, mapped))
+    return results
+
+
+class CameraSampler:
+    def __init__(
+        self,
+        capture: Capture,
+        model: ModelSlot,
+        executor: Executor,
+        dispatcher: Dispatcher,
+        snapshots: SnapshotStore | None,
+    ) -> None:
+        self.capture = capture
+        self._model = model
+        self._executor = executor
+        self._dispatcher = dispatcher
+        self._snapshots = snapshots
+        s = capture.settings
+        self._rois = tuple(Roi(r.name, r.x, r.y, r.width, r.height) for r in s.rois) or (FULL_FRAME,)
+        self._engine: RuleEngine | None = None
+        self._engine_predictor: Predictor | None = None
+        self._dropped_seen = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.capture.settings.fps
+        next_tick = loop.time()
+        while True:
+            next_tick += period
+            delay = next_tick - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                next_tick = loop.time()  # inference slower than fps: sample as fast as we can, no backlog
+            self.capture.watchdog()
+            self._count_drops()
+            frame = self.capture.slot.take_newest()
+            predictor = self._model.predictor
+            if frame is None or predictor is None:
+                continue
+            try:
+                await self._sample(frame, predictor)
+            except Exception:  # one bad frame must never stop a camera
+                log.exception("camera %s: sampling failed", self.capture.settings.id)
+
+    def _count_drops(self) -> None:
+        dropped = self.capture.slot.dropped
+        if dropped > self._dropped_seen:
+            metrics.CAMERA_FRAMES_DROPPED.labels(self.capture.settings.id).inc(dropped - self._dropped_seen)
+            self._dropped_seen = dropped
+
+    async def _sample(self, frame: Frame, predictor: Predictor) -> None:
+        camera = self.capture.settings.id
+        metrics.FRAME_AGE_SECONDS.labels(camera).observe(max(0.0, time.time() - frame.captured_at))
+        if self._engine is None or self._engine_predictor is not predictor:
+            self._engine = RuleEngine(self.capture.settings.rules, predictor.spec.labels)
+            self._engine_predictor = predictor
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._executor, predict_rois, predictor, frame, self._rois)
+        for roi, predictions in results:
+            for decision in self._engine.evaluate(roi.name, predictions, frame.captured_at):
+                event = await self._event(decision, frame, predictor)
+                log.info(
+                    "event %s %s %s/%s %s p=%.3f",
+                    event.id,
+                    event.kind.value,
+                    camera,
+                    roi.name,
+                    event.tag,
+                    event.probability,
+                )
+                self._dispatcher.publish(event)
+
+    async def _event(self, decision: Decision, frame: Frame, predictor: Predictor) -> Event:
+        event_id = new_event_id()
+        snapshot = None
+        if self._snapshots is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(
+                    self._executor, self._snapshots.save, event_id, frame.image, decision.boxes, decision.tag
+                )
+                snapshot = f"/snapshots/{event_id}.jpg"
+            except OSError as exc:
+                log.warning("snapshot for event %s failed: %s", event_id, exc)
+        spec = predictor.spec
+        return Event(
+            id=event_id,
+            kind=decision.kind,
+            camera=self.capture.settings.id,
+            roi=decision.roi,
+            tag=decision.tag,
+            probability=decision.probability,
+            boxes=decision.boxes,
+            captured_at=frame.captured_at,
+            model_id=spec.model_id,
+            model_sha1=spec.sha1,
+            snapshot=snapshot,
+        )
