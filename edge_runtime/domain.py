@@ -90,7 +90,8 @@ class Roi:
 
     def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) of the crop in a width x height frame, at least one pixel each way."""
-        x0, y0 = round(self.x * width), round(self.y * height)
+        x0 = min(round(self.x * width), width - 1)
+        y0 = min(round(self.y * height), height - 1)
         x1 = max(x0 + 1, round((self.x + self.width) * width))
         y1 = max(y0 + 1, round((self.y + self.height) * height))
         return x0, y0, min(x1, width), min(y1, height)

@@ -101,7 +101,7 @@ class RuleSettings(_Section):
 
     tag: str = Field("*", description="a label, or * for every label without its own rule")
     min_probability: float = Field(0.5, ge=0, le=1)
-    min_box_area: float = Field(0.0, ge=0, le=1, description="detection: smallest box, fraction of the ROI")
+    min_box_area: float = Field(0.0, ge=0, le=1, description="detection: smallest box, fraction of the frame")
     k: int = Field(2, ge=1, description="a defect needs k hits ...")
     n: int = Field(3, ge=1, description="... among the last n sampled frames")
     clear_after: int = Field(3, ge=1, description="clean frames in a row that end an episode")

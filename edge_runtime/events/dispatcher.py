@@ -47,6 +47,7 @@ class Dispatcher:
             queue = self._queues[sink.name]
             if queue.full():
                 queue.get_nowait()
+                queue.task_done()
                 metrics.SINK_DROPPED.labels(sink.name).inc()
                 log.warning("sink %s is behind: dropped its oldest queued event", sink.name)
             queue.put_nowait(event)
@@ -59,6 +60,7 @@ class Dispatcher:
                 try:
                     await sink.publish(event)
                     metrics.SINK_SENT.labels(sink.name).inc()
+                    queue.task_done()
                     break
                 except Exception as exc:  # a sink's failure must not end its drain loop
                     metrics.SINK_FAILED.labels(sink.name).inc()
@@ -69,8 +71,8 @@ class Dispatcher:
         """Give queued events a moment to go out, then stop and close every sink."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
-                while any(not q.empty() for q in self._queues.values()):
-                    await asyncio.sleep(0.02)
+                # join() also waits for the event a sink is delivering right now
+                await asyncio.gather(*(q.join() for q in self._queues.values()))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

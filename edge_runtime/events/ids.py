@@ -7,7 +7,7 @@ import re
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-EVENT_ID_PATTERN = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+EVENT_ID_PATTERN = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")  # use fullmatch
 
 
 def new_event_id(now: float | None = None) -> str:

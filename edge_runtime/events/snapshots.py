@@ -27,7 +27,7 @@ class SnapshotStore:
         directory.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, event_id: str) -> Path | None:
-        if not EVENT_ID_PATTERN.match(event_id):
+        if not EVENT_ID_PATTERN.fullmatch(event_id):
             return None
         path = self.directory / f"{event_id}.jpg"
         return path if path.is_file() else None
@@ -59,7 +59,8 @@ class SnapshotStore:
         files = sorted(self.directory.glob("*.jpg"))  # ULID names sort by time: oldest first
         sizes = [f.stat().st_size for f in files]
         total = sum(sizes)
-        while files and (len(files) > self.max_count or total > self.max_bytes):
+        # The newest file always stays, even alone over max_bytes: its event already links to it.
+        while len(files) > 1 and (len(files) > self.max_count or total > self.max_bytes):
             oldest = files.pop(0)
             total -= sizes.pop(0)
             oldest.unlink(missing_ok=True)

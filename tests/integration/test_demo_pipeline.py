@@ -139,7 +139,7 @@ async def test_demo_pipeline_end_to_end(tmp_path: Path, reader_starts: list[floa
                 assert event["model"]["id"] == "edge-runtime-demo"
                 assert len(event["model"]["sha1"]) == 40
                 assert event["probability"] >= 0.5
-                assert EVENT_ID_PATTERN.match(event["id"])
+                assert EVENT_ID_PATTERN.fullmatch(event["id"])
                 assert event["boxes"], "a detection event has boxes"
                 for box in event["boxes"]:  # on the belt band where the defects pass (rows 180..276)
                     cy = box["top"] + box["height"] / 2
