@@ -398,28 +398,6 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
     return buffer.getvalue()
 
 
-def _openvino_cpu_defaults_to_bf16() -> bool:
-    try:
-        import openvino as ov
-
-        core = ov.Core()
-        return (
-            "CPU" in core.available_devices
-            and core.get_property("CPU", "INFERENCE_PRECISION_HINT") == ov.Type.bf16
-        )
-    except Exception:  # no OpenVINO, no CPU plugin: nothing to worry about
-        return False
-
-
-# OpenVINO's CPU plugin computes in bfloat16 by default on CPUs with AMX / AVX512-BF16 (this machine's Xeon).
-OV_CPU_BF16 = _openvino_cpu_defaults_to_bf16()
-BF16_BUG = (
-    "BUG: OpenVinoBackend compiles for CPU without INFERENCE_PRECISION_HINT=f32; on CPUs with "
-    "AMX/AVX512-BF16 OpenVINO then computes in bfloat16 and probabilities drift up to ~2.5e-2 from "
-    "onnxruntime and the container"
-)
-
-
 def region_yolo_ir_export(
     folder: Path,
     labels: Sequence[str],

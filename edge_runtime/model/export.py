@@ -11,6 +11,7 @@ import json
 import logging
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def _extract_zip(path: Path, workdir: Path | None) -> Path:
             if bad is not None:
                 raise ModelLoadError(path, f"corrupt zip: entry {bad!r} fails its CRC check")
             zf.extractall(target)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error) as exc:
         raise ModelLoadError(path, f"corrupt zip: {exc}") from exc
     except (OSError, EOFError) as exc:
         raise ModelLoadError(path, f"cannot read zip: {exc}") from exc

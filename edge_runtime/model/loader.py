@@ -228,6 +228,8 @@ def _preprocess(
     if postprocess is Postprocess.ZIPMAP and options.resize is None:
         resize = Resize.SHORTER_SIDE_THEN_CROP  # verified on the 2018 ONNX 1.2 exports
     target = desc.resize_target or (256, 256)
+    if resize is Resize.PIXEL_COUNT_ALIGN32 and desc.resize is not Resize.PIXEL_COUNT_ALIGN32:
+        target = (512, 512)  # a detector recognised from the model alone (no sidecar)
     if resize is Resize.STRETCH and input_size is not None:
         target = input_size
     elif resize in (Resize.SHORTER_SIDE_THEN_CROP, Resize.CENTRE_SQUARE_THEN_CROP) and target[0] < max(

@@ -29,7 +29,12 @@ def postprocess(outputs: Mapping[str, Any], spec: ModelSpec) -> tuple[Prediction
     if kind is Postprocess.YOLO:
         return detect_yolo(_first_tensor(outputs), spec.labels, spec.detection, activated=False)
     if kind is Postprocess.YOLO_ACTIVATED:
-        return detect_yolo(_first_tensor(outputs), spec.labels, spec.detection, activated=True)
+        grid = _first_tensor(outputs)
+        size = spec.preprocess.input_size
+        if grid.ndim == 2 and size is not None:  # RegionYolo flattens [1, A*(5+C)*H*W]
+            channels = len(spec.detection.anchors) * (5 + len(spec.labels))
+            grid = grid.reshape(1, channels, size[1] // 32, size[0] // 32)
+        return detect_yolo(grid, spec.labels, spec.detection, activated=True)
     if kind is Postprocess.SSD:
         return detect_ssd(outputs, spec.labels, spec.detection)
     return detect_ssd_raw(outputs, spec.labels, spec.detection)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import synthetic
-from synthetic import BF16_BUG, OV_CPU_BF16, cpu_options
+from synthetic import cpu_options
 
 from edge_runtime.backends.providers import BackendKind
 from edge_runtime.domain import Task
@@ -120,7 +120,6 @@ def test_meter_without_manifest_or_sidecar(tmp_path: Path, meter_dir: Path) -> N
     check_outputs(predictor, meter_dir, reference(meter_dir, "container_outputs.json"))
 
 
-@pytest.mark.xfail(OV_CPU_BF16, strict=True, reason=BF16_BUG)
 def test_meter_on_openvino_cpu_reproduces_the_container(meter_dir: Path) -> None:
     predictor = Predictor.load(meter_dir, cpu_options("openvino:CPU"))
     assert predictor.plan.backend is BackendKind.OPENVINO

@@ -78,12 +78,6 @@ def test_zip_with_a_bad_crc(tmp_path: Path, classifier_export: Path) -> None:
     assert err.value.path == str(archive)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=zlib.error,
-    reason="BUG: export._extract_zip does not catch zlib.error; a zip whose deflate stream is corrupt "
-    "escapes as zlib.error ('invalid block type') instead of ModelLoadError naming the zip",
-)
 def test_zip_with_a_corrupt_deflate_stream(tmp_path: Path, classifier_export: Path) -> None:
     good = zip_folder(classifier_export, tmp_path / "good.zip")
     data = bytearray(good.read_bytes())

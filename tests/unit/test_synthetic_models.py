@@ -14,9 +14,7 @@ import synthetic
 from onnx import numpy_helper
 from PIL import Image
 from synthetic import (
-    BF16_BUG,
     CLASSIFIER_LABELS,
-    OV_CPU_BF16,
     cpu_options,
     encode,
     logit,
@@ -28,7 +26,6 @@ from synthetic import (
 from edge_runtime.backends.providers import BackendKind
 from edge_runtime.domain import Prediction, Task
 from edge_runtime.engine import Predictor
-from edge_runtime.errors import ModelLoadError
 from edge_runtime.model.loader import load_spec
 from edge_runtime.model.spec import DEFAULT_YOLO_ANCHORS, ModelFormat, Postprocess, Resize
 
@@ -311,13 +308,6 @@ def test_yolo_without_sidecar_but_with_manifest(tmp_path: Path) -> None:
     assert predictor.spec.detection.anchors == DEFAULT_YOLO_ANCHORS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: loader._preprocess takes the pixel-count target from ExportDescription.resize_target, which "
-    "describe_export sets to the classification default (256, 256) when there is no manifest; a bare "
-    "model.onnx + labels.txt YOLO export is then run at ~256x256 pixels (640x480 -> 320x224, 10 x 7 cells) "
-    "instead of the export's 512x512 (608x448, 19 x 14 cells)",
-)
 def test_yolo_without_manifest_uses_the_512_pixel_target(tmp_path: Path) -> None:
     folder = synthetic.write_export(
         tmp_path / "bare",
@@ -567,7 +557,6 @@ def test_onnx_on_openvino_runtime(ov_exports: dict[str, Path], jpeg_of) -> None:
     _compare(via_ov, reference, jpeg_of, tolerance=3e-2)
 
 
-@pytest.mark.xfail(OV_CPU_BF16, strict=True, reason=BF16_BUG)
 @pytest.mark.parametrize("which", ["ir", "onnx"])
 def test_openvino_cpu_matches_onnxruntime_in_fp32(ov_exports: dict[str, Path], jpeg_of, which: str) -> None:  # type: ignore[no-untyped-def]
     via_ov = Predictor.load(ov_exports[which], cpu_options("openvino:CPU"))
@@ -600,14 +589,6 @@ def test_openvino_nopostprocess_yolo_spec(region_yolo_export: Path) -> None:
     assert spec.preprocess.input_size == (416, 416) and spec.preprocess.resize is Resize.STRETCH
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ModelLoadError,
-    reason="BUG: OpenVINO NoPostProcess compact detection exports end in RegionYolo, whose output is "
-    "flattened to [1, A*(5+C)*H*W] (the official sample asserts a 2-D output, reshapes it to (-1, 13, 13)); "
-    "postprocess passes it to decode_yolo_grid, which wants [1, A*(5+C), H, W], so warm-up fails and the "
-    "export cannot be loaded",
-)
 def test_openvino_nopostprocess_yolo_predicts(region_yolo_export: Path) -> None:
     predictor = Predictor.load(region_yolo_export, cpu_options("openvino:CPU"))
     got = predictor.predict_bytes(encode(pattern_image(320, 240, seed=4), "PNG")).predictions
