@@ -94,6 +94,10 @@ def create_app(
                 app[MODEL].error = str(exc)
                 log.error("model load failed: %s", exc)
                 return
+            except Exception as exc:  # anything else must still show in /health/ready, not hang "loading"
+                app[MODEL].error = f"{type(exc).__name__}: {exc}"
+                log.exception("model load failed")
+                return
             app[MODEL].set(predictor)
 
         metrics.MODEL_READY.set(0)

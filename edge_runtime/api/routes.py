@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote_to_bytes
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_runtime import metrics
@@ -83,7 +83,8 @@ def _check_key(request: web.Request) -> None:
     if key is None:
         return
     given = request.headers.get("Prediction-Key", "")
-    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+    # aiohttp keeps non-ASCII header bytes as surrogates: encode them back, never crash on them.
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.get_secret_value().encode()):
         raise errors.unauthorized()
 
 
@@ -148,13 +149,7 @@ async def _read_image_body(request: web.Request) -> bytes:
         raise errors.image_too_big(f"the body is {request.content_length} bytes, more than {limit}")
     try:
         if request.content_type.startswith("multipart/"):
-            form = await request.post()
-            field = form.get("imageData")
-            if isinstance(field, web.FileField):
-                return field.file.read()
-            if isinstance(field, str) and field:
-                return field.encode("utf-8", "surrogateescape")
-            raise errors.no_image("the multipart form has no imageData field")
+            return await _read_multipart_image(request, limit)
         body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise errors.image_too_big(f"the body is more than {limit} bytes") from exc
@@ -163,6 +158,26 @@ async def _read_image_body(request: web.Request) -> bytes:
     if not body:
         raise errors.no_image("no image in the request: send it as the body or as multipart field imageData")
     return body
+
+
+async def _read_multipart_image(request: web.Request, limit: int) -> bytes:
+    """The raw bytes of the `imageData` part, file or plain field, whatever its content type."""
+    total = 0
+    async for part in await request.multipart():
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name != "imageData":
+            await part.release()
+            continue
+        chunks = []
+        while chunk := await part.read_chunk(65536):
+            total += len(chunk)
+            if total > limit:
+                raise errors.image_too_big(f"the image is more than {limit} bytes")
+            chunks.append(chunk)
+        if chunks:
+            return b"".join(chunks)
+    raise errors.no_image("the multipart form has no imageData field")
 
 
 async def _read_url_body(request: web.Request) -> bytes:

@@ -82,12 +82,6 @@ async def test_multipart_text_field_that_is_not_an_image_is_400(client, http, de
         await http.error(response, 400, "BadRequestImageFormat")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a multipart imageData part without filename whose bytes are not UTF-8 (a JPEG sent as a "
-    "form field, e.g. curl -F 'imageData=<x.jpg') makes aiohttp's request.post() raise UnicodeDecodeError, "
-    "which routes._read_image_body does not catch: 500 text/plain instead of a JSON answer",
-)
 async def test_binary_form_field_without_filename_gets_a_json_answer(client, http, demo_server):
     body, headers = form_field(http.belt_jpeg())
     async with client.post(demo_server.url + "/image", data=body, headers=headers) as response:
@@ -96,12 +90,6 @@ async def test_binary_form_field_without_filename_gets_a_json_answer(client, htt
         assert response.headers["Content-Type"] == "application/json"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a multipart imageData part without filename but with a non-text Content-Type arrives as "
-    "bytearray from aiohttp's request.post(); routes._read_image_body only accepts FileField or str and "
-    "answers 400 'the multipart form has no imageData field' although it has one",
-)
 async def test_binary_form_field_with_content_type_is_predicted(client, http, demo_server):
     body, headers = form_field(http.belt_jpeg(), "image/jpeg")
     async with client.post(demo_server.url + "/image", data=body, headers=headers) as response:
@@ -212,12 +200,6 @@ async def test_without_a_configured_key_any_header_is_ignored(client, http, demo
         await http.body_of(response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: routes._check_key calls given.encode() on the header value; aiohttp decodes non-UTF-8 "
-    "header bytes with surrogateescape, so a Prediction-Key with a byte >= 0x80 raises UnicodeEncodeError "
-    "-> 500 instead of 401",
-)
 async def test_non_ascii_prediction_key_is_401_not_500(http, keyed_server):
     raw = await http.raw_request(
         keyed_server.url, "POST", "/image", http.belt(), {"Prediction-Key": "s3cr\xe9t"}

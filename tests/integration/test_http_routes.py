@@ -303,12 +303,6 @@ async def test_model_that_fails_to_load(client, http, start_server, demo_dir, tm
     assert "failed to load" in error["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: app.create_app model_ctx.load() only catches EdgeRuntimeError; any other exception "
-    "from the loader (a RuntimeError from a bug, MemoryError) ends the load task unobserved, so "
-    "/health/ready says 'loading' forever instead of 'failed'",
-)
 async def test_unexpected_loader_exception_is_reported_as_failed(client, start_server, demo_dir):
     def exploding_loader(path: Path, options: PredictorOptions) -> Predictor:
         raise RuntimeError("unexpected: out of memory while building the session")
