@@ -3,8 +3,8 @@
 States: connecting -> streaming; a failed open or a stream that ends -> backoff (capped exponential,
 jittered) -> connecting. The sampler calls `watchdog()`: a streaming camera with no frame for
 `stall_timeout_s` is declared stalled and told to reopen. OpenCV reads are bounded by a read timeout
-(about a third of the stall timeout: FFmpeg takes ~3x its timeout to give up), so a hung server never
-blocks the thread for long and no thread is ever abandoned.
+(half the stall timeout); a read that runs into it is a stall too, and whatever frame FFmpeg hands back
+then is dropped as stale. So a hung server never blocks the thread for long and no thread is abandoned.
 """
 
 from __future__ import annotations
@@ -98,12 +98,17 @@ class Capture:
         last = self._last_frame_mono
         streaming = self._state is CameraState.STREAMING and last is not None
         if streaming and last is not None and now - last > self.settings.stall_timeout_s:
-            self._stalls += 1
-            metrics.CAMERA_STALLS.labels(self.settings.id).inc()
-            self._last_error = f"no frame for {now - last:.1f} s"
-            log.warning("camera %s (%s) stalled: %s", self.settings.id, self._url, self._last_error)
-            self._set_state(CameraState.STALLED)
-            self._reopen.set()
+            self._declare_stall(f"no frame for {now - last:.1f} s")
+
+    def _declare_stall(self, reason: str) -> None:
+        if self._state is CameraState.STALLED:
+            return
+        self._stalls += 1
+        metrics.CAMERA_STALLS.labels(self.settings.id).inc()
+        self._last_error = reason
+        log.warning("camera %s (%s) stalled: %s", self.settings.id, self._url, reason)
+        self._set_state(CameraState.STALLED)
+        self._reopen.set()
 
     def status(self) -> CameraStatus:
         last = self._last_frame_mono
@@ -137,7 +142,7 @@ class Capture:
     def _run(self) -> None:
         s = self.settings
         delay = s.backoff_initial_s
-        read_timeout = max(1.0, s.stall_timeout_s / 3)
+        read_timeout = max(0.5, s.stall_timeout_s / 2)
         sequence = 0
         while not self._stop.is_set():
             self._set_state(CameraState.CONNECTING)
@@ -152,10 +157,19 @@ class Capture:
                 continue
             try:
                 while not self._stop.is_set() and not self._reopen.is_set():
+                    started = time.monotonic()
                     image = reader.read()
+                    waited = time.monotonic() - started
+                    if waited >= 0.8 * read_timeout and self._state is CameraState.STREAMING:
+                        # A read that ran into its timeout: a hung source. FFmpeg may still hand back a
+                        # leftover frame here; it is not fresh, so it is dropped, never published.
+                        self._declare_stall(f"no frame for {waited:.1f} s")
+                        break
                     if image is None:
                         self._last_error = "the stream ended or a read timed out"
                         break
+                    if self._reopen.is_set():
+                        break  # the watchdog gave up on this stream while we were blocked
                     sequence += 1
                     self._frames += 1
                     self._last_frame_mono = time.monotonic()
