@@ -3,7 +3,7 @@
 States: connecting -> streaming; a failed open or a stream that ends -> backoff (capped exponential,
 jittered) -> connecting. The sampler calls `watchdog()`: a streaming camera with no frame for
 `stall_timeout_s` is declared stalled and told to reopen. OpenCV reads are bounded by a read timeout
-(half the stall timeout); a read that runs into it is a stall too, and whatever frame FFmpeg hands back
+(the stall timeout); a read that runs into it is a stall too, and whatever frame FFmpeg hands back
 then is dropped as stale. So a hung server never blocks the thread for long and no thread is abandoned.
 """
 
@@ -142,7 +142,7 @@ class Capture:
     def _run(self) -> None:
         s = self.settings
         delay = s.backoff_initial_s
-        read_timeout = max(0.5, s.stall_timeout_s / 2)
+        read_timeout = max(0.5, s.stall_timeout_s)
         sequence = 0
         while not self._stop.is_set():
             self._set_state(CameraState.CONNECTING)
@@ -160,7 +160,7 @@ class Capture:
                     started = time.monotonic()
                     image = reader.read()
                     waited = time.monotonic() - started
-                    if waited >= 0.8 * read_timeout and self._state is CameraState.STREAMING:
+                    if waited >= 0.9 * read_timeout and self._state is CameraState.STREAMING:
                         # A read that ran into its timeout: a hung source. FFmpeg may still hand back a
                         # leftover frame here; it is not fresh, so it is dropped, never published.
                         self._declare_stall(f"no frame for {waited:.1f} s")

@@ -259,6 +259,29 @@ def test_hung_server_is_left_and_reconnected_after_sigcont(
     assert fresh_age_ms(camera) < FRESH_MS
 
 
+def test_slow_camera_within_the_stall_timeout_keeps_streaming(
+    start_server: StartServer, open_camera: OpenCamera
+) -> None:
+    server = start_server(fps=1)
+    # OpenCV probes several frames before the open returns: ~8 s at 1 fps
+    camera = open_camera(server.url, stall_timeout_s=2.0, open_timeout_s=15.0)
+    assert wait_streaming(camera, 25) is not None, camera.status()
+    first = camera.status()
+
+    seen: list[tuple[float, CameraState]] = []
+    started = time.monotonic()
+    while time.monotonic() - started < 5.0:
+        camera.watchdog()
+        seen.append((round(time.monotonic() - started, 1), camera.state))
+        if camera.state is not CameraState.STREAMING:
+            break
+        time.sleep(WATCHDOG_EVERY)
+    status = camera.status()
+    assert [state for _, state in seen if state is not CameraState.STREAMING] == [], (seen[-3:], status)
+    assert status.stalls == 0 and status.reconnects == 0, status
+    assert status.frames >= first.frames + 3, (first, status)
+
+
 # --- 4. reconnect cycles leave no threads behind ----------------------------------------------------------
 def test_reconnect_cycles_and_stop_leave_no_threads(
     start_server: StartServer, open_camera: OpenCamera
