@@ -4,13 +4,18 @@
 
 1. Makes two JPEGs in memory (640x480 and 1920x1080, quality 90) from one of the model's test photos.
 2. In-process limit: Predictor.predict_bytes (decode + preprocess + inference + postprocess) in as many
-   threads as the server's inference executor, with the same predictor options, no HTTP.
+   threads as the server's inference executor, with the same predictor options, no HTTP; measured
+   before and after each size's HTTP runs (this machine's speed drifts) and averaged.
 3. Real server: `python -m edge_runtime serve` as a separate process on a free loopback port; an aiohttp
-   keep-alive client at each concurrency, for a fixed duration after a warm-up.
-4. Client overhead: the same client against the trivial `GET /`, and the client's own CPU time.
+   keep-alive client (closed loop) at each concurrency, for a fixed duration after a warm-up.
+4. Added latency at concurrency 1: rounds of one in-process prediction, one request with a minimal
+   blocking client and one with aiohttp's, so that all see the same machine.
+5. Client overhead: the same client against the trivial `GET /`, and its CPU time per request.
+6. HTTP floor: the same server app with a predictor that answers at once (this script's own mode).
 
-The client runs on the same cores as the server, so every HTTP number includes its cost; the table shows
-how much CPU the client took. Only loopback traffic; the server process is always terminated.
+The client runs on the same cores as the server, so every HTTP number includes its cost; the tables show
+how much CPU it took, and how much other processes took (a warning is printed above 0.1 core). Only
+loopback traffic; server processes are always terminated.
 """
 
 from __future__ import annotations
@@ -98,6 +103,21 @@ class InProcess:
     cpu_cores: float  # this process's CPU seconds / wall seconds
     other_cores: float  # the rest of the machine (other processes) during the window
     stages_ms: dict[str, float]  # mean per stage, from the Predictor's own timings
+    drift: float = 0.0  # |before - after| / mean images/s, when measured on both sides of the HTTP runs
+
+
+def merge_inprocess(a: InProcess, b: InProcess) -> InProcess:
+    """The mean of the measurements before and after the HTTP runs: the machine's speed drifts."""
+    mean = (a.images_per_s + b.images_per_s) / 2
+    return InProcess(
+        a.workers,
+        mean,
+        (a.p50_ms + b.p50_ms) / 2,
+        (a.cpu_cores + b.cpu_cores) / 2,
+        max(a.other_cores, b.other_cores),
+        {st: (a.stages_ms.get(st, 0.0) + b.stages_ms.get(st, 0.0)) / 2 for st in STAGES},
+        abs(a.images_per_s - b.images_per_s) / mean if mean else 0.0,
+    )
 
 
 def run_inprocess(
@@ -313,23 +333,28 @@ async def generate_load(
             samples.append((start, time.perf_counter(), status))
 
     tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    await asyncio.sleep(warmup)
-    t0, cpu0, srv0, loop0, busy0 = (
-        time.perf_counter(),
-        time.process_time(),
-        cpu_seconds(server_pid),
-        cpu_seconds(server_pid, main_thread_only=True),
-        machine_busy_seconds(),
-    )
-    await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
-    t1, cpu1, srv1, loop1, busy1 = (
-        time.perf_counter(),
-        time.process_time(),
-        cpu_seconds(server_pid),
-        cpu_seconds(server_pid, main_thread_only=True),
-        machine_busy_seconds(),
-    )
-    await asyncio.gather(*tasks)
+    try:
+        await asyncio.sleep(warmup)
+        t0, cpu0, srv0, loop0, busy0 = (
+            time.perf_counter(),
+            time.process_time(),
+            cpu_seconds(server_pid),
+            cpu_seconds(server_pid, main_thread_only=True),
+            machine_busy_seconds(),
+        )
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        t1, cpu1, srv1, loop1, busy1 = (
+            time.perf_counter(),
+            time.process_time(),
+            cpu_seconds(server_pid),
+            cpu_seconds(server_pid, main_thread_only=True),
+            machine_busy_seconds(),
+        )
+        await asyncio.gather(*tasks)
+    finally:  # interrupted: stop the workers before the session closes under them
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     wall = t1 - t0
     in_window = [(s, e, st) for s, e, st in samples if t0 <= e <= t1]
     good = [(s, e) for s, e, st in in_window if st == "200"]
@@ -403,6 +428,115 @@ async def measure(
     return best
 
 
+class RawClient:
+    """A minimal blocking HTTP/1.1 keep-alive client (one socket, pre-built request): a few tens of
+    microseconds of CPU per request where aiohttp's client takes about half a millisecond here, so
+    that what it measures is the server's share."""
+
+    def __init__(self, port: int, path: str, body: bytes) -> None:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.request = head.encode() + body
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def post(self) -> float:
+        start = time.perf_counter()
+        self.sock.sendall(self.request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        if not lines[0].startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"POST answered {lines[0]!r}")
+        length = next(
+            int(v) for k, _, v in (ln.partition(b":") for ln in lines) if k.lower() == b"content-length"
+        )
+        while len(rest) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            rest += chunk
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Paired:
+    rounds: int
+    inproc_p50_ms: float
+    raw_p50_ms: float  # RawClient
+    aiohttp_p50_ms: float  # the load generator's client
+    raw_diff_ms: float  # median over rounds of (minimal-client request - in-process prediction)
+    other_cores: float
+    inproc_stages_ms: dict[str, float]  # means
+    server_stages_ms: dict[str, float]
+
+    @property
+    def added_ms(self) -> float:
+        return self.raw_p50_ms - self.inproc_p50_ms
+
+    @property
+    def added_aiohttp_ms(self) -> float:
+        return self.aiohttp_p50_ms - self.inproc_p50_ms
+
+
+async def paired_latency(
+    session: aiohttp.ClientSession, server: Server, predictor: Predictor, data: bytes, duration: float
+) -> Paired:
+    """Rounds of: one in-process prediction (on a worker thread, as in the server), one request with the
+    minimal client, one with aiohttp's; concurrency 1. The three see the same machine, whose speed
+    drifts by 10 % or more within seconds here; comparing runs made seconds apart does not work."""
+    inproc: list[tuple[float, StageTimings]] = []
+    raw: list[float] = []
+    http: list[float] = []
+    headers = {"Content-Type": "application/octet-stream"}
+    client = RawClient(server.port, "/image", data)
+
+    def predict_then_raw() -> tuple[float, StageTimings, float]:
+        start = time.perf_counter()
+        timings = predictor.predict_bytes(data).timings
+        return time.perf_counter() - start, timings, client.post()
+
+    before = await server_stage_totals(session, server.base)
+    t0, cpu0, srv0 = time.perf_counter(), time.process_time(), cpu_seconds(server.proc.pid)
+    busy0 = machine_busy_seconds()
+    try:
+        while time.perf_counter() - t0 < duration or len(http) < 5:
+            took, timings, raw_took = await asyncio.to_thread(predict_then_raw)
+            inproc.append((took, timings))
+            raw.append(raw_took)
+            start = time.perf_counter()
+            async with session.post(server.base + "/image", data=data, headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"POST /image answered {resp.status}")
+            http.append(time.perf_counter() - start)
+    finally:
+        client.close()
+    wall = time.perf_counter() - t0
+    used = (time.process_time() - cpu0) + (cpu_seconds(server.proc.pid) - srv0)
+    other = (machine_busy_seconds() - busy0 - used) / wall
+    return Paired(
+        len(http),
+        statistics.median(t for t, _ in inproc) * 1000,
+        statistics.median(raw) * 1000,
+        statistics.median(http) * 1000,
+        statistics.median(r - t for r, (t, _) in zip(raw, inproc, strict=True)) * 1000,
+        other,
+        {st: statistics.fmean(getattr(tm, st) for _, tm in inproc) * 1000 for st in STAGES},
+        stage_means_ms(before, await server_stage_totals(session, server.base)),
+    )
+
+
 def serve_null_predictor(port: int, model: Path) -> None:
     """The server's own app (routes, middleware, executor, metrics, JSON) with a Predictor whose
     predict_bytes returns one canned result: what HTTP costs when inference costs nothing."""
@@ -421,14 +555,30 @@ def serve_null_predictor(port: int, model: Path) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, shutdown_timeout=2)
 
 
+def raw_p50_ms(port: int, data: bytes, duration: float) -> float:
+    client = RawClient(port, "/image", data)
+    try:
+        for _ in range(5):
+            client.post()
+        took: list[float] = []
+        end = time.perf_counter() + duration
+        while time.perf_counter() < end:
+            took.append(client.post())
+        return statistics.median(took) * 1000
+    finally:
+        client.close()
+
+
 async def http_floor(
     args: argparse.Namespace, images: dict[str, bytes], model: Path
-) -> dict[tuple[str, int], LoadResult]:
-    """POST /image against the null-predictor server at concurrency 1 and the target concurrency."""
+) -> tuple[dict[tuple[str, int], LoadResult], dict[str, float]]:
+    """POST /image against the null-predictor server at concurrency 1 and the target concurrency, and
+    at concurrency 1 with the minimal client."""
     server = Server(model, [], null_predictor=True)
     try:
         await server.wait_ready()
         results: dict[tuple[str, int], LoadResult] = {}
+        raw: dict[str, float] = {}
         connector = aiohttp.TCPConnector(limit=TARGET_CONCURRENCY, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             for name, data in images.items():
@@ -450,14 +600,32 @@ async def http_floor(
                         f"p50 {r.p50_ms:6.2f} ms",
                         flush=True,
                     )
-        return results
+                raw[name] = await asyncio.to_thread(
+                    raw_p50_ms, server.port, data, max(1.0, args.duration / 2)
+                )
+                print(f"  null predictor POST /image {name:>9} c=1 minimal client p50 {raw[name]:.2f} ms")
+        return results, raw
     finally:
         server.stop()
 
 
 async def bench_http(
-    args: argparse.Namespace, images: dict[str, bytes], model: Path
-) -> tuple[dict[tuple[str, int], LoadResult], dict[int, LoadResult], dict[str, object]]:
+    args: argparse.Namespace, images: dict[str, bytes], model: Path, predictor: Predictor, workers: int
+) -> tuple[
+    dict[str, tuple[InProcess, InProcess]],
+    dict[tuple[str, int], LoadResult],
+    dict[int, LoadResult],
+    dict[str, object],
+]:
+    """Per image size: the in-process limit, the HTTP points, the in-process limit again (averaged)."""
+
+    def limits(data: bytes) -> tuple[InProcess, InProcess]:
+        one, many = (
+            best_inprocess(predictor, data, n, args.duration / 2, args.warmup / 2, args.repeat)
+            for n in (1, workers)
+        )
+        return one, many
+
     server = Server(model, args.server_arg)
     try:
         ready = await server.wait_ready()
@@ -470,8 +638,12 @@ async def bench_http(
                     await resp.read()
 
             await asyncio.gather(*(touch() for _ in range(max(args.concurrency))))
+            inproc: dict[str, tuple[InProcess, InProcess]] = {}
+            paired: dict[str, Paired] = {}
             results: dict[tuple[str, int], LoadResult] = {}
             for name, data in images.items():
+                before = await asyncio.to_thread(limits, data)
+                print_inprocess(name, "before", before)
                 for c in args.concurrency:
                     r = await measure(
                         session, server, "POST", "/image", data, c, args.duration, args.warmup, args.repeat
@@ -482,6 +654,17 @@ async def bench_http(
                         f"p50 {r.p50_ms:6.2f} ms  errors {fmt_errors(r.errors)}",
                         flush=True,
                     )
+                paired[name] = await paired_latency(session, server, predictor, data, args.duration)
+                q = paired[name]
+                print(
+                    f"  paired c=1 {name:>9}: in-process p50 {q.inproc_p50_ms:.2f} ms, HTTP p50 "
+                    f"{q.raw_p50_ms:.2f} ms (minimal client) / {q.aiohttp_p50_ms:.2f} ms (aiohttp), "
+                    f"{q.rounds} rounds",
+                    flush=True,
+                )
+                after = await asyncio.to_thread(limits, data)
+                print_inprocess(name, "after", after)
+                inproc[name] = (merge_inprocess(before[0], after[0]), merge_inprocess(before[1], after[1]))
             overhead: dict[int, LoadResult] = {}
             if not args.no_client_overhead:
                 for c in args.concurrency:
@@ -498,9 +681,19 @@ async def bench_http(
                     )
                     overhead[c] = r
                     print(f"  GET  /             c={c:<3} {r.requests_per_s:7.1f} req/s", flush=True)
-        return results, overhead, ready
+        return inproc, paired, results, overhead, ready
     finally:
         server.stop()
+
+
+def print_inprocess(name: str, when: str, pair: tuple[InProcess, InProcess]) -> None:
+    one, many = pair
+    print(
+        f"  in-process {name:>9} ({when:>6}): 1 worker {one.images_per_s:6.1f} img/s "
+        f"(p50 {one.p50_ms:.2f} ms), "
+        f"{many.workers} workers {many.images_per_s:6.1f} img/s ({many.cpu_cores:.2f} cores busy)",
+        flush=True,
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -547,10 +740,21 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def cpu_efficiency(limit: InProcess, r: LoadResult) -> float:
+    if not r.requests_per_s or not r.server_cores or not limit.images_per_s:
+        return float("nan")
+    return (limit.cpu_cores / limit.images_per_s) / (r.server_cores / r.requests_per_s)
+
+
 def fmt_stages(stages: dict[str, float]) -> str:
     if not stages:
         return "-"
     return " / ".join(f"{stages[st]:.2f}" for st in STAGES) + f" = {sum(stages.values()):.2f}"
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    # SIGTERM/SIGHUP would end the process without running `finally`: the server would outlive us.
+    raise SystemExit(128 + signum)
 
 
 def main() -> int:
@@ -558,6 +762,10 @@ def main() -> int:
     if args.null_predictor_server is not None:
         serve_null_predictor(args.null_predictor_server, (REPO / args.model).resolve())
         return 0
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a script
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     model = (args.model if args.model.is_absolute() else REPO / args.model).resolve()
     if not model.exists():
         raise SystemExit(f"model not found: {model}")
@@ -572,7 +780,8 @@ def main() -> int:
         + ", ".join(f"{n} {len(d) / 1024:.0f} KiB" for n, d in images.items())
     )
 
-    # ---- in-process limit: the server's own worker count and predictor options
+    # In-process limit: the server's own worker count and predictor options, measured in this process
+    # before and after each size's HTTP runs (while the server process sits idle).
     settings: Settings = build_settings({"model": {"path": model, "device": "cpu"}})
     capacity = capacity_for(settings)
     options = predictor_options(settings, capacity.workers)
@@ -582,29 +791,17 @@ def main() -> int:
         + (f", extra serve args {args.server_arg}" if args.server_arg else "")
     )
     predictor = Predictor.load(model, options)
-    inproc: dict[str, tuple[InProcess, InProcess]] = {}
     try:
-        for name, data in images.items():
-            one, many = (
-                best_inprocess(predictor, data, n, args.duration / 2, args.warmup / 2, args.repeat)
-                for n in (1, capacity.workers)
-            )
-            inproc[name] = (one, many)
-            print(
-                f"  in-process {name:>9}: 1 worker {one.images_per_s:6.1f} img/s (p50 {one.p50_ms:.2f} ms), "
-                f"{many.workers} workers {many.images_per_s:6.1f} img/s ({many.cpu_cores:.2f} cores busy)",
-                flush=True,
-            )
+        inproc, paired, results, overhead, ready = asyncio.run(
+            bench_http(args, images, model, predictor, capacity.workers)
+        )
     finally:
         predictor.close()
-
-    # ---- the real server in its own process
-    results, overhead, ready = asyncio.run(bench_http(args, images, model))
-    floor = {} if args.no_http_floor else asyncio.run(http_floor(args, images, model))
+    floor, floor_raw = ({}, {}) if args.no_http_floor else asyncio.run(http_floor(args, images, model))
     info = ready.get("model")
     if isinstance(info, dict):
         print(f"server ready: device {info.get('device')}, warm-up {info.get('warmup_ms')} ms")
-    report(args, images, inproc, results, overhead, floor)
+    report(args, images, inproc, paired, results, overhead, floor, floor_raw)
     return 0
 
 
@@ -612,15 +809,17 @@ def report(
     args: argparse.Namespace,
     images: dict[str, bytes],
     inproc: dict[str, tuple[InProcess, InProcess]],
+    paired: dict[str, Paired],
     results: dict[tuple[str, int], LoadResult],
     overhead: dict[int, LoadResult],
     floor: dict[tuple[str, int], LoadResult],
+    floor_raw: dict[str, float],
 ) -> None:
     cores = os.cpu_count() or 1
     print()
     print(
         f"{'size':>9} {'conc':>4} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} "
-        f"{'x inproc':>8} {'x contnr':>8} {'srv cores':>9} {'cli cores':>9} {'other':>5}"
+        f"{'x inproc':>8} {'cpu eff':>7} {'x contnr':>8} {'srv cores':>9} {'cli cores':>9} {'other':>5}"
     )
     for name in images:
         limit = inproc[name][1].images_per_s
@@ -629,33 +828,59 @@ def report(
             print(
                 f"{name:>9} {c:>4} {r.requests_per_s:7.1f} {r.p50_ms:7.2f} {r.p95_ms:7.2f} {r.p99_ms:7.2f} "
                 f"{r.error_count:>6} {r.requests_per_s / limit:8.2f} "
+                f"{cpu_efficiency(inproc[name][1], r):7.2f} "
                 f"{r.requests_per_s / CONTAINER_RPS[name]:8.2f} {r.server_cores:9.2f} {r.client_cores:9.2f} "
                 f"{r.other_cores:5.2f}"
             )
     print(
         "req/s and latencies: 200 answers only. x inproc: req/s / in-process images/s with the server's\n"
-        "worker count. x contnr: req/s / the container's 89 (640x480) or 38 (1080p) req/s. srv/cli cores:\n"
-        f"CPU used by the server and by this load generator (of {cores}); other: the rest of the machine."
+        "worker count. cpu eff: in-process CPU per image / server CPU per 200 answer (what x inproc would\n"
+        "be with the client on other cores and the server using all of them). x contnr: req/s / the\n"
+        "container's 89 (640x480) or 38 (1080p) req/s. srv/cli cores: CPU used by the server and by this\n"
+        f"load generator (of {cores}); other: the rest of the machine (other processes, steal)."
     )
 
     print()
     workers = f"{next(iter(inproc.values()))[1].workers} workers"
     print(
-        f"{'size':>9} {'1 worker img/s':>14} {'p50 ms':>7} {workers:>10} "
-        f"{'cores':>5} {'other':>5} {'HTTP c=1 p50':>12} {'added ms':>8}"
+        f"{'size':>9} {'1 worker img/s':>14} {'p50 ms':>7} {workers + ' img/s':>15} {'cores':>5} "
+        f"{'other':>5} {'drift':>6}"
     )
-    added: dict[str, float] = {}
     for name in images:
         one, many = inproc[name]
-        http1 = results.get((name, 1))
-        added[name] = http1.p50_ms - one.p50_ms if http1 else float("nan")
         print(
-            f"{name:>9} {one.images_per_s:14.1f} {one.p50_ms:7.2f} {many.images_per_s:10.1f} "
-            f"{many.cpu_cores:5.2f} {many.other_cores:5.2f} "
-            f"{http1.p50_ms if http1 else float('nan'):12.2f} {added[name]:8.2f}"
+            f"{name:>9} {one.images_per_s:14.1f} {one.p50_ms:7.2f} {many.images_per_s:15.1f} "
+            f"{many.cpu_cores:5.2f} {many.other_cores:5.2f} {many.drift:6.1%}"
         )
-    print("in-process: Predictor.predict_bytes in threads, no HTTP. added: HTTP p50 at concurrency 1 minus")
-    print("the in-process per-image p50 at 1 worker.")
+    print("in-process: Predictor.predict_bytes in threads, no HTTP; the mean of the runs before and after")
+    print("the size's HTTP points (drift: how much those two differ).")
+
+    print()
+    print("added latency at concurrency 1, p50 (ms):")
+    print(
+        f"{'size':>9} {'in-process':>10} {'HTTP minimal':>12} {'added':>6} {'HTTP aiohttp':>12} {'added':>6} "
+        f"{'rounds':>6} {'other':>5} | {'diff':>5} {'naive':>6} | {'floor minimal':>13} {'floor aiohttp':>13}"
+    )
+    for name in images:
+        one = inproc[name][0]
+        http1 = results.get((name, 1))
+        naive = http1.p50_ms - one.p50_ms if http1 else float("nan")
+        q = paired[name]
+        f_aio = floor[name, 1].p50_ms if (name, 1) in floor else float("nan")
+        print(
+            f"{name:>9} {q.inproc_p50_ms:10.2f} {q.raw_p50_ms:12.2f} {q.added_ms:6.2f} "
+            f"{q.aiohttp_p50_ms:12.2f} {q.added_aiohttp_ms:6.2f} {q.rounds:6} {q.other_cores:5.2f} | "
+            f"{q.raw_diff_ms:5.2f} {naive:6.2f} | "
+            f"{floor_raw.get(name, float('nan')):13.2f} {f_aio:13.2f}"
+        )
+    print(
+        "Rounds of one in-process prediction (worker thread), one request with a minimal blocking client\n"
+        "and one with the aiohttp client, so all three see the same machine (its speed drifts by 10 % or\n"
+        "more within seconds). added = HTTP p50 - in-process p50. diff: the median over rounds of\n"
+        "(minimal-client request - in-process prediction), less sensitive to drift. naive: the c=1 table\n"
+        "row minus the 1-worker in-process p50, measured seconds apart (drift included). floor: the same\n"
+        "server with a predictor that answers at once: what HTTP alone costs."
+    )
 
     print()
     print("mean ms per stage, decode / preprocess / inference / postprocess = total:")
@@ -670,6 +895,9 @@ def report(
                 f"(server CPU {r.server_cpu_ms_per_req:.2f} ms per 200, of which event loop "
                 f"{r.loop_cpu_ms_per_req:.2f})"
             )
+        q = paired[name]
+        print(f"  {name:>9} paired in-process    {fmt_stages(q.inproc_stages_ms)}")
+        print(f"  {name:>9} paired server c=1    {fmt_stages(q.server_stages_ms)}")
     print("  (server: its own edge_runtime_stage_seconds histograms, warm-up included)")
 
     if overhead:
@@ -706,7 +934,7 @@ def report(
                 f"{r.server_cpu_ms_per_req * 1000:10.0f} {r.loop_cpu_ms_per_req * 1000:11.0f} "
                 f"{r.client_cpu_us_per_req:10.0f}"
             )
-        print("  p50 at c=1 is the added latency HTTP costs on this machine when inference costs nothing.")
+        print("  p50 at c=1: what HTTP alone adds with the aiohttp client (see the added-latency table).")
 
     print()
     print("targets:")
@@ -718,19 +946,22 @@ def report(
             print(
                 f"  {name} c={TARGET_CONCURRENCY}: {vs_in:.2f}x in-process (>= {TARGET_VS_INPROC}) "
                 f"{verdict(vs_in >= TARGET_VS_INPROC)}; {vs_ct:.2f}x container (>= {TARGET_VS_CONTAINER}) "
-                f"{verdict(vs_ct >= TARGET_VS_CONTAINER)}"
+                f"{verdict(vs_ct >= TARGET_VS_CONTAINER)}; server CPU efficiency "
+                f"{cpu_efficiency(inproc[name][1], r4):.2f}"
             )
-        if not np.isnan(added[name]):
-            print(
-                f"  {name} added p50 latency {added[name]:.2f} ms (<= {TARGET_ADDED_P50_MS}) "
-                f"{verdict(added[name] <= TARGET_ADDED_P50_MS)}"
-            )
+        q = paired[name]
+        print(
+            f"  {name} added p50 latency (<= {TARGET_ADDED_P50_MS} ms): {q.added_ms:.2f} ms with the "
+            f"minimal client {verdict(q.added_ms <= TARGET_ADDED_P50_MS)}; {q.added_aiohttp_ms:.2f} ms with "
+            f"aiohttp's {verdict(q.added_aiohttp_ms <= TARGET_ADDED_P50_MS)}"
+        )
     errors = Counter[str]()
     for r in results.values():
         errors.update(r.errors)
     if errors:
         print(f"  non-200 answers / client errors: {fmt_errors(errors)}")
     noisy = [r.other_cores for r in results.values()] + [x.other_cores for p in inproc.values() for x in p]
+    noisy += [q.other_cores for q in paired.values()] + [r.other_cores for r in floor.values()]
     if max(noisy) > QUIET_CORES:
         print(f"  WARNING: other processes used up to {max(noisy):.2f} cores during a measurement")
 
