@@ -222,73 +222,38 @@ def describe_export(root: Path) -> ExportDescription:
     target = _size(sidecar, "Target")
     crop = _size(sidecar, "Crop")
 
+    def described(
+        postprocess: Postprocess,
+        domain: str,
+        resize: Resize,
+        resize_target: tuple[int, int],
+        crop_size: tuple[int, int] | None = None,
+    ) -> ExportDescription:
+        return ExportDescription(
+            root, manifest, labels, sidecar, task, postprocess, domain, resize, resize_target, crop_size
+        )
+
     if task is Task.DETECTION:
         # No sidecar on 2019 exports: those were all YOLO-grid compact models.
         if method == "ssd" or (not method and resize_method == "stretch"):
-            return ExportDescription(
-                root,
-                manifest,
-                labels,
-                sidecar,
-                task,
-                Postprocess.SSD,
-                "General (compact) [S1]",
-                Resize.STRETCH,
-                target or (320, 320),
-                None,
-            )
-        return ExportDescription(
-            root,
-            manifest,
-            labels,
-            sidecar,
-            task,
-            Postprocess.YOLO,
-            "General (compact)",
-            Resize.PIXEL_COUNT_ALIGN32,
-            target or (512, 512),
-            None,
+            return described(Postprocess.SSD, "General (compact) [S1]", Resize.STRETCH, target or (320, 320))
+        return described(
+            Postprocess.YOLO, "General (compact)", Resize.PIXEL_COUNT_ALIGN32, target or (512, 512)
         )
     if flavor == "onnx12":
         # 2018 Windows ML export: labels in a ZipMap; verified recipe shorter side 256 -> centre crop.
-        return ExportDescription(
-            root,
-            manifest,
-            labels,
-            sidecar,
-            task,
+        return described(
             Postprocess.ZIPMAP,
             "General (compact), ONNX 1.2 (2018)",
             Resize.SHORTER_SIDE_THEN_CROP,
             (256, 256),
-            None,
         )
     postprocess = Postprocess.MULTILABEL if method == "classificationmultilabel" else Postprocess.MULTICLASS
     if resize_method == "stretch":
-        return ExportDescription(
-            root,
-            manifest,
-            labels,
-            sidecar,
-            task,
-            postprocess,
-            "General (compact) [S1]",
-            Resize.STRETCH,
-            target or (300, 300),
-            None,
-        )
+        return described(postprocess, "General (compact) [S1]", Resize.STRETCH, target or (300, 300))
     # Compact classification: the container's measured recipe by default (shorter side -> input size).
-    return ExportDescription(
-        root,
-        manifest,
-        labels,
-        sidecar,
-        task,
-        postprocess,
-        "General (compact)",
-        Resize.SHORTER_SIDE_TO_INPUT,
-        target or (256, 256),
-        crop,
+    return described(
+        postprocess, "General (compact)", Resize.SHORTER_SIDE_TO_INPUT, target or (256, 256), crop
     )
 
 
