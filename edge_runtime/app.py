@@ -17,13 +17,13 @@ from edge_runtime.api.urlfetch import UrlPolicy
 from edge_runtime.backends.providers import parse_device
 from edge_runtime.engine import Predictor, PredictorOptions
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.events.dispatcher import Dispatcher, Sink
+from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits
+from edge_runtime.events.outbox import Outbox
 from edge_runtime.events.snapshots import SnapshotStore
 from edge_runtime.model.imaging import ImageLimits
 from edge_runtime.model.loader import LoadOptions
 from edge_runtime.redact import redact_url
 from edge_runtime.settings import Settings
-from edge_runtime.sinks.jsonl import JsonlSink
 from edge_runtime.sources.capture import Capture
 from edge_runtime.sources.sampler import CameraSampler
 from edge_runtime.state import (
@@ -111,28 +111,54 @@ def create_app(
 
     app.cleanup_ctx.append(executor_ctx)
     app.cleanup_ctx.append(model_ctx)
+    app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(events_ctx)
     app.cleanup_ctx.append(cameras_ctx)
     register_routes(app)
     return app
 
 
+async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The IoT Hub / edgeHub module client, when enabled; connects in the background."""
+    settings = app[SETTINGS]
+    if not settings.hub_enabled:
+        yield
+        return
+    from edge_runtime.iotedge.hub import HubClient  # the SDK is imported only when used
+
+    hub = HubClient.from_settings(settings.hub)
+    app[PIPELINE].hub = hub
+    await hub.start()
+    yield
+    await hub.close()
+
+
 async def events_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Snapshot store, sinks and the dispatcher; on shutdown queued events get a moment to go out."""
-    events = app[SETTINGS].events
+    """Snapshot store, outbox, sinks and the dispatcher. On shutdown waiting events get a moment to go
+    out; whatever is left stays in the outbox and goes out after the next start."""
+    settings = app[SETTINGS]
+    events = settings.events
     pipeline = app[PIPELINE]
     if events.snapshot_dir is not None:
         pipeline.snapshots = SnapshotStore(
             events.snapshot_dir, events.snapshot_max_count, events.snapshot_max_bytes
         )
-    sinks: list[Sink] = []
-    if events.jsonl_path is not None:
-        sinks.append(JsonlSink(events.jsonl_path))
-    dispatcher = Dispatcher(sinks, events.queue_size)
-    dispatcher.start()
+    from edge_runtime.sinks.build import build_sinks
+
+    sinks = build_sinks(settings, pipeline.camera_statuses, pipeline.snapshots, pipeline.hub)
+    outbox = Outbox(events.outbox_path)
+    await outbox.open()
+    dispatcher = Dispatcher(outbox, sinks, OutboxLimits(events.outbox_max_events, events.outbox_max_age_s))
+    try:
+        await dispatcher.start()
+    except BaseException:
+        await dispatcher.close(drain_timeout=0)
+        await outbox.close()
+        raise
     pipeline.dispatcher = dispatcher
     yield
     await dispatcher.close()
+    await outbox.close()
 
 
 async def cameras_ctx(app: web.Application) -> AsyncIterator[None]:

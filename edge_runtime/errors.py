@@ -7,6 +7,7 @@
     │   └── UnsupportedModelError   a real export we cannot run (ONNX 1.0, TensorFlow, ...)
     ├── DeviceUnavailableError      the requested device is not on this machine
     ├── InferenceError              the backend failed while running a loaded model
+    ├── SinkUnavailableError        a sink cannot take messages now (they wait in the outbox)
     └── ImageError                  bytes that are not a usable image
         ├── ImageDecodeError        not an image, or a broken one
         └── ImageTooLargeError      more pixels than the configured limit
@@ -63,3 +64,7 @@ class ImageDecodeError(ImageError):
 
 class ImageTooLargeError(ImageError):
     pass
+
+
+class SinkUnavailableError(EdgeRuntimeError):
+    """A sink cannot take messages right now; they wait in the outbox."""

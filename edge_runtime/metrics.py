@@ -85,10 +85,19 @@ FRAME_AGE_SECONDS = Histogram(
 )
 EVENTS = Counter("edge_runtime_events_total", "Defect events emitted", ["camera", "tag", "kind"])
 SINK_DROPPED = Counter(
-    "edge_runtime_sink_dropped_total", "Events dropped because a sink queue was full", ["sink"]
+    "edge_runtime_sink_dropped_total",
+    "Messages dropped undelivered by the outbox bounds: reason full (max events) or expired (max age)",
+    ["sink", "reason"],
 )
-SINK_SENT = Counter("edge_runtime_sink_sent_total", "Events delivered by a sink", ["sink"])
+SINK_SENT = Counter(
+    "edge_runtime_sink_sent_total", "Messages confirmed by a sink (events and summaries)", ["sink"]
+)
 SINK_FAILED = Counter("edge_runtime_sink_failed_total", "Delivery attempts that failed", ["sink"])
+SINK_CONNECTED = Gauge("edge_runtime_sink_connected", "1 while the sink's connection is up", ["sink"])
+OUTBOX_DEPTH = Gauge("edge_runtime_outbox_depth", "Messages waiting in the outbox", ["sink"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "edge_runtime_outbox_oldest_age_seconds", "Age of the oldest undelivered message (0 when empty)", ["sink"]
+)
 
 
 def set_camera_state(camera: str, state: str, all_states: list[str]) -> None:

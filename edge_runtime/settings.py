@@ -29,6 +29,8 @@ from edge_runtime.model.spec import Resize
 
 ENV_PREFIX = "EDGE_RUNTIME_"
 CONFIG_ENV = "EDGE_RUNTIME_CONFIG"
+# Set by the IoT Edge runtime (or by the dev tools' fallback): their presence means "we run as a module".
+IOT_EDGE_ENV = ("IOTEDGE_MODULEID", "EdgeHubConnectionString")
 
 
 class _Section(BaseModel):
@@ -44,6 +46,18 @@ class ModelSettings(_Section):
     threads: int = Field(0, ge=0, description="backend threads per inference; 0 = 1 per worker when serving")
     resize: Resize | None = Field(None, description="override the preprocessing recipe")
     verify_sha1: bool = Field(True, description="check ModelFileSHA1 from cvexport.manifest")
+    url: SecretStr | None = Field(
+        None, description="https URL of an export .zip to download (e.g. a blob SAS URL); needs sha256"
+    )
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="of the file at url")
+    download_dir: Path = Field(Path("var/models"), description="where downloaded models are kept")
+    max_download_bytes: int = Field(512 * 1024 * 1024, gt=0)
+
+    @model_validator(mode="after")
+    def _url_needs_hash(self) -> ModelSettings:
+        if self.url is not None and self.sha256 is None:
+            raise ValueError("model.url needs model.sha256: a downloaded model is always verified")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -127,6 +141,16 @@ class CameraSettings(_Section):
     backoff_max_s: float = Field(30.0, gt=0)
     enabled: bool = True
 
+    @field_validator("rois", mode="before")
+    @classmethod
+    def _rois(cls, value: Any) -> Any:
+        return _keyed(value, "name")
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _rules(cls, value: Any) -> Any:
+        return _keyed(value, "tag")
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -140,7 +164,78 @@ class EventSettings(_Section):
     snapshot_dir: Path | None = Field(Path("var/snapshots"), description="null = no snapshots")
     snapshot_max_count: int = Field(500, ge=1)
     snapshot_max_bytes: int = Field(200 * 1024 * 1024, ge=1)
-    queue_size: int = Field(1000, ge=1, description="per sink; oldest dropped (and counted) when full")
+    outbox_path: Path = Field(Path("var/outbox.sqlite3"), description="durable store-and-forward queue")
+    outbox_max_events: int = Field(
+        100_000, ge=1, description="per sink; the oldest is dropped (counted) above"
+    )
+    outbox_max_age_s: float = Field(7 * 24 * 3600.0, gt=0, description="older undelivered events are dropped")
+
+
+class DeliverySettings(_Section):
+    """What every network sink shares: how much it may send (IoT Hub messages cost money)."""
+
+    send_events: bool = Field(True, description="false = only the periodic summary goes out")
+    rate_limit_per_minute: float = Field(0.0, ge=0, description="0 = unlimited; over it, events wait")
+    summary_interval_s: float = Field(0.0, ge=0, description="0 = off; counts per camera and tag")
+    publish_timeout_s: float = Field(10.0, gt=0, description="no confirmation by then = retry later")
+
+
+class TlsSettings(_Section):
+    ca_file: Path | None = Field(None, description="CA bundle to verify the broker; none = system CAs")
+    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: Path | None = None
+    insecure: bool = Field(False, description="skip host name verification (testing only)")
+
+
+class MqttSettings(DeliverySettings):
+    host: str = Field(min_length=1)
+    port: int = Field(0, ge=0, le=65535, description="0 = 1883, or 8883 with TLS")
+    tls: TlsSettings | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = Field("", description="empty = edge-runtime-<hostname>")
+    qos: int = Field(1, ge=0, le=2)
+    keepalive_s: int = Field(30, ge=5)
+    topic_prefix: str = Field("edge_runtime", pattern=r"^[^#+]+$")
+    publish_snapshots: bool = Field(False, description="also send the JPEG to <prefix>/<camera>/snapshot")
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (8883 if self.tls is not None else 1883)
+
+
+class HubSettings(_Section):
+    """The connection to IoT Hub / edgeHub, shared by the iothub sink, the module twin and direct methods."""
+
+    enabled: bool | None = Field(None, description="none = on when the IoT Edge environment is detected")
+    connection_string: SecretStr | None = Field(
+        None, description="module connection string; none = the IoT Edge environment (IOTEDGE_* variables)"
+    )
+    ca_file: Path | None = Field(None, description="CA of GatewayHostName for a connection string")
+    connect_retry_max_s: float = Field(30.0, gt=0)
+
+
+class IotHubSettings(DeliverySettings):
+    output: str = Field("defects", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="module output name")
+
+
+SINK_NAMES = ("mqtt", "iothub")
+
+
+class SinkSettings(_Section):
+    mqtt: MqttSettings | None = None
+    iothub: IotHubSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(SINK_NAMES))
+            if unknown:
+                raise ValueError(f"unknown sink {unknown[0]!r} (known: {', '.join(SINK_NAMES)})")
+        return data
 
 
 class Settings(_Section):
@@ -149,7 +244,14 @@ class Settings(_Section):
     url_fetch: UrlFetchSettings = UrlFetchSettings()
     cameras: tuple[CameraSettings, ...] = ()
     events: EventSettings = EventSettings()
+    sinks: SinkSettings = SinkSettings()
+    hub: HubSettings = HubSettings()
     log_level: str = "INFO"
+
+    @field_validator("cameras", mode="before")
+    @classmethod
+    def _cameras(cls, value: Any) -> Any:
+        return _keyed(value, "id")
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> Settings:
@@ -157,7 +259,29 @@ class Settings(_Section):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"camera ids must be unique: {duplicates}")
+        if self.sinks.iothub is not None and not self.hub_enabled:
+            raise ValueError(
+                "sinks.iothub needs hub.connection_string, or the IoT Edge environment (IOTEDGE_* variables)"
+            )
         return self
+
+    @property
+    def hub_enabled(self) -> bool:
+        return bool(self.hub.enabled) or (self.hub.enabled is None and self.hub.connection_string is not None)
+
+
+def _keyed(value: Any, key: str) -> Any:
+    """Accept {key: {...}} as well as a list: module twins merge objects, and null removes an entry."""
+    if isinstance(value, Mapping):
+        items = []
+        for name, body in value.items():
+            if body is None:
+                continue
+            if not isinstance(body, Mapping):
+                raise ValueError(f"{name!r}: expected an object")
+            items.append({**body, key: name})
+        return items
+    return value
 
 
 def _as_list(value: Any) -> Any:
@@ -232,4 +356,9 @@ def load_settings(
     data: dict[str, Any] = _from_file(file_name) if file_name else {}
     data = _merge(data, _from_env(env))
     data = _merge(data, overrides or {})
+    hub = data.get("hub")
+    if (hub.get("enabled") if isinstance(hub, dict) else None) is None and any(
+        env.get(name) for name in IOT_EDGE_ENV
+    ):
+        data = _merge(data, {"hub": {"enabled": True}})
     return build_settings(data)

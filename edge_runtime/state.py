@@ -16,6 +16,7 @@ from edge_runtime.settings import Settings
 
 if TYPE_CHECKING:
     from edge_runtime.events.dispatcher import Dispatcher
+    from edge_runtime.iotedge.hub import HubClient
     from edge_runtime.sources.sampler import CameraSampler
 
 
@@ -63,9 +64,15 @@ class Pipeline:
         self.samplers: list[CameraSampler] = []
         self.snapshots: SnapshotStore | None = None
         self.dispatcher: Dispatcher | None = None
+        self.hub: HubClient | None = None
 
     def camera_statuses(self) -> dict[str, dict[str, object]]:
         return {s.capture.settings.id: s.capture.status().to_dict() for s in self.samplers}
+
+    def sink_statuses(self) -> dict[str, object]:
+        if self.dispatcher is None:
+            return {}
+        return {sink.name: dict(sink.status()) for sink in self.dispatcher.sinks}
 
 
 PIPELINE = web.AppKey("pipeline", Pipeline)

@@ -233,15 +233,18 @@ async def health_ready(request: web.Request) -> web.Response:
         _check_key(request)
     slot = request.app[MODEL]
     predictor = slot.predictor
-    cameras = request.app[PIPELINE].camera_statuses()
+    pipeline = request.app[PIPELINE]
+    cameras = pipeline.camera_statuses()
+    sinks = pipeline.sink_statuses()  # informative: a broker outage does not make inference unready
     if predictor is None:
         status = "failed" if slot.error else "loading"
-        return _json({"status": status, "error": slot.error, "cameras": cameras}, status=503)
+        return _json({"status": status, "error": slot.error, "cameras": cameras, "sinks": sinks}, status=503)
     spec = predictor.spec
     return _json(
         {
             "status": "ready",
             "cameras": cameras,
+            "sinks": sinks,
             "model": {
                 "id": spec.model_id,
                 "sha1": spec.sha1,

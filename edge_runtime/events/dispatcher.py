@@ -1,7 +1,9 @@
-"""Fan events out to every sink over bounded queues; a slow or failing sink never blocks the cameras.
+"""Events -> durable outbox -> one delivery loop per sink.
 
-Policy when a sink's queue is full: the oldest queued event is dropped and counted
-(edge_runtime_sink_dropped_total). Durable store-and-forward comes with the MQTT / IoT Hub sinks.
+`publish` stores the event for every sink in the outbox (one sqlite transaction) and returns; each
+sink's loop sends what waits for it in order, deleting a row only once the sink confirms it. A sink
+that is down or slow never blocks the cameras or the other sinks; its messages wait on disk, bounded
+by count and age (drops counted in edge_runtime_sink_dropped_total{reason}).
 """
 
 from __future__ import annotations
@@ -9,72 +11,173 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from edge_runtime import metrics
 from edge_runtime.domain import Event
+from edge_runtime.events.ids import new_event_id
+from edge_runtime.events.outbox import Outbox, OutboxRecord
+from edge_runtime.events.ratelimit import TokenBucket
+from edge_runtime.events.summary import SummaryCounter
+from edge_runtime.settings import DeliverySettings
 
 log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
     name: str
+    delivery: DeliverySettings
 
-    async def publish(self, event: Event) -> None:
-        """Deliver one event; raise to have it retried."""
+    async def start(self) -> None:
+        """Begin connecting in the background; an unreachable broker must not raise here."""
+
+    async def publish(self, record: OutboxRecord) -> None:
+        """Deliver one message and return once the far end confirmed it; raise to retry later."""
+
+    def status(self) -> Mapping[str, object]: ...
 
     async def close(self) -> None: ...
 
 
-class Dispatcher:
-    RETRY_DELAY_S = 1.0
+@dataclass(frozen=True, slots=True)
+class OutboxLimits:
+    max_events: int = 100_000
+    max_age_s: float = 7 * 24 * 3600.0
 
-    def __init__(self, sinks: Sequence[Sink], queue_size: int) -> None:
+
+class Dispatcher:
+    BATCH = 50
+    RETRY_INITIAL_S = 0.5
+    RETRY_MAX_S = 5.0  # a sink that is down fails fast, so retrying often is cheap
+    HOUSEKEEPING_S = 1.0
+
+    def __init__(self, outbox: Outbox, sinks: Sequence[Sink], limits: OutboxLimits = OutboxLimits()) -> None:
+        self._outbox = outbox
         self._sinks = tuple(sinks)
-        self._queues: dict[str, asyncio.Queue[Event]] = {s.name: asyncio.Queue(queue_size) for s in sinks}
+        self._limits = limits
+        self._wakeups = {s.name: asyncio.Event() for s in sinks}
+        self._idle = {s.name: asyncio.Event() for s in sinks}
+        self._summaries = {
+            s.name: SummaryCounter(time.time()) for s in sinks if s.delivery.summary_interval_s > 0
+        }
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._drain(sink), name=f"sink-{sink.name}") for sink in self._sinks
-        ]
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return self._sinks
 
-    def publish(self, event: Event) -> None:
-        """Never blocks: called from the sampling loop."""
-        metrics.EVENTS.labels(event.camera, event.tag, event.kind.value).inc()
+    async def start(self) -> None:
+        names = {s.name for s in self._sinks}
+        for sink_name, count in (await self._outbox.pending_by_sink()).items():
+            if sink_name in names:
+                log.info("outbox: %d message(s) from before the restart wait for %s", count, sink_name)
+            else:
+                log.warning(
+                    "outbox: %d message(s) wait for sink %s, which is not configured", count, sink_name
+                )
         for sink in self._sinks:
-            queue = self._queues[sink.name]
-            if queue.full():
-                queue.get_nowait()
-                queue.task_done()
-                metrics.SINK_DROPPED.labels(sink.name).inc()
-                log.warning("sink %s is behind: dropped its oldest queued event", sink.name)
-            queue.put_nowait(event)
+            await sink.start()
+            self._tasks.append(asyncio.create_task(self._deliver(sink), name=f"deliver-{sink.name}"))
+            if sink.name in self._summaries:
+                self._tasks.append(asyncio.create_task(self._summarise(sink), name=f"summary-{sink.name}"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="outbox-housekeeping"))
 
-    async def _drain(self, sink: Sink) -> None:
-        queue = self._queues[sink.name]
+    async def publish(self, event: Event) -> None:
+        """Store the event durably for every sink; returns once it is on disk."""
+        metrics.EVENTS.labels(event.camera, event.tag, event.kind.value).inc()
+        for counter in self._summaries.values():
+            counter.add(event)
+        targets = [s.name for s in self._sinks if s.delivery.send_events]
+        await self._store(targets, "event", event.id, event.to_dict())
+
+    async def _store(
+        self, targets: Sequence[str], type_: str, message_id: str, body: dict[str, object]
+    ) -> None:
+        if not targets:
+            return
+        dropped = await self._outbox.put(targets, type_, message_id, body, self._limits.max_events)
+        for name in targets:
+            if dropped.get(name):
+                metrics.SINK_DROPPED.labels(name, "full").inc(dropped[name])
+                log.warning("outbox for %s is full: dropped its %d oldest message(s)", name, dropped[name])
+            self._idle[name].clear()
+            self._wakeups[name].set()
+
+    async def _deliver(self, sink: Sink) -> None:
+        bucket = TokenBucket(sink.delivery.rate_limit_per_minute)
+        delay = self.RETRY_INITIAL_S
+        failing = False
         while True:
-            event = await queue.get()
-            while True:
+            self._wakeups[sink.name].clear()
+            records = await self._outbox.peek(sink.name, self.BATCH)
+            if not records:
+                self._idle[sink.name].set()
+                await self._wakeups[sink.name].wait()
+                continue
+            for record in records:
+                if (wait := bucket.wait_time()) > 0:
+                    await asyncio.sleep(wait)
                 try:
-                    await sink.publish(event)
-                    metrics.SINK_SENT.labels(sink.name).inc()
-                    queue.task_done()
-                    break
-                except Exception as exc:  # a sink's failure must not end its drain loop
+                    await sink.publish(record)
+                except Exception as exc:  # any failure: the message stays in the outbox
                     metrics.SINK_FAILED.labels(sink.name).inc()
-                    log.warning("sink %s failed (%s); retrying", sink.name, exc)
-                    await asyncio.sleep(self.RETRY_DELAY_S)
+                    await self._outbox.note_attempt(record.seq)
+                    if not failing:
+                        log.warning("sink %s: delivery failed (%s); will retry", sink.name, exc)
+                    else:
+                        log.debug("sink %s: delivery failed again (%s)", sink.name, exc)
+                    failing = True
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.RETRY_MAX_S)
+                    break
+                bucket.take()
+                await self._outbox.ack(record.seq)
+                metrics.SINK_SENT.labels(sink.name).inc()
+                if failing:
+                    log.info("sink %s: delivering again", sink.name)
+                    failing = False
+                delay = self.RETRY_INITIAL_S
+
+    async def _summarise(self, sink: Sink) -> None:
+        counter = self._summaries[sink.name]
+        while True:
+            await asyncio.sleep(sink.delivery.summary_interval_s)
+            summary_id = new_event_id()
+            await self._store([sink.name], "summary", summary_id, counter.take(summary_id, time.time()))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            for sink in self._sinks:
+                trimmed = await self._outbox.trim(sink.name, self._limits.max_events, self._limits.max_age_s)
+                if trimmed.expired:
+                    metrics.SINK_DROPPED.labels(sink.name, "expired").inc(trimmed.expired)
+                    log.warning("outbox for %s: dropped %d expired message(s)", sink.name, trimmed.expired)
+                if trimmed.full:
+                    metrics.SINK_DROPPED.labels(sink.name, "full").inc(trimmed.full)
+                backlog = await self._outbox.backlog(sink.name)
+                metrics.OUTBOX_DEPTH.labels(sink.name).set(backlog.depth)
+                age = (
+                    0.0 if backlog.oldest_created is None else max(0.0, time.time() - backlog.oldest_created)
+                )
+                metrics.OUTBOX_OLDEST_AGE.labels(sink.name).set(age)
+            await asyncio.sleep(self.HOUSEKEEPING_S)
+
+    async def backlog(self) -> dict[str, int]:
+        return {s.name: (await self._outbox.backlog(s.name)).depth for s in self._sinks}
 
     async def close(self, drain_timeout: float = 2.0) -> None:
-        """Give queued events a moment to go out, then stop and close every sink."""
+        """Give waiting messages a moment to go out; what is left stays in the outbox for next time."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
-                # join() also waits for the event a sink is delivering right now
-                await asyncio.gather(*(q.join() for q in self._queues.values()))
+                await asyncio.gather(*(idle.wait() for idle in self._idle.values()))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sink in self._sinks:
-            await sink.close()
+            try:
+                await sink.close()
+            except Exception:  # one sink's failure to close must not keep the others open
+                log.exception("sink %s did not close cleanly", sink.name)

@@ -32,6 +32,14 @@ class SnapshotStore:
         path = self.directory / f"{event_id}.jpg"
         return path if path.is_file() else None
 
+    def read(self, event_id: str) -> bytes | None:
+        """The JPEG, or None once evicted by the caps."""
+        path = self.path_for(event_id)
+        try:
+            return None if path is None else path.read_bytes()
+        except FileNotFoundError:  # evicted between the check and the read
+            return None
+
     def save(self, event_id: str, frame: NDArray[np.uint8], boxes: Sequence[BoundingBox], label: str) -> Path:
         import cv2
 

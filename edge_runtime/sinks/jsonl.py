@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
-from edge_runtime.domain import Event
+from edge_runtime.events.outbox import OutboxRecord
+from edge_runtime.settings import DeliverySettings
 
 
 class JsonlSink:
@@ -14,16 +16,23 @@ class JsonlSink:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.delivery = DeliverySettings()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("a", encoding="utf-8")
 
-    async def publish(self, event: Event) -> None:
-        line = json.dumps(event.to_dict(), separators=(",", ":")) + "\n"
+    async def start(self) -> None:
+        """A local file is ready at once."""
+
+    async def publish(self, record: OutboxRecord) -> None:
+        line = json.dumps(dict(record.body), separators=(",", ":")) + "\n"
         await asyncio.to_thread(self._write, line)
 
     def _write(self, line: str) -> None:
         self._file.write(line)
         self._file.flush()
+
+    def status(self) -> Mapping[str, object]:
+        return {"path": str(self.path)}
 
     async def close(self) -> None:
         self._file.close()

@@ -112,7 +112,7 @@ class CameraSampler:
                     event.tag,
                     event.probability,
                 )
-                self._dispatcher.publish(event)
+                await self._dispatcher.publish(event)
 
     async def _event(self, decision: Decision, frame: Frame, predictor: Predictor) -> Event:
         event_id = new_event_id()

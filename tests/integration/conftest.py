@@ -12,6 +12,7 @@ modules named `conftest` must not be imported by name).
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import io
 import json
 import re
@@ -115,12 +116,18 @@ def make_settings(
     url_fetch: Mapping[str, Any] | None = None,
     model: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Test settings: CPU, two inference workers, plus whatever the test overrides."""
+    """Test settings: CPU, two inference workers, events kept in a private temp dir, plus overrides."""
+    events = Path(tempfile.mkdtemp(prefix="edge-runtime-events-"))
     return build_settings(
         {
             "server": {"inference_workers": 2, **(server or {})},
             "model": {"device": "cpu", **(model or {})},
             "url_fetch": dict(url_fetch or {}),
+            "events": {
+                "jsonl_path": events / "events.jsonl",
+                "snapshot_dir": events / "snapshots",
+                "outbox_path": events / "outbox.sqlite3",
+            },
         }
     )
 

@@ -103,7 +103,11 @@ async def test_demo_pipeline_end_to_end(tmp_path: Path, reader_starts: list[floa
         {
             "server": {"inference_workers": 2},
             "model": {"device": "cpu"},
-            "events": {"jsonl_path": jsonl, "snapshot_dir": tmp_path / "snaps"},
+            "events": {
+                "jsonl_path": jsonl,
+                "snapshot_dir": tmp_path / "snaps",
+                "outbox_path": tmp_path / "outbox.sqlite3",
+            },
             "cameras": [camera],
         }
     )

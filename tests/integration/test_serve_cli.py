@@ -32,12 +32,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def events_env(tmp_path: Path) -> dict[str, str]:
+    """Keep each test's events, snapshots and outbox out of the repository's var/."""
+    return {
+        "EDGE_RUNTIME_EVENTS__JSONL_PATH": str(tmp_path / "events.jsonl"),
+        "EDGE_RUNTIME_EVENTS__SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+        "EDGE_RUNTIME_EVENTS__OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
+    }
+
+
 class ServeProcess:
     def __init__(self, args: Sequence[str], tmp_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = tmp_path / "serve.log"
         self._log = self.log_path.open("wb")
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_RUNTIME_")}
         child_env["TMPDIR"] = str(tmp_path)  # the built-in demo model is written under the temp dir
+        for name, value in events_env(tmp_path).items():
+            child_env.setdefault(name, value)
         child_env.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_runtime", "serve", *args],

@@ -1,0 +1,205 @@
+"""Durable store-and-forward between the dispatcher and the sinks (sqlite3, WAL).
+
+One row per (sink, message). A row is deleted only when its sink confirms delivery (MQTT PUBACK,
+IoT Hub send completion), so delivery is at-least-once and survives restarts and power loss
+(synchronous=FULL). Bounded by count and age per sink; what the bounds drop is returned to the
+caller to be counted, never dropped silently.
+
+All sqlite work runs on one private thread: the event loop never waits on disk, and one connection
+serialises every statement without locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edge_runtime.errors import ConfigError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink     TEXT NOT NULL,
+    type     TEXT NOT NULL,
+    id       TEXT NOT NULL,
+    created  REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    body     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_sink_seq ON outbox (sink, seq);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One message waiting for one sink. `type` is "event" or "summary"; `id` is the message id."""
+
+    seq: int
+    sink: str
+    type: str
+    id: str
+    created: float
+    attempts: int
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Trimmed:
+    full: int = 0
+    expired: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    depth: int
+    oldest_created: float | None
+
+
+class Outbox:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not self.path.exists() or isinstance(exc, sqlite3.OperationalError):
+                raise ConfigError(f"events.outbox_path: cannot open {self.path}: {exc}") from exc
+            # A damaged file must not stop the line: keep it for forensics and start a new one.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            self.path.rename(aside)
+            log.error("outbox %s is damaged (%s): moved to %s, starting empty", self.path, exc, aside)
+            self._db = self._connect()
+        except OSError as exc:
+            raise ConfigError(f"events.outbox_path: cannot open {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        db.execute("SELECT count(*) FROM outbox").fetchone()  # reads a page: a corrupt file fails here
+        return db
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(close)
+        self._thread.shutdown(wait=True)
+
+    async def put(
+        self, sinks: Sequence[str], type_: str, message_id: str, body: Mapping[str, Any], max_per_sink: int
+    ) -> dict[str, int]:
+        """Store one message for each sink in one transaction; returns how many were dropped per sink."""
+        text = json.dumps(body, separators=(",", ":"))
+        now = time.time()
+
+        def put() -> dict[str, int]:
+            db = self._conn
+            dropped = {}
+            with _transaction(db):
+                for sink in sinks:
+                    db.execute(
+                        "INSERT INTO outbox (sink, type, id, created, body) VALUES (?, ?, ?, ?, ?)",
+                        (sink, type_, message_id, now, text),
+                    )
+                    dropped[sink] = _trim_count(db, sink, max_per_sink)
+            return dropped
+
+        return await self._run(put)
+
+    async def peek(self, sink: str, limit: int) -> list[OutboxRecord]:
+        def peek() -> list[OutboxRecord]:
+            rows = self._conn.execute(
+                "SELECT seq, sink, type, id, created, attempts, body FROM outbox"
+                " WHERE sink = ? ORDER BY seq LIMIT ?",
+                (sink, limit),
+            ).fetchall()
+            return [OutboxRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+        return await self._run(peek)
+
+    async def ack(self, seq: int) -> None:
+        await self._run(lambda: self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)))
+
+    async def note_attempt(self, seq: int) -> None:
+        await self._run(
+            lambda: self._conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
+        )
+
+    async def trim(self, sink: str, max_events: int, max_age_s: float) -> Trimmed:
+        def trim() -> Trimmed:
+            db = self._conn
+            with _transaction(db):
+                expired = db.execute(
+                    "DELETE FROM outbox WHERE sink = ? AND created < ?", (sink, time.time() - max_age_s)
+                ).rowcount
+                full = _trim_count(db, sink, max_events)
+            return Trimmed(full=full, expired=expired)
+
+        return await self._run(trim)
+
+    async def backlog(self, sink: str) -> Backlog:
+        def backlog() -> Backlog:
+            depth, oldest = self._conn.execute(
+                "SELECT count(*), min(created) FROM outbox WHERE sink = ?", (sink,)
+            ).fetchone()
+            return Backlog(int(depth), oldest)
+
+        return await self._run(backlog)
+
+    async def pending_by_sink(self) -> dict[str, int]:
+        def pending() -> dict[str, int]:
+            rows = self._conn.execute("SELECT sink, count(*) FROM outbox GROUP BY sink").fetchall()
+            return {sink: int(count) for sink, count in rows}
+
+        return await self._run(pending)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("outbox is not open")
+        return self._db
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+
+def _trim_count(db: sqlite3.Connection, sink: str, max_events: int) -> int:
+    """Drop the oldest rows of `sink` beyond `max_events`; returns how many."""
+    return db.execute(
+        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sink = ?"
+        " ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+        (sink, max_events),
+    ).rowcount
+
+
+class _transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

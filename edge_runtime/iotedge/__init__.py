@@ -1,0 +1,1 @@
+"""Azure IoT Edge integration: the module client, twin and direct methods."""

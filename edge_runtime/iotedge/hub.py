@@ -1,0 +1,98 @@
+"""One IoT Hub module client per process (azure-iot-device 2.14, asyncio API), behind a small adapter.
+
+Shared by the iothub sink, the module twin and the direct methods. Inside IoT Edge it is created from
+the environment the runtime sets (IOTEDGE_*; or EdgeHubConnectionString + EdgeModuleCACertificateFile
+from the dev tools); elsewhere from hub.connection_string. The SDK reconnects by itself after a drop;
+the first connection is retried here in the background, so a hub that is down never delays serving.
+The connection string is a credential: it is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from azure.iot.device import Message
+from azure.iot.device.aio import IoTHubModuleClient
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.settings import HubSettings
+
+log = logging.getLogger(__name__)
+# The SDK logs every pipeline step at INFO; its warnings are enough.
+logging.getLogger("azure.iot.device").setLevel(logging.WARNING)
+
+
+class HubClient:
+    def __init__(self, client: Any, retry_max_s: float = 30.0) -> None:
+        self.sdk = client
+        self._retry_max_s = retry_max_s
+        self._connect_task: asyncio.Task[None] | None = None
+        self.connected_once = asyncio.Event()
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_settings(cls, hub: HubSettings) -> HubClient:
+        if hub.connection_string is None:
+            try:
+                client = IoTHubModuleClient.create_from_edge_environment()
+            except Exception as exc:  # the SDK raises OSError/ValueError/its own errors here
+                raise ConfigError(f"hub: cannot use the IoT Edge environment: {exc}") from exc
+            return cls(client, hub.connect_retry_max_s)
+        kwargs: dict[str, Any] = {}
+        if hub.ca_file is not None:
+            try:
+                kwargs["server_verification_cert"] = hub.ca_file.read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"hub.ca_file: cannot read {hub.ca_file}: {exc}") from exc
+        try:
+            client = IoTHubModuleClient.create_from_connection_string(
+                hub.connection_string.get_secret_value(), **kwargs
+            )
+        except (ValueError, TypeError) as exc:
+            # The SDK's message may quote the string: name the problem, never the secret.
+            raise ConfigError("hub.connection_string: not a valid module connection string") from exc
+        return cls(client, hub.connect_retry_max_s)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.sdk.connected)
+
+    async def start(self) -> None:
+        self._connect_task = asyncio.create_task(self._connect(), name="hub-connect")
+
+    async def _connect(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.sdk.connect()
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("hub: cannot connect (%s); retrying in %.0f s", self.last_error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            log.info("hub: connected")
+            self.last_error = None
+            self.connected_once.set()
+            return
+
+    async def send_to_output(
+        self, output: str, body: bytes, message_id: str, properties: Mapping[str, str]
+    ) -> None:
+        message = Message(  # type: ignore[no-untyped-call]
+            body, message_id=message_id, content_encoding="utf-8", content_type="application/json"
+        )
+        message.custom_properties = dict(properties)
+        await self.sdk.send_message_to_output(message, output)
+
+    async def close(self) -> None:
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            await asyncio.gather(self._connect_task, return_exceptions=True)
+        try:
+            await self.sdk.shutdown()
+        except Exception as exc:
+            log.warning("hub: shutdown: %s", exc)

@@ -1,0 +1,246 @@
+"""MQTT sink (paho-mqtt 1.6, the version azure-iot-device pins): events with QoS 1, retained status.
+
+Topics (prefix = sinks.mqtt.topic_prefix):
+    <prefix>/<camera>/events     one event JSON per message
+    <prefix>/<camera>/snapshot   the event's JPEG (publish_snapshots: true), sent right after the event
+    <prefix>/<camera>/status     retained camera state JSON; emptied when the camera is removed
+    <prefix>/status              retained "online" / "offline" (the Last Will says offline on a crash)
+    <prefix>/summary             periodic summary (summary_interval_s > 0)
+
+paho's network thread owns the socket and reconnects by itself; its callbacks only hand results to
+the event loop with call_soon_threadsafe. A publish returns when the broker's PUBACK arrives, so the
+outbox deletes only what the broker holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge_runtime import metrics
+from edge_runtime.errors import ConfigError, SinkUnavailableError
+from edge_runtime.events.outbox import OutboxRecord
+from edge_runtime.settings import DeliverySettings, MqttSettings
+
+log = logging.getLogger(__name__)
+
+CameraStatuses = Callable[[], Mapping[str, Mapping[str, object]]]
+SnapshotReader = Callable[[str], bytes | None]
+
+
+class MqttSink:
+    name = "mqtt"
+    STATUS_POLL_S = 1.0
+    CLOSE_TIMEOUT_S = 2.0
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        camera_statuses: CameraStatuses | None = None,
+        read_snapshot: SnapshotReader | None = None,
+    ) -> None:
+        self.settings = settings
+        self.delivery: DeliverySettings = settings
+        self._camera_statuses = camera_statuses
+        self._read_snapshot = read_snapshot
+        self._prefix = settings.topic_prefix.rstrip("/")
+        self._client = self._build_client(settings)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = False
+        self._last_error: str | None = None
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._camera_payloads: dict[str, bytes] = {}
+        self._camera_states: dict[str, tuple[object, object]] = {}
+        self._status_task: asyncio.Task[None] | None = None
+
+    # ---- construction: every configuration problem surfaces here, before the server starts ----
+    def _build_client(self, s: MqttSettings) -> mqtt.Client:
+        self.client_id = s.client_id or f"edge-runtime-{socket.gethostname()}"
+        client = mqtt.Client(client_id=self.client_id, clean_session=True)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+        if s.tls is not None:
+            for field in ("ca_file", "cert_file", "key_file"):
+                _check_readable(f"sinks.mqtt.tls.{field}", getattr(s.tls, field))
+            if (s.tls.cert_file is None) != (s.tls.key_file is None):
+                raise ConfigError("sinks.mqtt.tls: cert_file and key_file go together")
+            try:
+                client.tls_set(
+                    ca_certs=_str(s.tls.ca_file), certfile=_str(s.tls.cert_file), keyfile=_str(s.tls.key_file)
+                )
+            except (ssl.SSLError, ValueError, OSError) as exc:
+                raise ConfigError(f"sinks.mqtt.tls: cannot use the certificate files: {exc}") from exc
+            client.tls_insecure_set(s.tls.insecure)
+        client.will_set(self._topic("status"), b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=int(max(1, s.reconnect_min_s)), max_delay=int(s.reconnect_max_s))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _topic(self, *parts: str) -> str:
+        return "/".join((self._prefix, *parts))
+
+    # ---- lifecycle ----
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        metrics.SINK_CONNECTED.labels(self.name).set(0)
+        s = self.settings
+        # connect_async + loop_start: the first attempt happens on paho's thread, so a broker that is
+        # down at start costs nothing here; paho retries with its reconnect delay.
+        self._client.connect_async(s.host, s.effective_port, keepalive=s.keepalive_s)
+        self._client.loop_start()
+        log.info("mqtt: connecting to %s:%d as %s", s.host, s.effective_port, self.client_id)
+        if self._camera_statuses is not None:
+            self._status_task = asyncio.create_task(self._watch_cameras(), name="mqtt-camera-status")
+
+    async def close(self) -> None:
+        if self._status_task is not None:
+            self._status_task.cancel()
+            await asyncio.gather(self._status_task, return_exceptions=True)
+        if self._connected:
+            # A clean goodbye: say offline ourselves (the broker only sends the Will on a crash).
+            try:
+                await self._publish(
+                    self._topic("status"), b"offline", retain=True, timeout=self.CLOSE_TIMEOUT_S
+                )
+            except (SinkUnavailableError, TimeoutError) as exc:
+                log.warning("mqtt: could not publish offline status: %s", exc)
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        metrics.SINK_CONNECTED.labels(self.name).set(0)
+
+    def status(self) -> Mapping[str, object]:
+        s = self.settings
+        return {
+            "connected": self._connected,
+            "broker": f"{s.host}:{s.effective_port}",
+            "last_error": self._last_error,
+        }
+
+    # ---- delivery ----
+    async def publish(self, record: OutboxRecord) -> None:
+        body = json.dumps(dict(record.body), separators=(",", ":")).encode()
+        timeout = self.settings.publish_timeout_s
+        if record.type == "summary":
+            await self._publish(self._topic("summary"), body, timeout=timeout)
+            return
+        camera = str(record.body.get("camera", "unknown"))
+        await self._publish(self._topic(camera, "events"), body, timeout=timeout)
+        if self.settings.publish_snapshots and record.body.get("snapshot") and self._read_snapshot:
+            jpeg = await asyncio.to_thread(self._read_snapshot, record.id)
+            if jpeg is not None:
+                await self._publish(self._topic(camera, "snapshot"), jpeg, timeout=timeout)
+
+    async def _publish(self, topic: str, payload: bytes, *, retain: bool = False, timeout: float) -> None:
+        if not self._connected:
+            raise SinkUnavailableError(
+                f"not connected to {self.settings.host}:{self.settings.effective_port}"
+            )
+        qos = self.settings.qos
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise SinkUnavailableError(f"publish refused: {mqtt.error_string(info.rc)}")
+        # on_publish reaches the loop through call_soon_threadsafe, so it cannot run before this line.
+        future = asyncio.get_running_loop().create_future()
+        self._acks[info.mid] = future
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        finally:
+            self._acks.pop(info.mid, None)
+
+    # ---- paho thread -> loop ----
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: int) -> None:
+        self._call(self._connected_changed, rc == 0, None if rc == 0 else mqtt.connack_string(rc))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, rc: int) -> None:
+        self._call(
+            self._connected_changed, False, None if rc == 0 else f"connection lost ({mqtt.error_string(rc)})"
+        )
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int) -> None:
+        self._call(self._acked, mid)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    # ---- loop side ----
+    def _acked(self, mid: int) -> None:
+        future = self._acks.get(mid)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _connected_changed(self, connected: bool, error: str | None) -> None:
+        was = self._connected
+        self._connected = connected
+        metrics.SINK_CONNECTED.labels(self.name).set(1 if connected else 0)
+        if error:
+            self._last_error = error
+        if connected:
+            log.info("mqtt: connected to %s:%d", self.settings.host, self.settings.effective_port)
+            self._client.publish(self._topic("status"), b"online", qos=1, retain=True)
+            for camera, payload in self._camera_payloads.items():  # the broker may have lost them
+                self._client.publish(self._topic(camera, "status"), payload, qos=1, retain=True)
+        else:
+            if error:
+                log.warning("mqtt: disconnected from %s: %s", self.status()["broker"], error)
+            elif was:
+                log.info("mqtt: disconnected from %s", self.status()["broker"])
+            for future in self._acks.values():
+                if not future.done():
+                    future.set_exception(SinkUnavailableError("connection lost before PUBACK"))
+
+    async def _watch_cameras(self) -> None:
+        assert self._camera_statuses is not None
+        while True:
+            statuses = self._camera_statuses()
+            for camera, status in statuses.items():
+                state = (status.get("state"), status.get("last_error"))
+                if self._camera_states.get(camera) != state:
+                    self._camera_states[camera] = state
+                    payload = _camera_payload(camera, status)
+                    self._camera_payloads[camera] = payload
+                    if self._connected:
+                        self._client.publish(self._topic(camera, "status"), payload, qos=1, retain=True)
+            for camera in set(self._camera_payloads) - set(statuses):
+                del self._camera_payloads[camera]
+                del self._camera_states[camera]
+                if self._connected:  # an empty retained message removes the retained status
+                    self._client.publish(self._topic(camera, "status"), b"", qos=1, retain=True)
+            await asyncio.sleep(self.STATUS_POLL_S)
+
+
+def _camera_payload(camera: str, status: Mapping[str, object]) -> bytes:
+    """State and error only (not counters), so the retained message changes when the state does."""
+    body = {
+        "camera": camera,
+        "state": status.get("state"),
+        "last_error": status.get("last_error"),
+        "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _check_readable(setting: str, path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
