@@ -12,10 +12,10 @@ modules named `conftest` must not be imported by name).
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import io
 import json
 import re
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
