@@ -22,10 +22,9 @@ from edge_runtime.events.outbox import Outbox
 from edge_runtime.events.snapshots import SnapshotStore
 from edge_runtime.model.imaging import ImageLimits
 from edge_runtime.model.loader import LoadOptions
-from edge_runtime.redact import redact_url
+from edge_runtime.model_slot import ModelSlot
+from edge_runtime.pipeline import Pipeline
 from edge_runtime.settings import Settings
-from edge_runtime.sources.capture import Capture
-from edge_runtime.sources.sampler import CameraSampler
 from edge_runtime.state import (
     CAPACITY,
     EXECUTOR,
@@ -35,8 +34,6 @@ from edge_runtime.state import (
     SETTINGS,
     URL_POLICY,
     Capacity,
-    ModelSlot,
-    Pipeline,
 )
 
 log = logging.getLogger(__name__)
@@ -137,51 +134,50 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
     """Snapshot store, outbox, sinks and the dispatcher. On shutdown waiting events get a moment to go
     out; whatever is left stays in the outbox and goes out after the next start."""
     settings = app[SETTINGS]
-    events = settings.events
     pipeline = app[PIPELINE]
-    if events.snapshot_dir is not None:
-        pipeline.snapshots = SnapshotStore(
-            events.snapshot_dir, events.snapshot_max_count, events.snapshot_max_bytes
-        )
+    pipeline.outbox = Outbox(settings.events.outbox_path)
+    await pipeline.outbox.open()
+    try:
+        pipeline.dispatcher = await start_dispatcher(settings, pipeline)
+    except BaseException:
+        await pipeline.outbox.close()
+        raise
+    yield
+    await pipeline.dispatcher.close()
+    await pipeline.outbox.close()
+
+
+async def start_dispatcher(settings: Settings, pipeline: Pipeline) -> Dispatcher:
+    """Snapshot store and sinks for `settings`, over the pipeline's open outbox."""
     from edge_runtime.sinks.build import build_sinks
 
+    events = settings.events
+    assert pipeline.outbox is not None
+    pipeline.snapshots = (
+        None
+        if events.snapshot_dir is None
+        else SnapshotStore(events.snapshot_dir, events.snapshot_max_count, events.snapshot_max_bytes)
+    )
     sinks = build_sinks(settings, pipeline.camera_statuses, pipeline.snapshots, pipeline.hub)
-    outbox = Outbox(events.outbox_path)
-    await outbox.open()
-    dispatcher = Dispatcher(outbox, sinks, OutboxLimits(events.outbox_max_events, events.outbox_max_age_s))
+    dispatcher = Dispatcher(
+        pipeline.outbox, sinks, OutboxLimits(events.outbox_max_events, events.outbox_max_age_s)
+    )
     try:
         await dispatcher.start()
     except BaseException:
         await dispatcher.close(drain_timeout=0)
-        await outbox.close()
         raise
-    pipeline.dispatcher = dispatcher
-    yield
-    await dispatcher.close()
-    await outbox.close()
+    return dispatcher
 
 
 async def cameras_ctx(app: web.Application) -> AsyncIterator[None]:
     """One capture thread and one sampling task per enabled camera; stopped first on shutdown."""
     pipeline = app[PIPELINE]
-    assert pipeline.dispatcher is not None  # events_ctx runs first
-    tasks = []
     for camera in app[SETTINGS].cameras:
-        if not camera.enabled:
-            continue
-        capture = Capture(camera)
-        capture.start()
-        sampler = CameraSampler(capture, app[MODEL], app[EXECUTOR], pipeline.dispatcher, pipeline.snapshots)
-        pipeline.samplers.append(sampler)
-        tasks.append(asyncio.create_task(sampler.run(), name=f"sampler-{camera.id}"))
-        log.info("camera %s: %s at %.1f fps", camera.id, redact_url(camera.url), camera.fps)
+        if camera.enabled:
+            pipeline.start_camera(camera, app[MODEL], app[EXECUTOR])
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    stopped = await asyncio.gather(*(asyncio.to_thread(s.capture.stop) for s in pipeline.samplers))
-    if not all(stopped):
-        log.warning("some capture threads did not stop in time")
+    await pipeline.stop_cameras()
 
 
 async def wait_until_loaded(app: web.Application, timeout: float = 60.0) -> None:

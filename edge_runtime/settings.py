@@ -52,6 +52,8 @@ class ModelSettings(_Section):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="of the file at url")
     download_dir: Path = Field(Path("var/models"), description="where downloaded models are kept")
     max_download_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    download_ca_file: Path | None = Field(None, description="extra CA to trust for url (private servers)")
+    download_timeout_s: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _url_needs_hash(self) -> ModelSettings:

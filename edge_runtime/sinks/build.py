@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from edge_runtime.events.dispatcher import Sink
 from edge_runtime.events.snapshots import SnapshotStore
-from edge_runtime.iotedge.hub import HubClient
 from edge_runtime.settings import Settings
 from edge_runtime.sinks.iothub import IotHubSink
 from edge_runtime.sinks.jsonl import JsonlSink
 from edge_runtime.sinks.mqtt import MqttSink
+
+if TYPE_CHECKING:
+    from edge_runtime.iotedge.hub import HubClient
 
 
 def build_sinks(

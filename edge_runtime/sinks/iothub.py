@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from edge_runtime import metrics
 from edge_runtime.errors import SinkUnavailableError
 from edge_runtime.events.outbox import OutboxRecord
-from edge_runtime.iotedge.hub import HubClient
 from edge_runtime.settings import DeliverySettings, IotHubSettings
+
+if TYPE_CHECKING:
+    from edge_runtime.iotedge.hub import HubClient
 
 
 class IotHubSink:

@@ -10,16 +10,17 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from typing import Protocol
 
 from edge_runtime import metrics
 from edge_runtime.domain import FULL_FRAME, Event, Frame, Prediction, Roi
 from edge_runtime.engine import Predictor
-from edge_runtime.events.dispatcher import Dispatcher
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.rules import Decision, RuleEngine
 from edge_runtime.events.snapshots import SnapshotStore
+from edge_runtime.model_slot import ModelSlot
+from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.capture import Capture
-from edge_runtime.state import ModelSlot
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +45,35 @@ def predict_rois(
     return results
 
 
+class EventOutlet(Protocol):
+    """Where events go (the pipeline, which forwards to the dispatcher in service)."""
+
+    snapshots: SnapshotStore | None
+
+    async def publish(self, event: Event) -> None: ...
+
+
 class CameraSampler:
-    def __init__(
-        self,
-        capture: Capture,
-        model: ModelSlot,
-        executor: Executor,
-        dispatcher: Dispatcher,
-        snapshots: SnapshotStore | None,
-    ) -> None:
+    def __init__(self, capture: Capture, model: ModelSlot, executor: Executor, outlet: EventOutlet) -> None:
         self.capture = capture
         self._model = model
         self._executor = executor
-        self._dispatcher = dispatcher
-        self._snapshots = snapshots
-        s = capture.settings
-        self._rois = tuple(Roi(r.name, r.x, r.y, r.width, r.height) for r in s.rois) or (FULL_FRAME,)
+        self._outlet = outlet
+        self._dropped_seen = 0
+        self.reconfigure(capture.settings)
+
+    def reconfigure(self, settings: CameraSettings) -> None:
+        """New fps, ROIs or rules without touching the stream (rule state starts over)."""
+        self.settings = settings
+        self._rois = tuple(Roi(r.name, r.x, r.y, r.width, r.height) for r in settings.rois) or (FULL_FRAME,)
         self._engine: RuleEngine | None = None
         self._engine_predictor: Predictor | None = None
-        self._dropped_seen = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        period = 1.0 / self.capture.settings.fps
         next_tick = loop.time()
         while True:
-            next_tick += period
+            next_tick += 1.0 / self.settings.fps
             delay = next_tick - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -96,7 +100,7 @@ class CameraSampler:
         camera = self.capture.settings.id
         metrics.FRAME_AGE_SECONDS.labels(camera).observe(max(0.0, time.time() - frame.captured_at))
         if self._engine is None or self._engine_predictor is not predictor:
-            self._engine = RuleEngine(self.capture.settings.rules, predictor.spec.labels)
+            self._engine = RuleEngine(self.settings.rules, predictor.spec.labels)
             self._engine_predictor = predictor
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self._executor, predict_rois, predictor, frame, self._rois)
@@ -112,16 +116,17 @@ class CameraSampler:
                     event.tag,
                     event.probability,
                 )
-                await self._dispatcher.publish(event)
+                await self._outlet.publish(event)
 
     async def _event(self, decision: Decision, frame: Frame, predictor: Predictor) -> Event:
         event_id = new_event_id()
         snapshot = None
-        if self._snapshots is not None:
+        snapshots = self._outlet.snapshots
+        if snapshots is not None:
             loop = asyncio.get_running_loop()
             try:
                 await loop.run_in_executor(
-                    self._executor, self._snapshots.save, event_id, frame.image, decision.boxes, decision.tag
+                    self._executor, snapshots.save, event_id, frame.image, decision.boxes, decision.tag
                 )
                 snapshot = f"/snapshots/{event_id}.jpg"
             except OSError as exc:
