@@ -1,0 +1,308 @@
+"""The durable outbox: order, per-sink independence, durability across close / reopen / a hard exit,
+the count and age bounds (reported, never silent), a damaged file moved aside, unusable paths."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.events import outbox as outbox_module
+from edge_runtime.events.outbox import Backlog, Outbox, Trimmed
+
+REPO = Path(__file__).resolve().parents[2]
+LARGE = 10**6
+
+
+class FakeTime:
+    """Stands in for the `time` module inside edge_runtime.events.outbox."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    await box.open()
+    yield box
+    await box.close()
+
+
+async def put_n(box: Outbox, sinks: list[str], n: int, start: int = 0, max_per_sink: int = LARGE) -> None:
+    for i in range(start, start + n):
+        await box.put(sinks, "event", f"m{i}", {"n": i, "camera": "cam-1"}, max_per_sink)
+
+
+async def ids(box: Outbox, sink: str, limit: int = 1000) -> list[str]:
+    return [r.id for r in await box.peek(sink, limit)]
+
+
+async def test_put_peek_ack_keeps_the_order(outbox: Outbox) -> None:
+    await put_n(outbox, ["a"], 5)
+    records = await outbox.peek("a", 10)
+    assert [r.id for r in records] == ["m0", "m1", "m2", "m3", "m4"]
+    assert [r.body for r in records] == [{"n": i, "camera": "cam-1"} for i in range(5)]
+    assert all(r.sink == "a" and r.type == "event" and r.attempts == 0 for r in records)
+    assert [r.seq for r in records] == sorted(r.seq for r in records)
+    assert len({r.seq for r in records}) == 5
+    assert await ids(outbox, "a", limit=2) == ["m0", "m1"]  # the limit takes the oldest
+
+    await outbox.ack(records[0].seq)
+    await outbox.ack(records[2].seq)  # acks need not come in order
+    assert await ids(outbox, "a") == ["m1", "m3", "m4"]
+    await outbox.ack(records[0].seq)  # acking twice is harmless
+    assert await ids(outbox, "a") == ["m1", "m3", "m4"]
+
+
+async def test_each_sink_has_its_own_copy(outbox: Outbox) -> None:
+    dropped = await outbox.put(["a", "b"], "event", "m0", {"n": 0}, LARGE)
+    assert dropped == {"a": 0, "b": 0}
+    await outbox.put(["b"], "summary", "s0", {"type": "summary"}, LARGE)
+    [a0] = await outbox.peek("a", 10)
+    b0, s0 = await outbox.peek("b", 10)
+    assert (a0.id, b0.id, s0.id) == ("m0", "m0", "s0")
+    assert a0.seq != b0.seq and s0.type == "summary"
+
+    await outbox.ack(a0.seq)  # confirmed by a: b still waits for its copy
+    assert await outbox.peek("a", 10) == []
+    assert await ids(outbox, "b") == ["m0", "s0"]
+    assert await outbox.pending_by_sink() == {"b": 2}
+    assert await outbox.peek("nobody", 10) == []
+
+
+async def test_note_attempt_counts_failures(outbox: Outbox) -> None:
+    await put_n(outbox, ["a"], 2)
+    first, _ = await outbox.peek("a", 10)
+    await outbox.note_attempt(first.seq)
+    await outbox.note_attempt(first.seq)
+    first_again, second_again = await outbox.peek("a", 10)
+    assert (first_again.attempts, second_again.attempts) == (2, 0)
+
+
+async def test_backlog_and_pending(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert await outbox.backlog("a") == Backlog(0, None)
+    assert await outbox.pending_by_sink() == {}
+    clock = FakeTime(1000.0)
+    monkeypatch.setattr(outbox_module, "time", clock)
+    await put_n(outbox, ["a", "b"], 2)
+    clock.now = 1005.0
+    await put_n(outbox, ["a"], 1, start=2)
+    assert await outbox.backlog("a") == Backlog(3, 1000.0)
+    assert await outbox.backlog("b") == Backlog(2, 1000.0)
+    assert await outbox.pending_by_sink() == {"a": 3, "b": 2}
+    [oldest, *_] = await outbox.peek("a", 1)
+    await outbox.ack(oldest.seq)
+    assert (await outbox.backlog("a")).depth == 2
+
+
+async def test_rows_survive_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    first = Outbox(path)
+    await first.open()
+    await put_n(first, ["a", "b"], 4)
+    [m0a, *_] = await first.peek("a", 1)
+    await first.ack(m0a.seq)
+    [m1a, *_] = await first.peek("a", 1)
+    await first.note_attempt(m1a.seq)
+    *_, m3b = await first.peek("b", 10)
+    await first.ack(m3b.seq)  # the newest row: its seq must not be handed out again
+    await first.close()
+
+    second = Outbox(path)
+    await second.open()
+    try:
+        assert await ids(second, "a") == ["m1", "m2", "m3"]
+        assert await ids(second, "b") == ["m0", "m1", "m2"]
+        assert (await second.peek("a", 1))[0].attempts == 1
+        await second.put(["a"], "event", "new", {}, LARGE)
+        new = (await second.peek("a", 10))[-1]
+        assert new.id == "new" and new.seq > m3b.seq  # seq never goes back, even after deletes
+    finally:
+        await second.close()
+
+
+async def test_a_put_is_on_disk_before_it_returns(tmp_path: Path) -> None:
+    """A process that dies right after put (no close, no checkpoint) loses nothing."""
+    path = tmp_path / "outbox.sqlite3"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os
+        from pathlib import Path
+        from edge_runtime.events.outbox import Outbox
+
+        async def main():
+            box = Outbox(Path({str(path)!r}))
+            await box.open()
+            for i in range(3):
+                await box.put(["a"], "event", f"m{{i}}", {{"n": i}}, 100)
+            os._exit(0)  # like a power cut: no close, no WAL checkpoint
+
+        asyncio.run(main())
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=60)
+    box = Outbox(path)
+    await box.open()
+    try:
+        assert await ids(box, "a") == ["m0", "m1", "m2"]
+    finally:
+        await box.close()
+
+
+async def test_the_file_is_wal_with_full_sync(outbox: Outbox) -> None:
+    await put_n(outbox, ["a"], 1)
+    with sqlite3.connect(outbox.path) as other:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db = outbox._db
+    assert db is not None
+    full = 2
+    assert (
+        await asyncio.get_running_loop().run_in_executor(
+            outbox._thread, lambda: db.execute("PRAGMA synchronous").fetchone()[0]
+        )
+        == full
+    )
+
+
+async def test_count_bound_drops_the_oldest_and_reports_it(outbox: Outbox) -> None:
+    await put_n(outbox, ["a", "b"], 3, max_per_sink=3)
+    dropped = await outbox.put(["a", "b"], "event", "m3", {"n": 3}, 3)
+    assert dropped == {"a": 1, "b": 1}
+    assert await ids(outbox, "a") == ["m1", "m2", "m3"]
+    assert await ids(outbox, "b") == ["m1", "m2", "m3"]
+
+    # A smaller bound (e.g. after a settings change) drops everything above it at once.
+    assert await outbox.put(["a"], "event", "m4", {"n": 4}, 1) == {"a": 3}
+    assert await ids(outbox, "a") == ["m4"]
+    assert await ids(outbox, "b") == ["m1", "m2", "m3"]  # the other sink's bound is its own
+
+
+async def test_trim_by_count(outbox: Outbox) -> None:
+    await put_n(outbox, ["a"], 5)
+    await put_n(outbox, ["b"], 2)
+    assert await outbox.trim("a", max_events=2, max_age_s=3600) == Trimmed(full=3, expired=0)
+    assert await ids(outbox, "a") == ["m3", "m4"]
+    assert await outbox.trim("b", max_events=2, max_age_s=3600) == Trimmed()
+    assert await outbox.trim("a", max_events=2, max_age_s=3600) == Trimmed()
+
+
+async def test_trim_by_age(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeTime(10_000.0)
+    monkeypatch.setattr(outbox_module, "time", clock)
+    await put_n(outbox, ["a", "b"], 2)  # created 10000
+    clock.now = 10_050.0
+    await put_n(outbox, ["a"], 1, start=2)  # created 10050
+    clock.now = 10_100.0
+    assert await outbox.trim("a", max_events=LARGE, max_age_s=100) == Trimmed()  # exactly 100 s: kept
+    clock.now = 10_100.5
+    assert await outbox.trim("a", max_events=LARGE, max_age_s=100) == Trimmed(full=0, expired=2)
+    assert await ids(outbox, "a") == ["m2"]
+    assert await ids(outbox, "b") == ["m0", "m1"]  # trimming a does not touch b
+    clock.now = 20_000.0
+    assert await outbox.trim("a", max_events=LARGE, max_age_s=100) == Trimmed(full=0, expired=1)
+    assert await outbox.backlog("a") == Backlog(0, None)
+
+
+async def test_trim_reports_both_bounds_at_once(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeTime(0.0)
+    monkeypatch.setattr(outbox_module, "time", clock)
+    await put_n(outbox, ["a"], 2)
+    clock.now = 500.0
+    await put_n(outbox, ["a"], 4, start=2)
+    assert await outbox.trim("a", max_events=3, max_age_s=100) == Trimmed(full=1, expired=2)
+    assert await ids(outbox, "a") == ["m3", "m4", "m5"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: b"this is not an sqlite database " * 200,
+        lambda data: data[:100] + b"\xff" * (4096 - 100) + data[4096:],  # page 1 (the schema) damaged
+        lambda data: data[:8192] + b"\x00\x13" * ((len(data) - 8192) // 2),  # the table pages damaged
+    ],
+    ids=["not-sqlite", "schema-page", "data-pages"],
+)
+async def test_a_damaged_file_is_moved_aside_and_a_new_outbox_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: object
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    await box.open()
+    await put_n(box, ["a"], 100)
+    await box.close()
+    damaged = damage(path.read_bytes())  # type: ignore[operator]
+    path.write_bytes(damaged)
+
+    caplog.set_level(logging.ERROR, logger="edge_runtime.events.outbox")
+    before = time.time()
+    box = Outbox(path)
+    await box.open()
+    try:
+        assert await box.pending_by_sink() == {}
+        await box.put(["a"], "event", "fresh", {}, LARGE)
+        assert await ids(box, "a") == ["fresh"]
+    finally:
+        await box.close()
+    [aside] = list(tmp_path.glob("outbox.sqlite3.corrupt-*"))
+    stamp = int(aside.name.rsplit("-", 1)[1])
+    assert int(before) <= stamp <= time.time()
+    assert aside.read_bytes() == damaged, "the damaged file is kept as it was, for forensics"
+    assert any(str(aside) in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+
+
+async def test_an_empty_file_is_a_new_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"")
+    box = Outbox(path)
+    await box.open()
+    try:
+        assert await box.pending_by_sink() == {}
+    finally:
+        await box.close()
+    assert list(tmp_path.glob("*.corrupt-*")) == []
+
+
+async def test_a_missing_parent_folder_is_created(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "var" / "deep" / "outbox.sqlite3")
+    await box.open()
+    await box.close()
+    assert (tmp_path / "var" / "deep" / "outbox.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("where", ["parent-is-a-file", "path-is-a-folder"])
+async def test_an_unusable_path_is_a_config_error(tmp_path: Path, where: str) -> None:
+    if where == "parent-is-a-file":
+        (tmp_path / "file").write_text("x")
+        path = tmp_path / "file" / "outbox.sqlite3"
+    else:
+        path = tmp_path / "folder"
+        path.mkdir()
+    box = Outbox(path)
+    try:
+        with pytest.raises(ConfigError, match=r"^events\.outbox_path: cannot open .*" + path.name):
+            await box.open()
+    finally:
+        await box.close()
+    assert list(tmp_path.glob("*.corrupt-*")) == [], "an unusable path is not mistaken for damage"
+
+
+async def test_use_before_open_is_an_error(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    try:
+        with pytest.raises(RuntimeError, match="not open"):
+            await box.peek("a", 1)
+    finally:
+        await box.close()
