@@ -15,6 +15,7 @@ from edge_runtime import metrics
 from edge_runtime.api.routes import register_routes
 from edge_runtime.api.urlfetch import UrlPolicy
 from edge_runtime.backends.providers import parse_device
+from edge_runtime.control import Controller
 from edge_runtime.engine import Predictor, PredictorOptions
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits
@@ -27,6 +28,7 @@ from edge_runtime.pipeline import Pipeline
 from edge_runtime.settings import Settings
 from edge_runtime.state import (
     CAPACITY,
+    CONTROLLER,
     EXECUTOR,
     INFLIGHT,
     MODEL,
@@ -71,7 +73,7 @@ def create_app(
     app[INFLIGHT] = [0]
     app[PIPELINE] = Pipeline()
     path = model_path or settings.model.path
-    if path is None:
+    if path is None and settings.model.url is None:
         raise EdgeRuntimeError("no model path given")
 
     async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -80,34 +82,27 @@ def create_app(
         yield
         executor.shutdown(wait=True, cancel_futures=True)
 
-    async def model_ctx(app: web.Application) -> AsyncIterator[None]:
-        # Load in the background: /health/live answers at once, /health/ready once warmed up.
-        async def load() -> None:
-            loop = asyncio.get_running_loop()
-            options = predictor_options(settings, capacity.workers)
-            try:
-                predictor = await loop.run_in_executor(app[EXECUTOR], loader, path, options)
-            except EdgeRuntimeError as exc:
-                app[MODEL].error = str(exc)
-                log.error("model load failed: %s", exc)
-                return
-            except Exception as exc:  # anything else must still show in /health/ready, not hang "loading"
-                app[MODEL].error = f"{type(exc).__name__}: {exc}"
-                log.exception("model load failed")
-                return
-            app[MODEL].set(predictor)
-
+    async def control_ctx(app: web.Application) -> AsyncIterator[None]:
+        # The model loads in the background: /health/live answers at once, /health/ready once warm.
+        controller = Controller(
+            settings,
+            app[PIPELINE],
+            app[MODEL],
+            app[EXECUTOR],
+            lambda s: predictor_options(s, capacity.workers),
+            start_dispatcher,
+            loader,
+            path,
+        )
+        app[CONTROLLER] = controller
         metrics.MODEL_READY.set(0)
-        task = asyncio.create_task(load())
+        controller.start_model_load()
         yield
-        task.cancel()
-        predictor = app[MODEL].predictor
-        if predictor is not None:
-            predictor.close()
+        await controller.close()
         metrics.MODEL_READY.set(0)
 
     app.cleanup_ctx.append(executor_ctx)
-    app.cleanup_ctx.append(model_ctx)
+    app.cleanup_ctx.append(control_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(events_ctx)
     app.cleanup_ctx.append(cameras_ctx)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from edge_runtime.api.urlfetch import UrlPolicy
+from edge_runtime.control import Controller
 from edge_runtime.model_slot import ModelSlot
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.settings import Settings
@@ -28,3 +29,4 @@ INFLIGHT = web.AppKey("inflight", list)  # [count]: a mutable cell the loop alon
 
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
+CONTROLLER = web.AppKey("controller", Controller)

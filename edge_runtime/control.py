@@ -1,0 +1,328 @@
+"""Run-time configuration: desired properties (module twin or admin API) -> new Settings -> applied live.
+
+    effective settings = file/env/flags (the base) <- desired sections (model, cameras, sinks, events,
+    log_level), merged per key; cameras, rules and ROIs are objects keyed by id/tag/name, so a twin
+    patch can touch one camera or one rule.
+
+A patch is validated whole (pydantic, then every sink is constructed) before anything changes; an
+invalid one is rejected with the running configuration untouched and the error kept for reporting.
+Changes are applied per part: log level; cameras added, removed, restarted (stream fields) or
+reconfigured in place (fps, ROIs, rules); the dispatcher swapped when sinks or event settings change;
+the model reloaded or downloaded in the background and swapped atomically once warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime import __version__
+from edge_runtime.engine import Predictor, PredictorOptions
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.model.download import DownloadRequest, download_model
+from edge_runtime.model.loader import LoadOptions
+from edge_runtime.model_slot import ModelSlot
+from edge_runtime.pipeline import Pipeline
+from edge_runtime.redact import redact_url
+from edge_runtime.settings import Settings, build_settings
+
+log = logging.getLogger(__name__)
+
+DESIRED_SECTIONS = ("model", "cameras", "sinks", "events", "log_level")
+FIXED_AT_START = ("events.outbox_path",)
+
+OptionsFor = Callable[[Settings], PredictorOptions]
+Loader = Callable[[Path, PredictorOptions], Predictor]
+DispatcherStarter = Callable[[Settings, Pipeline], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    applied: bool
+    version: int | None
+    changes: tuple[str, ...] = ()
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "applied": self.applied,
+            "version": self.version,
+            "changes": list(self.changes),
+            "error": self.error,
+        }
+
+
+@dataclass
+class ModelState:
+    status: str = "loading"  # loading | ready | failed
+    source: str = ""  # path or redacted URL
+    error: str | None = None
+
+
+@dataclass
+class ConfigState:
+    desired_version: int | None = None
+    status: str = "base"  # base | applied | rejected
+    error: str | None = None
+    changes: list[str] = field(default_factory=list)
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        model: ModelSlot,
+        executor: Executor,
+        options_for: OptionsFor,
+        start_dispatcher: DispatcherStarter,
+        loader: Loader = Predictor.load,
+        default_model_path: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self._base = keyed_tree(settings)
+        self._pipeline = pipeline
+        self._model = model
+        self._executor = executor
+        self._options_for = options_for
+        self._start_dispatcher = start_dispatcher
+        self._loader = loader
+        self._default_model_path = default_model_path
+        self.desired: dict[str, Any] = {}
+        self.config = ConfigState()
+        self.model_state = ModelState()
+        self._lock = asyncio.Lock()
+        self._model_task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # ---- desired properties ----
+    async def apply_desired(self, desired: Mapping[str, Any]) -> ApplyResult:
+        """Apply a whole desired document (the twin's, with $version); returns what happened."""
+        version = desired.get("$version")
+        version = version if isinstance(version, int) else None
+        async with self._lock:
+            try:
+                new = self._validate(desired)
+                changes = await self._apply(new)
+            except ConfigError as exc:
+                self.config = ConfigState(version, "rejected", str(exc))
+                log.error("desired configuration (version %s) rejected: %s", version, exc)
+                self._changed()
+                return ApplyResult(False, version, error=str(exc))
+            self.desired = dict(desired)
+            self.settings = new
+            self.config = ConfigState(version, "applied", None, list(changes))
+            log.info(
+                "desired configuration (version %s) applied: %s", version, ", ".join(changes) or "no change"
+            )
+        self._changed()
+        return ApplyResult(True, version, tuple(changes))
+
+    async def patch(self, patch: Mapping[str, Any]) -> ApplyResult:
+        """Merge a desired-properties patch (null removes a key, like the twin) and apply the result."""
+        return await self.apply_desired(merge_patch(self.desired, patch))
+
+    def _validate(self, desired: Mapping[str, Any]) -> Settings:
+        sections = {k: v for k, v in desired.items() if not k.startswith("$")}
+        unknown = sorted(set(sections) - set(DESIRED_SECTIONS))
+        if unknown:
+            raise ConfigError(
+                f"{unknown[0]!r} cannot be changed at run time (allowed: {', '.join(DESIRED_SECTIONS)});"
+                " set it in the module's environment"
+            )
+        new = build_settings(_merge_tree(self._base, sections))
+        if new.events.outbox_path != self.settings.events.outbox_path:
+            raise ConfigError("events.outbox_path cannot change at run time")
+        from edge_runtime.sinks.build import build_sinks
+
+        # Construct (not start) every sink: unreadable certificates etc. reject the patch here.
+        build_sinks(new, lambda: {}, None, self._pipeline.hub)
+        return new
+
+    async def _apply(self, new: Settings) -> list[str]:
+        old = self.settings
+        changes: list[str] = []
+        if new.log_level != old.log_level:
+            logging.getLogger().setLevel(new.log_level.upper())
+            changes.append(f"log_level={new.log_level}")
+        changes += await self._apply_cameras(new)
+        if new.sinks != old.sinks or new.events != old.events:
+            previous = self._pipeline.dispatcher
+            if previous is not None:
+                await previous.close(drain_timeout=1.0)
+            self._pipeline.dispatcher = await self._start_dispatcher(new, self._pipeline)
+            changes.append("sinks")
+        if new.model != old.model:
+            self.start_model_load(new)
+            changes.append("model")
+        return changes
+
+    async def _apply_cameras(self, new: Settings) -> list[str]:
+        changes = []
+        running = self._pipeline.samplers
+        wanted = {c.id: c for c in new.cameras if c.enabled}
+        for camera_id in [c for c in running if c not in wanted]:
+            await self._pipeline.stop_camera(camera_id)
+            changes.append(f"camera {camera_id} removed")
+        for camera_id, camera in wanted.items():
+            if camera_id not in running:
+                self._pipeline.start_camera(camera, self._model, self._executor)
+                changes.append(f"camera {camera_id} added")
+            elif running[camera_id].settings != camera:
+                await self._pipeline.update_camera(camera, self._model, self._executor)
+                changes.append(f"camera {camera_id} changed")
+        return changes
+
+    # ---- the model ----
+    def start_model_load(self, settings: Settings | None = None) -> asyncio.Task[None]:
+        """Load (download if model.url) and swap in the background; the old model serves meanwhile."""
+        if self._model_task is not None and not self._model_task.done():
+            self._model_task.cancel()
+        self._model_task = asyncio.create_task(
+            self._load_and_swap(settings or self.settings), name="model-load"
+        )
+        return self._model_task
+
+    async def reload_model(self) -> None:
+        """Load the configured model again and wait; raises EdgeRuntimeError if it fails."""
+        task = self.start_model_load()
+        await asyncio.shield(task)
+        if self.model_state.status == "failed":
+            raise EdgeRuntimeError(self.model_state.error or "model load failed")
+
+    async def _load_and_swap(self, settings: Settings) -> None:
+        m = settings.model
+        self.model_state = ModelState(
+            "loading", redact_url(m.url.get_secret_value()) if m.url else str(m.path)
+        )
+        self._changed()
+        try:
+            path, options = await self._resolve(settings)
+            self.model_state.source = self.model_state.source if m.url else str(path)
+            # A thread of its own: loading must not take an inference worker away from requests.
+            predictor = await asyncio.to_thread(self._loader, path, options)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure: the old model keeps serving, the error is reported
+            error = str(exc) if isinstance(exc, EdgeRuntimeError) else f"{type(exc).__name__}: {exc}"
+            self.model_state = ModelState("failed", self.model_state.source, error)
+            if self._model.predictor is None:
+                self._model.error = error
+            log.error(
+                "model load failed (%s); %s",
+                error,
+                "still serving the previous model" if self._model.predictor else "no model",
+            )
+            self._changed()
+            return
+        # Requests in flight hold the old predictor; it is freed when the last of them finishes.
+        self._model.set(predictor)
+        self.model_state = ModelState("ready", self.model_state.source)
+        log.info(
+            "model swapped: %s (%s) on %s",
+            predictor.spec.model_id,
+            predictor.spec.sha1[:12],
+            predictor.device,
+        )
+        self._changed()
+
+    async def _resolve(self, settings: Settings) -> tuple[Path, PredictorOptions]:
+        m = settings.model
+        options = self._options_for(settings)
+        if m.url is not None:
+            assert m.sha256 is not None  # settings validation
+            request = DownloadRequest(
+                m.url.get_secret_value(),
+                m.sha256,
+                m.download_dir,
+                m.max_download_bytes,
+                m.download_timeout_s,
+                m.download_ca_file,
+            )
+            path = await download_model(request)
+            extract = m.download_dir / m.sha256.lower()
+            load = LoadOptions(resize=m.resize, verify_sha1=m.verify_sha1, extract_dir=extract)
+            return path, PredictorOptions(options.device, options.threads, load, options.limits)
+        local = m.path or self._default_model_path
+        if local is None:
+            raise ConfigError("no model: set model.path or model.url")
+        return local, options
+
+    # ---- status (getStatus, reported properties, admin API) ----
+    def status(self) -> dict[str, Any]:
+        predictor = self._model.predictor
+        model: dict[str, Any] = {
+            "status": self.model_state.status,
+            "source": self.model_state.source,
+            "error": self.model_state.error,
+        }
+        if predictor is not None:
+            model |= {"id": predictor.spec.model_id, "sha1": predictor.spec.sha1, "device": predictor.device}
+        return {
+            "version": __version__,
+            "model": model,
+            "cameras": {
+                cid: {"state": s["state"], "last_error": s["last_error"]}
+                for cid, s in self._pipeline.camera_statuses().items()
+            },
+            "sinks": self._pipeline.sink_statuses(),
+            "config": {
+                "desired_version": self.config.desired_version,
+                "status": self.config.status,
+                "error": self.config.error,
+                "changes": self.config.changes,
+            },
+        }
+
+    async def close(self) -> None:
+        if self._model_task is not None:
+            self._model_task.cancel()
+            await asyncio.gather(self._model_task, return_exceptions=True)
+
+
+def keyed_tree(settings: Settings) -> dict[str, Any]:
+    """Settings as a plain tree with cameras/rules/ROIs keyed by id/tag/name (the desired layout)."""
+    tree = settings.model_dump()
+    cameras = {}
+    for camera in tree.pop("cameras"):
+        camera["rules"] = {rule.pop("tag"): rule for rule in camera["rules"]}
+        camera["rois"] = {roi.pop("name"): roi for roi in camera["rois"]}
+        cameras[camera.pop("id")] = camera
+    tree["cameras"] = cameras
+    return tree
+
+
+def merge_patch(document: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """Twin semantics: objects merge recursively, null removes the key, anything else replaces."""
+    out = dict(document)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _merge_tree(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Desired over base: objects merge; a null in the overlay turns the base value off (e.g. a sink)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge_tree(out[key], value)
+        else:
+            out[key] = value
+    return out
