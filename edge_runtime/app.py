@@ -106,6 +106,7 @@ def create_app(
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(events_ctx)
     app.cleanup_ctx.append(cameras_ctx)
+    app.cleanup_ctx.append(twin_ctx)
     register_routes(app)
     return app
 
@@ -173,6 +174,21 @@ async def cameras_ctx(app: web.Application) -> AsyncIterator[None]:
             pipeline.start_camera(camera, app[MODEL], app[EXECUTOR])
     yield
     await pipeline.stop_cameras()
+
+
+async def twin_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Module twin and direct methods, once the cameras and sinks exist."""
+    pipeline = app[PIPELINE]
+    if pipeline.hub is None or not app[SETTINGS].hub.twin:
+        yield
+        return
+    from edge_runtime.iotedge.methods import Methods
+    from edge_runtime.iotedge.twin import TwinAgent
+
+    agent = TwinAgent(pipeline.hub, app[CONTROLLER], Methods(app[CONTROLLER], pipeline))
+    await agent.start()
+    yield
+    await agent.close()
 
 
 async def wait_until_loaded(app: web.Application, timeout: float = 60.0) -> None:

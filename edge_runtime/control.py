@@ -97,7 +97,9 @@ class Controller:
         self.config = ConfigState()
         self.model_state = ModelState()
         self._lock = asyncio.Lock()
+        self._model_lock = asyncio.Lock()
         self._model_task: asyncio.Task[None] | None = None
+        self._model_tasks: set[asyncio.Task[None]] = set()
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -188,12 +190,19 @@ class Controller:
     # ---- the model ----
     def start_model_load(self, settings: Settings | None = None) -> asyncio.Task[None]:
         """Load (download if model.url) and swap in the background; the old model serves meanwhile."""
-        if self._model_task is not None and not self._model_task.done():
-            self._model_task.cancel()
+        # Loads run one after another (never cancelled halfway): the last one requested wins.
         self._model_task = asyncio.create_task(
             self._load_and_swap(settings or self.settings), name="model-load"
         )
+        self._model_tasks.add(self._model_task)
+        self._model_task.add_done_callback(self._model_tasks.discard)
         return self._model_task
+
+    async def wait_for_model(self) -> ModelState:
+        """Wait for the model load in progress, if any; returns the resulting state."""
+        if self._model_task is not None:
+            await asyncio.gather(asyncio.shield(self._model_task), return_exceptions=True)
+        return self.model_state
 
     async def reload_model(self) -> None:
         """Load the configured model again and wait; raises EdgeRuntimeError if it fails."""
@@ -203,6 +212,10 @@ class Controller:
             raise EdgeRuntimeError(self.model_state.error or "model load failed")
 
     async def _load_and_swap(self, settings: Settings) -> None:
+        async with self._model_lock:
+            await self._load_and_swap_now(settings)
+
+    async def _load_and_swap_now(self, settings: Settings) -> None:
         m = settings.model
         self.model_state = ModelState(
             "loading", redact_url(m.url.get_secret_value()) if m.url else str(m.path)
@@ -287,9 +300,10 @@ class Controller:
         }
 
     async def close(self) -> None:
-        if self._model_task is not None:
-            self._model_task.cancel()
-            await asyncio.gather(self._model_task, return_exceptions=True)
+        tasks = list(self._model_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def keyed_tree(settings: Settings) -> dict[str, Any]:

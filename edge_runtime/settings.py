@@ -81,6 +81,9 @@ class ServerSettings(_Section):
     protect_health: bool = False
     protect_metrics: bool = False
     shutdown_timeout_s: float = Field(5.0, gt=0)
+    admin_key: SecretStr | None = Field(
+        None, description="enables /admin/* (config patch, model reload) for 'Authorization: Bearer <key>'"
+    )
     response_id: str = ""
     response_project: str = ""
     response_iteration: str = ""
@@ -217,6 +220,7 @@ class HubSettings(_Section):
     )
     ca_file: Path | None = Field(None, description="CA of GatewayHostName for a connection string")
     connect_retry_max_s: float = Field(30.0, gt=0)
+    twin: bool = Field(True, description="apply the module twin's desired properties; answer direct methods")
 
 
 class IotHubSettings(DeliverySettings):

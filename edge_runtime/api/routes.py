@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_runtime import metrics
 from edge_runtime.api import errors
+from edge_runtime.api.admin import register_admin_routes
 from edge_runtime.api.errors import ApiError
 from edge_runtime.api.schemas import ResponseIds, dumps, prediction_body
 from edge_runtime.api.urlfetch import TooLarge, UrlRefused, fetch_image
@@ -61,6 +62,7 @@ def register_routes(app: web.Application) -> None:
     router.add_get("/health/ready", health_ready)
     router.add_get("/metrics", metrics_endpoint)
     router.add_get("/snapshots/{event_id}.jpg", snapshot)
+    register_admin_routes(app)
 
 
 @web.middleware

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from azure.iot.device import Message
+from azure.iot.device import Message, MethodResponse
 from azure.iot.device.aio import IoTHubModuleClient
 
 from edge_runtime.errors import ConfigError
@@ -87,6 +87,27 @@ class HubClient:
         )
         message.custom_properties = dict(properties)
         await self.sdk.send_message_to_output(message, output)
+
+    def listen(
+        self, on_desired_patch: Callable[[dict[str, Any]], None], on_method: Callable[[Any], None]
+    ) -> None:
+        """Route the SDK's handler threads to the running loop: they never touch loop objects directly."""
+        loop = asyncio.get_running_loop()
+        self.sdk.on_twin_desired_properties_patch_received = lambda patch: loop.call_soon_threadsafe(
+            on_desired_patch, patch
+        )
+        self.sdk.on_method_request_received = lambda request: loop.call_soon_threadsafe(on_method, request)
+
+    async def get_twin(self) -> dict[str, Any]:
+        twin = await self.sdk.get_twin()
+        return dict(twin)
+
+    async def patch_reported(self, patch: Mapping[str, Any]) -> None:
+        await self.sdk.patch_twin_reported_properties(dict(patch))
+
+    async def respond(self, request: Any, status: int, payload: Any) -> None:
+        response = MethodResponse.create_from_method_request(request, status, payload)
+        await self.sdk.send_method_response(response)
 
     async def close(self) -> None:
         if self._connect_task is not None:

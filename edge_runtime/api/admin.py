@@ -1,0 +1,107 @@
+"""Local administration, the twin's twin: the same desired-properties patches and model reload.
+
+Enabled only when server.admin_key is set; every call needs `Authorization: Bearer <admin_key>`.
+
+    GET  /admin/status          the status getStatus returns (model, cameras, sinks, last config result)
+    GET  /admin/desired         the desired document in force (secrets masked)
+    PATCH /admin/desired        a desired-properties patch (twin semantics); 200 applied | 400 rejected
+    PUT  /admin/model           {"url": "https://...", "sha256": "..."} or {"path": "/models/x.zip"}:
+                                download/load/warm up, then swap; 200 once serving | 422 with the error
+                                (the previous model keeps serving)
+    POST /admin/model/reload    load the configured model again; 200 | 500 with the error
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+
+from edge_runtime.api.errors import ApiError
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.state import CONTROLLER, SETTINGS
+
+
+def register_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/status", admin_status)
+    app.router.add_get("/admin/desired", admin_get_desired)
+    app.router.add_patch("/admin/desired", admin_patch_desired)
+    app.router.add_put("/admin/model", admin_put_model)
+    app.router.add_post("/admin/model/reload", admin_reload_model)
+
+
+def _authorise(request: web.Request) -> None:
+    key = request.app[SETTINGS].server.admin_key
+    if key is None:
+        raise ApiError(403, "AdminDisabled", "the admin API is off: set server.admin_key to enable it")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.get_secret_value().encode()):
+        raise ApiError(401, "Unauthorized", "missing or wrong 'Authorization: Bearer <admin key>' header")
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=(json.dumps(body, default=str) + "\n").encode(), content_type="application/json"
+    )
+
+
+async def admin_status(request: web.Request) -> web.Response:
+    _authorise(request)
+    return _json(request.app[CONTROLLER].status())
+
+
+async def admin_get_desired(request: web.Request) -> web.Response:
+    _authorise(request)
+    return _json(_masked(request.app[CONTROLLER].desired))
+
+
+async def admin_patch_desired(request: web.Request) -> web.Response:
+    _authorise(request)
+    try:
+        patch = await request.json()
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", f"body is not JSON: {exc}") from exc
+    if not isinstance(patch, dict):
+        raise ApiError(400, "BadRequest", "body must be a JSON object (a desired-properties patch)")
+    result = await request.app[CONTROLLER].patch(patch)
+    return _json(result.to_dict(), status=200 if result.applied else 400)
+
+
+async def admin_put_model(request: web.Request) -> web.Response:
+    _authorise(request)
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict) or not ({"url", "path"} & body.keys()):
+        raise ApiError(400, "BadRequest", 'body must be {"url": ..., "sha256": ...} or {"path": ...}')
+    # The other source is cleared, so the request names exactly one model.
+    model = {"url": None, "sha256": None, "path": None} | body
+    controller = request.app[CONTROLLER]
+    result = await controller.patch({"model": model})
+    if not result.applied:
+        return _json(result.to_dict(), status=400)
+    state = await controller.wait_for_model()
+    status = controller.status()["model"]
+    return _json({"model": status}, status=200 if state.status == "ready" else 422)
+
+
+async def admin_reload_model(request: web.Request) -> web.Response:
+    _authorise(request)
+    controller = request.app[CONTROLLER]
+    try:
+        await controller.reload_model()
+    except EdgeRuntimeError as exc:
+        return _json({"error": str(exc), "model": controller.status()["model"]}, status=500)
+    return _json({"model": controller.status()["model"]})
+
+
+SECRET_KEYS = ("password", "connection_string", "url", "prediction_key", "admin_key")
+
+
+def _masked(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: ("***" if k in SECRET_KEYS and v else _masked(v)) for k, v in tree.items()}
+    return tree

@@ -1,0 +1,68 @@
+"""Direct methods: small, documented, answering JSON with an HTTP-like status.
+
+getStatus                     -> 200 {version, model, cameras, sinks, config}
+reloadModel                   -> 200 {model} | 500 {error}       (loads the configured model again)
+captureSnapshot {"camera": id} -> 200 {id, path, captured_at} | 404 unknown camera | 409 no frame
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from edge_runtime.control import Controller
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.events.ids import new_event_id
+from edge_runtime.pipeline import Pipeline
+
+MethodResult = tuple[int, dict[str, Any]]
+
+
+class Methods:
+    def __init__(self, controller: Controller, pipeline: Pipeline) -> None:
+        self._controller = controller
+        self._pipeline = pipeline
+        self._table: dict[str, Callable[[Any], Awaitable[MethodResult]]] = {
+            "getStatus": self.get_status,
+            "reloadModel": self.reload_model,
+            "captureSnapshot": self.capture_snapshot,
+        }
+
+    async def call(self, name: str, payload: Any) -> MethodResult:
+        method = self._table.get(name)
+        if method is None:
+            return 404, {"error": f"unknown method {name!r}", "methods": sorted(self._table)}
+        return await method(payload)
+
+    async def get_status(self, payload: Any) -> MethodResult:
+        return 200, self._controller.status()
+
+    async def reload_model(self, payload: Any) -> MethodResult:
+        try:
+            await self._controller.reload_model()
+        except EdgeRuntimeError as exc:
+            return 500, {"error": str(exc)}
+        return 200, {"model": self._controller.status()["model"]}
+
+    async def capture_snapshot(self, payload: Any) -> MethodResult:
+        camera = payload.get("camera") if isinstance(payload, dict) else None
+        if not isinstance(camera, str):
+            return 400, {"error": 'payload must be {"camera": "<camera id>"}'}
+        sampler = self._pipeline.samplers.get(camera)
+        if sampler is None:
+            return 404, {"error": f"unknown camera {camera!r}", "cameras": sorted(self._pipeline.samplers)}
+        store = self._pipeline.snapshots
+        if store is None:
+            return 409, {"error": "snapshots are off (events.snapshot_dir is null)"}
+        frame = sampler.capture.slot.peek()
+        if frame is None:
+            return 409, {"error": f"camera {camera!r} has no frame yet", "state": sampler.capture.state.value}
+        snapshot_id = new_event_id()
+        await asyncio.to_thread(store.save, snapshot_id, frame.image, (), "")
+        return 200, {
+            "id": snapshot_id,
+            "path": f"/snapshots/{snapshot_id}.jpg",
+            "captured_at": datetime.fromtimestamp(frame.captured_at, UTC).isoformat(timespec="milliseconds"),
+        }

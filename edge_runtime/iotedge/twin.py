@@ -1,0 +1,135 @@
+"""Module twin and direct methods over the shared HubClient.
+
+On (re)connection the whole twin is read and its desired properties applied; later patches are
+applied in order (patches not newer than the applied $version are skipped). Reported properties
+(version, model, camera states, sinks, last configuration result) are patched when they change.
+Everything runs on the event loop: the SDK's handler threads only enqueue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from edge_runtime.control import Controller
+from edge_runtime.iotedge.hub import HubClient
+from edge_runtime.iotedge.methods import Methods
+
+log = logging.getLogger(__name__)
+
+
+class TwinAgent:
+    POLL_S = 2.0  # camera states and the connection are checked this often
+
+    def __init__(self, hub: HubClient, controller: Controller, methods: Methods) -> None:
+        self._hub = hub
+        self._controller = controller
+        self._methods = methods
+        self._patches: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._requests: asyncio.Queue[Any] = asyncio.Queue()
+        self._dirty = asyncio.Event()
+        self._reported: dict[str, Any] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._controller.on_change(self._dirty.set)
+        self._tasks.append(asyncio.create_task(self._run(), name="twin"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        await self._hub.connected_once.wait()
+        self._hub.listen(self._patches.put_nowait, self._requests.put_nowait)
+        self._tasks.append(asyncio.create_task(self._serve_methods(), name="twin-methods"))
+        await self._sync_whole_twin()
+        self._tasks.append(asyncio.create_task(self._report(), name="twin-report"))
+        while True:
+            patch = await self._patches.get()
+            version = patch.get("$version")
+            applied = self._controller.config.desired_version
+            if isinstance(version, int) and applied is not None and version <= applied:
+                continue  # already part of a whole twin we applied
+            await self._controller.patch(patch)
+
+    async def _sync_whole_twin(self) -> None:
+        while True:
+            try:
+                twin = await self._hub.get_twin()
+                break
+            except Exception as exc:  # the hub can drop right after connecting: try again
+                log.warning("twin: cannot read the twin (%s); retrying", exc)
+                await asyncio.sleep(self.POLL_S)
+        desired = twin.get("desired") or {}
+        if desired.get("$version") != self._controller.config.desired_version:
+            await self._controller.apply_desired(desired)
+        self._dirty.set()
+
+    async def _serve_methods(self) -> None:
+        while True:
+            request = await self._requests.get()
+            try:
+                status, payload = await self._methods.call(request.name, request.payload)
+            except Exception as exc:  # a method must always be answered
+                log.exception("direct method %s failed", request.name)
+                status, payload = 500, {"error": f"{type(exc).__name__}: {exc}"}
+            try:
+                await self._hub.respond(request, status, payload)
+            except Exception as exc:
+                log.warning("direct method %s: could not answer (%s)", request.name, exc)
+
+    async def _report(self) -> None:
+        was_connected = True
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.POLL_S):
+                    await self._dirty.wait()
+            self._dirty.clear()
+            connected = self._hub.connected
+            if connected and not was_connected:
+                await self._sync_whole_twin()  # patches sent while we were away are in the twin
+            was_connected = connected
+            current = reported_properties(self._controller.status())
+            patch = reported_patch(self._reported, current)
+            if not patch or not connected:
+                continue
+            try:
+                await self._hub.patch_reported(patch)
+            except Exception as exc:
+                log.warning("twin: reporting failed (%s); will retry", exc)
+                self._dirty.set()
+                continue
+            self._reported = current
+
+
+def reported_properties(status: dict[str, Any]) -> dict[str, Any]:
+    """The status in twin form: objects only (no arrays), keys without '.', '$', '#' or spaces."""
+    config = dict(status["config"])
+    config["changes"] = "; ".join(config.get("changes") or [])
+    return {
+        "version": status["version"],
+        "model": status["model"],
+        "cameras": status["cameras"],
+        "sinks": {name: {"connected": s.get("connected")} for name, s in status["sinks"].items()},
+        "config": config,
+    }
+
+
+def reported_patch(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """What changed, with null for keys that disappeared (twin merge semantics)."""
+    patch: dict[str, Any] = {}
+    for key, value in current.items():
+        old = previous.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            sub = reported_patch(old, value)
+            if sub:
+                patch[key] = sub
+        elif value != old or key not in previous:
+            patch[key] = value
+    for key in previous.keys() - current.keys():
+        patch[key] = None
+    return patch
