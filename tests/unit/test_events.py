@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,13 +31,14 @@ from edge_runtime.domain import (
 )
 from edge_runtime.engine import Predictor, PredictorOptions
 from edge_runtime.errors import ConfigError
-from edge_runtime.events.dispatcher import Dispatcher
+from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits
 from edge_runtime.events.ids import EVENT_ID_PATTERN, new_event_id
+from edge_runtime.events.outbox import Outbox, OutboxRecord
 from edge_runtime.events.snapshots import SnapshotStore
 from edge_runtime.model.imaging import ImageLimits
 from edge_runtime.model.loader import LoadOptions
 from edge_runtime.redact import redact_url
-from edge_runtime.settings import RoiSettings, RuleSettings, build_settings
+from edge_runtime.settings import DeliverySettings, RoiSettings, RuleSettings, build_settings
 from edge_runtime.sinks.jsonl import JsonlSink
 from edge_runtime.sources.sampler import predict_rois
 
@@ -225,31 +226,45 @@ def test_path_for_unknown_id_is_none(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Dispatcher
+# Dispatcher (outbox -> one delivery loop per sink; the details are in test_delivery.py)
 
 
 class RecordingSink:
+    """A sink for the dispatcher: confirms a message by returning, fails `fail_times` attempts first."""
+
     def __init__(self, name: str, fail_times: int = 0, delay: float = 0.0) -> None:
         self.name = name
+        self.delivery = DeliverySettings()
         self.fail_times = fail_times
         self.delay = delay
         self.gate = asyncio.Event()
         self.gate.set()
         self.attempts = 0
-        self.received: list[Event] = []
+        self.received: list[OutboxRecord] = []
+        self.started = False
         self.closed = False
 
-    async def publish(self, event: Event) -> None:
+    async def start(self) -> None:
+        self.started = True
+
+    async def publish(self, record: OutboxRecord) -> None:
         self.attempts += 1
         await self.gate.wait()
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.attempts <= self.fail_times:
             raise ConnectionError(f"{self.name} is down")
-        self.received.append(event)
+        self.received.append(record)
+
+    def status(self) -> dict[str, object]:
+        return {}
 
     async def close(self) -> None:
         self.closed = True
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.received]
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -258,108 +273,130 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
-async def test_dispatcher_delivers_in_order_to_every_sink_and_counts() -> None:
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    await box.open()
+    yield box
+    await box.close()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Dispatcher, "RETRY_INITIAL_S", 0.01)
+    monkeypatch.setattr(Dispatcher, "RETRY_MAX_S", 0.02)
+
+
+async def test_dispatcher_delivers_in_order_to_every_sink_and_counts(outbox: Outbox) -> None:
     a, b = RecordingSink("deliver-a"), RecordingSink("deliver-b")
-    dispatcher = Dispatcher([a, b], queue_size=10)
-    dispatcher.start()
+    dispatcher = Dispatcher(outbox, [a, b])
+    await dispatcher.start()
+    assert a.started and b.started
     events = [make_event(i, camera="cam-deliver") for i in range(5)]
     started_before = sample("edge_runtime_events_total", camera="cam-deliver", tag="stain", kind="started")
     sent_before = sample("edge_runtime_sink_sent_total", sink="deliver-a")
     for event in events:
-        dispatcher.publish(event)
+        await dispatcher.publish(event)
     await wait_for(lambda: len(a.received) == 5 and len(b.received) == 5)
-    assert a.received == events and b.received == events
-    assert sample("edge_runtime_sink_sent_total", sink="deliver-a") == sent_before + 5
+    assert a.ids == b.ids == [e.id for e in events]
+    assert [r.body for r in a.received] == [e.to_dict() for e in events]
+    assert all(r.type == "event" for r in a.received + b.received)
+    await wait_for(lambda: sample("edge_runtime_sink_sent_total", sink="deliver-a") == sent_before + 5)
     assert (
         sample("edge_runtime_events_total", camera="cam-deliver", tag="stain", kind="started")
         == started_before + 5
     )
     await dispatcher.close()
     assert a.closed and b.closed
+    assert await outbox.pending_by_sink() == {}
 
 
-async def test_dispatcher_retries_after_a_sink_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Dispatcher, "RETRY_DELAY_S", 0.01)
+@pytest.mark.usefixtures("fast_retries")
+async def test_dispatcher_retries_after_a_sink_failure(outbox: Outbox) -> None:
     sink = RecordingSink("retry", fail_times=2)
     failed_before = sample("edge_runtime_sink_failed_total", sink="retry")
-    dispatcher = Dispatcher([sink], queue_size=10)
-    dispatcher.start()
+    dispatcher = Dispatcher(outbox, [sink])
+    await dispatcher.start()
     first, second = make_event(0), make_event(1)
-    dispatcher.publish(first)
-    dispatcher.publish(second)
+    await dispatcher.publish(first)
+    await dispatcher.publish(second)
     await wait_for(lambda: len(sink.received) == 2)
-    assert sink.received == [first, second]  # the failed event is retried, not skipped
+    assert sink.ids == [first.id, second.id]  # the failed event is retried, not skipped
     assert sink.attempts == 4
     assert sample("edge_runtime_sink_failed_total", sink="retry") == failed_before + 2
     await dispatcher.close()
+    assert await outbox.pending_by_sink() == {}
 
 
-async def test_a_failing_sink_does_not_hold_up_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Dispatcher, "RETRY_DELAY_S", 0.01)
+@pytest.mark.usefixtures("fast_retries")
+async def test_a_failing_sink_does_not_hold_up_the_others(outbox: Outbox) -> None:
     down, up = RecordingSink("always-down", fail_times=10**9), RecordingSink("healthy")
-    dispatcher = Dispatcher([down, up], queue_size=10)
-    dispatcher.start()
+    dispatcher = Dispatcher(outbox, [down, up])
+    await dispatcher.start()
     events = [make_event(i) for i in range(3)]
     for event in events:
-        dispatcher.publish(event)
+        await dispatcher.publish(event)
     await wait_for(lambda: len(up.received) == 3 and down.attempts >= 3)  # still retrying the first
-    assert up.received == events and down.received == []
+    assert up.ids == [e.id for e in events] and down.received == []
     await dispatcher.close(drain_timeout=0.1)
     assert down.closed and up.closed
+    assert await outbox.pending_by_sink() == {"always-down": 3}, "kept on disk for the next run"
 
 
-async def test_dispatcher_drops_the_oldest_when_a_queue_is_full() -> None:
+async def test_dispatcher_drops_the_oldest_when_the_outbox_is_full(outbox: Outbox) -> None:
     sink = RecordingSink("drop-unstarted")
-    dispatcher = Dispatcher([sink], queue_size=2)
+    dispatcher = Dispatcher(outbox, [sink], OutboxLimits(max_events=2))
     events = [make_event(i) for i in range(5)]
-    before = sample("edge_runtime_sink_dropped_total", sink="drop-unstarted")
+    before = sample("edge_runtime_sink_dropped_total", sink="drop-unstarted", reason="full")
     for event in events:
-        dispatcher.publish(event)  # nothing drains yet: the queue keeps the newest two
-    assert sample("edge_runtime_sink_dropped_total", sink="drop-unstarted") == before + 3
-    dispatcher.start()
+        await dispatcher.publish(event)  # nothing drains yet: the outbox keeps the newest two
+    assert sample("edge_runtime_sink_dropped_total", sink="drop-unstarted", reason="full") == before + 3
+    await dispatcher.start()
     await wait_for(lambda: len(sink.received) == 2)
-    assert sink.received == events[3:]
+    assert sink.ids == [e.id for e in events[3:]]
     await dispatcher.close()
 
 
-async def test_a_slow_sink_drops_oldest_queued_but_keeps_the_in_flight_event() -> None:
+async def test_a_slow_sink_keeps_the_newest_and_finishes_the_event_in_flight(outbox: Outbox) -> None:
     sink = RecordingSink("drop-slow")
     sink.gate.clear()  # the sink hangs on its first event
-    dispatcher = Dispatcher([sink], queue_size=2)
-    dispatcher.start()
+    dispatcher = Dispatcher(outbox, [sink], OutboxLimits(max_events=2))
+    await dispatcher.start()
     events = [make_event(i) for i in range(5)]
-    before = sample("edge_runtime_sink_dropped_total", sink="drop-slow")
-    dispatcher.publish(events[0])
-    await wait_for(lambda: sink.attempts == 1)  # events[0] is in flight, out of the queue
+    before = sample("edge_runtime_sink_dropped_total", sink="drop-slow", reason="full")
+    await dispatcher.publish(events[0])
+    await wait_for(lambda: sink.attempts == 1)  # events[0] is in flight
     for event in events[1:]:
-        dispatcher.publish(event)  # never blocks
-    assert sample("edge_runtime_sink_dropped_total", sink="drop-slow") == before + 2
+        await dispatcher.publish(event)  # never waits for the sink
+    assert sample("edge_runtime_sink_dropped_total", sink="drop-slow", reason="full") >= before + 2
     sink.gate.set()
     await wait_for(lambda: len(sink.received) == 3)
-    assert sink.received == [events[0], events[3], events[4]]
+    assert sink.ids == [events[0].id, events[3].id, events[4].id]
     await dispatcher.close()
+    assert await outbox.pending_by_sink() == {}
 
 
-async def test_close_gives_queued_events_a_chance_to_go_out() -> None:
+async def test_close_gives_stored_events_a_chance_to_go_out(outbox: Outbox) -> None:
     sink = RecordingSink("close-queued")
-    dispatcher = Dispatcher([sink], queue_size=10)
+    dispatcher = Dispatcher(outbox, [sink])
     events = [make_event(i) for i in range(3)]
     for event in events:
-        dispatcher.publish(event)
-    dispatcher.start()
+        await dispatcher.publish(event)
+    await dispatcher.start()
     await dispatcher.close(drain_timeout=2.0)
-    assert sink.received == events
+    assert sink.ids == [e.id for e in events]
     assert sink.closed
 
 
-async def test_close_waits_for_the_event_in_flight() -> None:
+async def test_close_waits_for_the_event_in_flight(outbox: Outbox) -> None:
     sink = RecordingSink("close-in-flight", delay=0.2)
-    dispatcher = Dispatcher([sink], queue_size=10)
-    dispatcher.start()
+    dispatcher = Dispatcher(outbox, [sink])
+    await dispatcher.start()
     event = make_event(0)
-    dispatcher.publish(event)
+    await dispatcher.publish(event)
     await dispatcher.close(drain_timeout=2.0)  # 2 s is plenty for a 0.2 s delivery
-    assert sink.received == [event]
+    assert sink.ids == [event.id]
+    assert await outbox.pending_by_sink() == {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -415,38 +452,50 @@ def test_event_to_dict_classification_has_no_boxes_and_no_snapshot() -> None:
     assert body["boxes"] == [] and body["snapshot"] is None and body["kind"] == "started"
 
 
+def event_record(event: Event, seq: int = 1) -> OutboxRecord:
+    return OutboxRecord(seq, "jsonl", "event", event.id, event.captured_at, 0, event.to_dict())
+
+
 async def test_jsonl_sink_writes_one_object_per_line(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "events.jsonl"
     sink = JsonlSink(path)
+    assert sink.name == "jsonl" and sink.delivery.send_events and sink.delivery.summary_interval_s == 0
     events = [
         make_event(0, snapshot="/snapshots/a.jpg"),
         make_event(1, kind=EventKind.ENDED, boxes=()),
     ]
-    for event in events:
-        await sink.publish(event)
-    # Flushed after every line: readable while the sink is still open (tail -f).
-    assert len(path.read_text().splitlines()) == 2
-    await sink.close()
+    try:
+        await sink.start()
+        for seq, event in enumerate(events, 1):
+            await sink.publish(event_record(event, seq))
+        # Flushed after every line: readable while the sink is still open (tail -f).
+        assert len(path.read_text().splitlines()) == 2
+    finally:
+        await sink.close()
     lines = path.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == [e.to_dict() for e in events]
     assert all("\n" not in line and line.startswith("{") for line in lines)
     # A restarted sink appends.
     again = JsonlSink(path)
-    await again.publish(make_event(2))
-    await again.close()
+    try:
+        await again.publish(event_record(make_event(2)))
+    finally:
+        await again.close()
     assert len(path.read_text().splitlines()) == 3
 
 
-async def test_jsonl_sink_behind_the_dispatcher(tmp_path: Path) -> None:
+async def test_jsonl_sink_behind_the_dispatcher(tmp_path: Path, outbox: Outbox) -> None:
     path = tmp_path / "events.jsonl"
-    dispatcher = Dispatcher([JsonlSink(path)], queue_size=100)
-    dispatcher.start()
+    dispatcher = Dispatcher(outbox, [JsonlSink(path)])
+    await dispatcher.start()
     events = [make_event(i) for i in range(20)]
     for event in events:
-        dispatcher.publish(event)
+        await dispatcher.publish(event)
     await wait_for(lambda: path.exists() and len(path.read_text().splitlines()) == 20)
     await dispatcher.close()
-    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == [e.id for e in events]
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [e.to_dict() for e in events]
+    assert await outbox.pending_by_sink() == {}
 
 
 # --------------------------------------------------------------------------------------------------
