@@ -81,6 +81,11 @@ def open_export(path: Path, workdir: Path | None = None) -> Path:
 
 
 def _extract_zip(path: Path, workdir: Path | None) -> Path:
+    if workdir is not None:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelLoadError(path, f"cannot create the extraction folder {workdir}: {exc}") from exc
     target = Path(tempfile.mkdtemp(prefix="edge-runtime-export-", dir=workdir))
     try:
         with zipfile.ZipFile(path) as zf:
