@@ -1,0 +1,251 @@
+"""The IoT Hub sink end to end: outbox -> Dispatcher -> IotHubSink -> HubClient -> the real azure-iot-device
+SDK -> MQTT over TLS -> mosquitto playing edgeHub (tests/fakehub.py), observed from the hub's side."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import time
+import traceback
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fakehub import SDK_SOCKET_LEAK, FakeHub, HubMessage, collect_sdk_garbage
+
+from edge_runtime.domain import BoundingBox, Event, EventKind
+from edge_runtime.errors import ConfigError
+from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits
+from edge_runtime.events.ids import new_event_id
+from edge_runtime.events.outbox import Outbox
+from edge_runtime.iotedge.hub import HubClient
+from edge_runtime.settings import HubSettings, IotHubSettings
+from edge_runtime.sinks.iothub import IotHubSink
+
+pytestmark = [
+    pytest.mark.skipif(not Path("/usr/sbin/mosquitto").exists(), reason="needs mosquitto"),
+    pytest.mark.filterwarnings(SDK_SOCKET_LEAK),  # paho 1.6 + SDK: see fakehub.SDK_SOCKET_LEAK
+]
+
+# The SDK's own reconnect interval after a dropped connection (connection_retry_interval default).
+SDK_RETRY_S = 10.0
+
+
+def fake_hub_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """Body of the `fake_hub` fixture, reusable by other test modules."""
+    with FakeHub(tmp_path / "hub") as hub:
+        hub.patch_connect(monkeypatch)
+        yield hub
+    collect_sdk_garbage()
+
+
+@pytest.fixture
+def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    yield from fake_hub_fixture(tmp_path, monkeypatch)
+
+
+def use_edge_environment(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the dev-tools variables: any IOTEDGE_* would make the SDK use the workload API instead."""
+    for name in [n for n in os.environ if n.startswith("IOTEDGE_")]:
+        monkeypatch.delenv(name)
+    for name, value in hub.edge_env().items():
+        monkeypatch.setenv(name, value)
+
+
+def make_event(
+    i: int, camera: str = "cam1", tag: str = "scratch", kind: EventKind = EventKind.STARTED
+) -> Event:
+    return Event(
+        id=new_event_id(),
+        kind=kind,
+        camera=camera,
+        roi="full",
+        tag=tag,
+        probability=0.5 + i / 1000,
+        boxes=(BoundingBox(0.1, 0.2, 0.3, 0.4),),
+        captured_at=time.time(),
+        model_id="model-1",
+        model_sha1="0" * 40,
+        snapshot=f"/snapshots/{i}.jpg",
+    )
+
+
+@dataclass
+class Running:
+    hub: HubClient
+    dispatcher: Dispatcher
+
+    async def backlog(self) -> int:
+        return (await self.dispatcher.backlog())["iothub"]
+
+    async def wait_drained(self, timeout: float = 10) -> None:
+        """Acks follow the hub's receipt by a moment: poll the outbox until it is empty."""
+        async with asyncio.timeout(timeout):
+            while await self.backlog():
+                await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running_sink(
+    settings: HubSettings, tmp_path: Path, output: str = "defects", publish_timeout_s: float = 10.0
+) -> AsyncIterator[Running]:
+    """HubClient + IotHubSink behind a Dispatcher and a sqlite outbox, wired as app.py does."""
+    hub = HubClient.from_settings(settings)
+    await hub.start()
+    outbox = Outbox(tmp_path / "outbox.db")
+    await outbox.open()
+    sink = IotHubSink(IotHubSettings(output=output, publish_timeout_s=publish_timeout_s), hub)
+    dispatcher = Dispatcher(outbox, [sink], OutboxLimits())
+    await dispatcher.start()
+    try:
+        yield Running(hub, dispatcher)
+    finally:
+        await dispatcher.close(drain_timeout=0)
+        await outbox.close()
+        await hub.close()
+
+
+def check_message(message: HubMessage, event: Event, output: str) -> None:
+    assert message.output == output
+    assert message.message_id == event.id
+    assert message.content_type == "application/json"
+    assert message.content_encoding == "utf-8"
+    assert message.properties == {
+        "type": "event",
+        "camera": event.camera,
+        "tag": event.tag,
+        "kind": event.kind.value,
+    }
+    assert message.json() == event.to_dict()
+
+
+# ------------------------------------------------------------------------------------------ properties
+
+
+@pytest.mark.parametrize("path", ["connection_string", "edge_environment"])
+async def test_output_message_carries_system_and_route_properties(
+    fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    if path == "connection_string":
+        settings = HubSettings(connection_string=fake_hub.connection_string, ca_file=fake_hub.ca_file)
+        output = "defects"
+    else:
+        use_edge_environment(fake_hub, monkeypatch)
+        settings = HubSettings()
+        output = "quality-alerts_2"
+    events = [
+        make_event(0),
+        make_event(1, camera="line 2/cam&b", tag="dent=deep", kind=EventKind.ENDED),  # needs URL-encoding
+    ]
+    async with running_sink(settings, tmp_path, output=output) as running:
+        for event in events:
+            await running.dispatcher.publish(event)
+        messages = await asyncio.to_thread(fake_hub.wait_for_messages, 2, None, 15)
+        await running.wait_drained()
+        assert running.hub.connected_once.is_set()
+        assert running.hub.connected
+    assert len(messages) == 2, messages
+    by_id = {m.message_id: m for m in messages}
+    for event in events:
+        check_message(by_id[event.id], event, output)
+    assert fake_hub.messages(output) == messages
+    assert fake_hub.messages("other") == []
+
+
+# ---------------------------------------------------------------------------------- outage and recovery
+
+
+@pytest.mark.slow
+async def test_broker_outage_loses_nothing(fake_hub: FakeHub, tmp_path: Path) -> None:
+    settings = HubSettings(connection_string=fake_hub.connection_string, ca_file=fake_hub.ca_file)
+    events = [make_event(i) for i in range(20)]
+    async with running_sink(settings, tmp_path, publish_timeout_s=2.0) as running:
+        async with asyncio.timeout(15):
+            await running.hub.connected_once.wait()
+        for event in events[:10]:
+            await running.dispatcher.publish(event)
+        await asyncio.to_thread(fake_hub.wait_for_messages, 3, "defects", 15)
+        await asyncio.to_thread(fake_hub.stop_broker)  # mid-stream: some of the first ten are in flight
+        for event in events[10:]:
+            await running.dispatcher.publish(event)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        assert await running.backlog() > 0  # the down hub holds them back in the outbox
+        await asyncio.to_thread(fake_hub.start_broker)
+        # SDK reconnect (every SDK_RETRY_S) + dispatcher backoff (<= 5 s) + a margin.
+        deadline = time.monotonic() + SDK_RETRY_S + 15
+        want = {e.id for e in events}
+        while {m.message_id for m in fake_hub.messages("defects")} < want:
+            assert time.monotonic() < deadline, (
+                f"missing: {want - {m.message_id for m in fake_hub.messages()}}"
+            )
+            await asyncio.sleep(0.1)
+        await running.wait_drained()
+    received = fake_hub.messages("defects")
+    assert {m.message_id for m in received} == want  # duplicates allowed (at-least-once), nothing else
+    by_id = {e.id: e for e in events}
+    for message in received:
+        check_message(message, by_id[message.message_id], "defects")
+
+
+@pytest.mark.slow
+async def test_hub_down_at_start_events_wait_in_outbox(
+    fake_hub: FakeHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_hub.stop_broker()
+    settings = HubSettings(connection_string=fake_hub.connection_string, ca_file=fake_hub.ca_file)
+    events = [make_event(i) for i in range(5)]
+    async with running_sink(settings, tmp_path, publish_timeout_s=2.0) as running:  # start() must not raise
+        for event in events:
+            await running.dispatcher.publish(event)
+        await asyncio.sleep(1.5)
+        assert not running.hub.connected_once.is_set()
+        assert running.hub.last_error
+        assert await running.backlog() == 5
+        assert running.dispatcher.sinks[0].status()["connected"] is False
+        await asyncio.to_thread(fake_hub.start_broker)
+        # HubClient retries its first connect after 1, 2, 4 s: the next try is at most ~4 s away.
+        messages = await asyncio.to_thread(fake_hub.wait_for_messages, 5, "defects", 15)
+        await running.wait_drained()
+        assert running.hub.last_error is None
+    assert {m.message_id for m in messages} == {e.id for e in events}
+    assert fake_hub.shared_access_key not in caplog.text
+
+
+# ------------------------------------------------------------------------------ bad connection strings
+
+KEY = base64.b64encode(secrets.token_bytes(32)).decode()
+GOOD = f"HostName=myhub.azure-devices.net;DeviceId=dev1;ModuleId=edgeRuntime;SharedAccessKey={KEY}"
+
+
+@pytest.mark.parametrize(
+    "connection_string",
+    [
+        pytest.param(GOOD + ";GatewayHostName", id="pair-without-equals"),
+        pytest.param(GOOD + ";Bogus=1", id="unknown-key"),
+        pytest.param(GOOD.replace("HostName=myhub.azure-devices.net;", ""), id="no-host"),
+        pytest.param(f"SharedAccessKey={KEY}", id="key-only"),
+        pytest.param(GOOD.replace(KEY, KEY[:-2]), id="key-not-base64"),
+        pytest.param(GOOD + ";HostName=other", id="duplicate-key"),
+        pytest.param(f"not a connection string {KEY}", id="garbage"),
+        pytest.param(
+            GOOD.replace("ModuleId=edgeRuntime;", ""),
+            id="device-string-without-module-id",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: HubClient.from_settings accepts a device connection string without ModuleId",
+            ),
+        ),
+    ],
+)
+def test_malformed_connection_string_is_a_config_error_without_the_key(connection_string: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        HubClient.from_settings(HubSettings(connection_string=connection_string))
+    assert "hub.connection_string" in str(excinfo.value)
+    secret = KEY if KEY in connection_string else KEY[:-4]
+    assert secret not in str(excinfo.value)
+    assert secret not in "".join(traceback.format_exception(excinfo.value))  # nor in a logged traceback
