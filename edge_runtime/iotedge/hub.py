@@ -41,6 +41,12 @@ class HubClient:
             except Exception as exc:  # the SDK raises OSError/ValueError/its own errors here
                 raise ConfigError(f"hub: cannot use the IoT Edge environment: {exc}") from exc
             return cls(client, hub.connect_retry_max_s)
+        fields = dict(
+            part.partition("=")[::2] for part in hub.connection_string.get_secret_value().split(";")
+        )
+        if not fields.get("ModuleId"):
+            # A device string would connect as the device: its messages match no module-output route.
+            raise ConfigError("hub.connection_string: needs ModuleId= (a module connection string)")
         kwargs: dict[str, Any] = {}
         if hub.ca_file is not None:
             try:

@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TextIO
 
 from edge_runtime.events.outbox import OutboxRecord
 from edge_runtime.settings import DeliverySettings
@@ -17,17 +18,19 @@ class JsonlSink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.delivery = DeliverySettings()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
+        self._file: TextIO | None = None
 
     async def start(self) -> None:
-        """A local file is ready at once."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
 
     async def publish(self, record: OutboxRecord) -> None:
         line = json.dumps(dict(record.body), separators=(",", ":")) + "\n"
         await asyncio.to_thread(self._write, line)
 
     def _write(self, line: str) -> None:
+        if self._file is None:
+            raise RuntimeError("jsonl sink not started")
         self._file.write(line)
         self._file.flush()
 
@@ -35,4 +38,6 @@ class JsonlSink:
         return {"path": str(self.path)}
 
     async def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -19,6 +19,8 @@ import json
 import logging
 import socket
 import ssl
+import sys
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +34,26 @@ from edge_runtime.events.outbox import OutboxRecord
 from edge_runtime.settings import DeliverySettings, MqttSettings
 
 log = logging.getLogger(__name__)
+
+
+class _SupervisedClient(mqtt.Client):  # type: ignore[misc]
+    """paho 1.6 lets some errors escape its network thread and die with it (an SSL alert that arrives
+    after the handshake, read in loop_read): keep that thread alive, report the error, reconnect."""
+
+    on_loop_error: Callable[[BaseException], None] | None = None
+
+    def _thread_main(self) -> None:
+        while not self._thread_terminate:
+            try:
+                self.loop_forever(retry_first_connection=True)
+            except Exception as exc:
+                if self.on_loop_error is not None:
+                    self.on_loop_error(exc)
+                time.sleep(self._reconnect_min_delay)
+                self.connect_async(self._host, self._port, self._keepalive)  # start over: reconnect
+                continue
+            return
+
 
 CameraStatuses = Callable[[], Mapping[str, Mapping[str, object]]]
 SnapshotReader = Callable[[str], bytes | None]
@@ -61,11 +83,13 @@ class MqttSink:
         self._camera_payloads: dict[str, bytes] = {}
         self._camera_states: dict[str, tuple[object, object]] = {}
         self._status_task: asyncio.Task[None] | None = None
+        self._refused: str | None = None  # touched by paho's thread only
 
     # ---- construction: every configuration problem surfaces here, before the server starts ----
     def _build_client(self, s: MqttSettings) -> mqtt.Client:
         self.client_id = s.client_id or f"edge-runtime-{socket.gethostname()}"
-        client = mqtt.Client(client_id=self.client_id, clean_session=True)
+        client = _SupervisedClient(client_id=self.client_id, clean_session=True)
+        client.on_loop_error = self._on_loop_error
         if s.username is not None:
             client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
         if s.tls is not None:
@@ -83,6 +107,7 @@ class MqttSink:
         client.will_set(self._topic("status"), b"offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=int(max(1, s.reconnect_min_s)), max_delay=int(s.reconnect_max_s))
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         return client
@@ -161,12 +186,21 @@ class MqttSink:
 
     # ---- paho thread -> loop ----
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: int) -> None:
-        self._call(self._connected_changed, rc == 0, None if rc == 0 else mqtt.connack_string(rc))
+        # A refusal is followed by a disconnect: keep its reason (e.g. "not authorised") for that one.
+        self._refused = None if rc == 0 else mqtt.connack_string(rc)
+        self._call(self._connected_changed, rc == 0, self._refused)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError` block: the exception is the reason.
+        exc = sys.exc_info()[1]
+        self._call(self._connected_changed, False, f"cannot connect: {exc or 'unknown error'}")
+
+    def _on_loop_error(self, exc: BaseException) -> None:
+        self._call(self._connected_changed, False, f"connection failed: {type(exc).__name__}: {exc}")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, rc: int) -> None:
-        self._call(
-            self._connected_changed, False, None if rc == 0 else f"connection lost ({mqtt.error_string(rc)})"
-        )
+        lost = None if rc == 0 else f"connection lost ({mqtt.error_string(rc)})"
+        self._call(self._connected_changed, False, self._refused or lost)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int) -> None:
         self._call(self._acked, mid)

@@ -478,6 +478,7 @@ async def test_jsonl_sink_writes_one_object_per_line(tmp_path: Path) -> None:
     # A restarted sink appends.
     again = JsonlSink(path)
     try:
+        await again.start()
         await again.publish(event_record(make_event(2)))
     finally:
         await again.close()

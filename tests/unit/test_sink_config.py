@@ -333,12 +333,6 @@ async def test_build_sinks_from_settings(tmp_path: Path, tls: TlsFiles) -> None:
     assert build_sinks(no_jsonl, no_statuses, None, None) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: edge_runtime/sinks/build.py build_sinks opens the JSONL file (JsonlSink.__init__) before "
-    "MqttSink validates TLS; when MqttSink raises ConfigError the JsonlSink is never closed and its file "
-    "handle leaks (ResourceWarning: unclosed file)",
-)
 def test_a_sink_config_error_leaks_no_open_file(tmp_path: Path) -> None:
     settings = sink_settings(
         tmp_path, sinks={"mqtt": {"host": "b", "tls": {"ca_file": str(tmp_path / "no.pem")}}}
