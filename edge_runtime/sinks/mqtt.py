@@ -219,16 +219,24 @@ class MqttSink:
         was = self._connected
         self._connected = connected
         metrics.SINK_CONNECTED.labels(self.name).set(1 if connected else 0)
+        repeated = error is not None and error == self._last_error
         if error:
             self._last_error = error
         if connected:
+            self._last_error = None
             log.info("mqtt: connected to %s:%d", self.settings.host, self.settings.effective_port)
             self._client.publish(self._topic("status"), b"online", qos=1, retain=True)
             for camera, payload in self._camera_payloads.items():  # the broker may have lost them
                 self._client.publish(self._topic(camera, "status"), payload, qos=1, retain=True)
         else:
             if error:
-                log.warning("mqtt: disconnected from %s: %s", self.status()["broker"], error)
+                # Once per distinct reason: a broker down for hours must not flood the log.
+                log.log(
+                    logging.DEBUG if repeated else logging.WARNING,
+                    "mqtt: %s: %s",
+                    self.status()["broker"],
+                    error,
+                )
             elif was:
                 log.info("mqtt: disconnected from %s", self.status()["broker"])
             for future in self._acks.values():
