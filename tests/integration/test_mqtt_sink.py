@@ -13,12 +13,16 @@ import gc
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from certs import TlsFiles, make_tls_files
 from mosquitto import Broker, Observer, Received, TlsListener, free_port, mosquitto_available
@@ -522,3 +526,226 @@ async def test_sink_recovers_after_the_broker_refused_its_tls_client(
     await eventually(lambda: runtime.sink.status()["connected"], 5, "sink reconnected")
     message = await observer.message(f"{PREFIX}/cam-1/events", timeout=5)
     assert json.loads(message.payload)["id"] == event.id
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole runtime: `python -m edge_runtime serve` (built-in demo camera, MQTT configured by env)
+
+
+class ServeProcess:
+    def __init__(self, tmp_path: Path, env: Mapping[str, str], args: Sequence[str] = ()) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.jsonl = tmp_path / "events.jsonl"
+        self.log_path = tmp_path / f"serve-{self.port}.log"
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_RUNTIME_")}
+        child_env.update(
+            {
+                "TMPDIR": str(tmp_path),  # the built-in demo model is written under the temp dir
+                "EDGE_RUNTIME_EVENTS__JSONL_PATH": str(self.jsonl),
+                "EDGE_RUNTIME_EVENTS__SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+                "EDGE_RUNTIME_EVENTS__OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
+                **env,
+            }
+        )
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edge_runtime",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    *args,
+                ],
+                cwd=REPO,
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, f"serve exited with {self.proc.returncode}:\n{self.log}"
+                try:
+                    async with session.get(self.base + "/health/ready") as response:
+                        if response.status == 200:
+                            body: dict[str, Any] = json.loads(await response.text())
+                            return body
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"not ready within {timeout} s:\n{self.log}")
+
+    def events(self) -> list[dict[str, Any]]:
+        """What the JSONL sink wrote: every event the runtime produced, whatever MQTT did."""
+        try:
+            lines = self.jsonl.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    async def wait(self, timeout: float) -> int:
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def start(env: Mapping[str, str], args: Sequence[str] = ()) -> ServeProcess:
+        process = ServeProcess(tmp_path, env, args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def mqtt_env(port: int, client_id: str = "edge-it-serve", **extra: str) -> dict[str, str]:
+    env = {
+        "EDGE_RUNTIME_SINKS__MQTT__HOST": "127.0.0.1",
+        "EDGE_RUNTIME_SINKS__MQTT__PORT": str(port),
+        "EDGE_RUNTIME_SINKS__MQTT__CLIENT_ID": client_id,
+        "EDGE_RUNTIME_SINKS__MQTT__TOPIC_PREFIX": PREFIX,
+        "EDGE_RUNTIME_SINKS__MQTT__RECONNECT_MIN_S": "1",
+        "EDGE_RUNTIME_SINKS__MQTT__RECONNECT_MAX_S": "1",
+        "EDGE_RUNTIME_SINKS__MQTT__PUBLISH_TIMEOUT_S": "2",
+    }
+    env.update({f"EDGE_RUNTIME_SINKS__MQTT__{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+# 3. Last Will on a crash, `offline` from the sink on a clean stop
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+async def test_offline_status_after_the_runtime_stops(how, brokers, observers, serve):
+    broker = brokers()
+    observer = observers(broker, [f"{PREFIX}/status", f"{PREFIX}/+/status"])
+    # A long keepalive: an `offline` within seconds of SIGKILL comes from the closed socket (the Will),
+    # not from the broker noticing a silent client after 1.5 x keepalive.
+    server = serve(mqtt_env(broker.port, keepalive_s="60"))
+    ready = await server.ready()
+    assert ready["sinks"]["mqtt"]["connected"] in (
+        True,
+        False,
+    )  # the sink is reported (maybe still connecting)
+    await observer.message(f"{PREFIX}/status", lambda m: m.payload == b"online", timeout=15)
+    camera = await observer.message(f"{PREFIX}/demo-conveyor/status", timeout=15)
+    assert json.loads(camera.payload)["camera"] == "demo-conveyor"
+    ready = await server.ready()
+    assert ready["sinks"]["mqtt"] == {
+        "connected": True,
+        "broker": f"127.0.0.1:{broker.port}",
+        "last_error": None,
+    }
+
+    stopped_at = time.time()
+    server.proc.send_signal(getattr(signal, how))
+    offline = await observer.message(
+        f"{PREFIX}/status", lambda m: m.at >= stopped_at and m.payload == b"offline", timeout=10
+    )
+    assert offline.at - stopped_at < 5, f"offline after {offline.at - stopped_at:.1f} s"
+    rc = await server.wait(15)
+    if how == "SIGTERM":
+        assert rc == 0, server.log
+        # A clean DISCONNECT (the broker discards the Will): this `offline` is the sink's own.
+        assert "Client edge-it-serve disconnected." in broker.log
+    else:
+        assert rc == -signal.SIGKILL
+        assert "Client edge-it-serve closed its connection." in broker.log
+    # Retained: whoever subscribes later learns the runtime is gone.
+    late = observers(broker, [f"{PREFIX}/status"])
+    retained = await late.message(f"{PREFIX}/status")
+    assert (retained.payload, retained.retain) == (b"offline", True)
+
+
+# 5. A broker that is down at start stops nothing; what happened meanwhile arrives later
+
+
+async def test_broker_down_at_start_then_events_arrive(brokers, observers, serve):
+    # The observer's persistent session is saved while the broker is up; then the broker stops cleanly,
+    # so when it comes back the observer gets whatever the runtime publishes, whoever reconnects first.
+    broker = brokers(persistence=True)
+    observer = observers(broker, [f"{PREFIX}/+/events"], client_id="it-observer", clean_session=False)
+    broker.wait_session_saved("it-observer")
+    await asyncio.to_thread(broker.terminate)
+
+    server = serve(mqtt_env(broker.port))
+    ready = await server.ready()
+    assert ready["status"] == "ready"
+    assert ready["sinks"]["mqtt"]["connected"] is False
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(server.base + "/image", data=jpeg()) as response,
+    ):
+        body = await response.text()
+    assert response.status == 200, body
+    assert isinstance(json.loads(body)["predictions"], list)
+
+    deadline = time.monotonic() + 30
+    while not server.events():
+        assert time.monotonic() < deadline, f"the demo camera produced no event:\n{server.log}"
+        assert server.proc.poll() is None, server.log
+        await asyncio.sleep(0.2)
+    meanwhile = {e["id"]: e for e in server.events()}
+    assert observer.received() == []
+    ready = await server.ready()
+    assert ready["sinks"]["mqtt"]["connected"] is False
+    assert ready["sinks"]["mqtt"]["last_error"], ready["sinks"]
+
+    await asyncio.to_thread(broker.start)
+    await observer.until(lambda: set(event_ids(observer)) >= set(meanwhile), 20, "the events from before")
+    for message in events_of(observer):
+        event = json.loads(message.payload)
+        assert message.qos == 1
+        assert message.topic == f"{PREFIX}/{event['camera']}/events"
+        if event["id"] in meanwhile:
+            assert event == meanwhile[event["id"]]
+    ready = await server.ready()
+    assert ready["sinks"]["mqtt"]["connected"] is True
+    server.proc.send_signal(signal.SIGTERM)
+    assert await server.wait(15) == 0, server.log
+
+
+# 6. Bad configuration stops `serve` at once, naming the setting
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {
+                "EDGE_RUNTIME_SINKS__MQTT__HOST": "127.0.0.1",
+                "EDGE_RUNTIME_SINKS__MQTT__TLS__CA_FILE": "/nonexistent",
+            },
+            "sinks.mqtt.tls.ca_file",
+        ),
+        ({"EDGE_RUNTIME_SINKS__KAFKA__HOST": "x"}, "unknown sink 'kafka'"),
+        ({"EDGE_RUNTIME_SINKS__MQTT__PORT": "1883"}, "sinks.mqtt.host"),
+    ],
+    ids=["missing-ca-file", "unknown-sink", "missing-host"],
+)
+async def test_bad_mqtt_configuration_fails_at_start(env, message, serve):
+    server = serve(env)
+    rc = await server.wait(60)
+    assert rc == 2, server.log
+    assert "error:" in server.log and message in server.log, server.log
