@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ class Sink(Protocol):
     def status(self) -> Mapping[str, object]: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Retry:
+    delay: float
+    failing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,38 +115,42 @@ class Dispatcher:
 
     async def _deliver(self, sink: Sink) -> None:
         bucket = TokenBucket(sink.delivery.rate_limit_per_minute)
-        delay = self.RETRY_INITIAL_S
-        failing = False
+        state = _Retry(self.RETRY_INITIAL_S)
         while True:
-            self._wakeups[sink.name].clear()
-            records = await self._outbox.peek(sink.name, self.BATCH)
-            if not records:
-                self._idle[sink.name].set()
-                await self._wakeups[sink.name].wait()
-                continue
-            for record in records:
-                if (wait := bucket.wait_time()) > 0:
-                    await asyncio.sleep(wait)
-                try:
-                    await sink.publish(record)
-                except Exception as exc:  # any failure: the message stays in the outbox
-                    metrics.SINK_FAILED.labels(sink.name).inc()
-                    await self._outbox.note_attempt(record.seq)
-                    if not failing:
-                        log.warning("sink %s: delivery failed (%s); will retry", sink.name, exc)
-                    else:
-                        log.debug("sink %s: delivery failed again (%s)", sink.name, exc)
-                    failing = True
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.RETRY_MAX_S)
-                    break
-                bucket.take()
-                await self._outbox.ack(record.seq)
-                metrics.SINK_SENT.labels(sink.name).inc()
-                if failing:
-                    log.info("sink %s: delivering again", sink.name)
-                    failing = False
-                delay = self.RETRY_INITIAL_S
+            try:
+                await self._deliver_some(sink, bucket, state)
+            except sqlite3.Error as exc:  # the disk, not the sink: back off and carry on
+                log.error("outbox error while delivering to %s: %s", sink.name, exc)
+                await asyncio.sleep(self.RETRY_MAX_S)
+
+    async def _deliver_some(self, sink: Sink, bucket: TokenBucket, state: _Retry) -> None:
+        self._wakeups[sink.name].clear()
+        records = await self._outbox.peek(sink.name, self.BATCH)
+        if not records:
+            self._idle[sink.name].set()
+            await self._wakeups[sink.name].wait()
+            return
+        for record in records:
+            if (wait := bucket.wait_time()) > 0:
+                await asyncio.sleep(wait)
+            try:
+                await sink.publish(record)
+            except Exception as exc:  # any failure: the message stays in the outbox
+                metrics.SINK_FAILED.labels(sink.name).inc()
+                await self._outbox.note_attempt(record.seq)
+                level = logging.DEBUG if state.failing else logging.WARNING
+                log.log(level, "sink %s: delivery failed (%s); will retry", sink.name, exc)
+                state.failing = True
+                await asyncio.sleep(state.delay)
+                state.delay = min(state.delay * 2, self.RETRY_MAX_S)
+                return
+            bucket.take()
+            await self._outbox.ack(record.seq)
+            metrics.SINK_SENT.labels(sink.name).inc()
+            if state.failing:
+                log.info("sink %s: delivering again", sink.name)
+                state.failing = False
+            state.delay = self.RETRY_INITIAL_S
 
     async def _summarise(self, sink: Sink) -> None:
         counter = self._summaries[sink.name]
@@ -150,20 +161,24 @@ class Dispatcher:
 
     async def _housekeeping(self) -> None:
         while True:
-            for sink in self._sinks:
-                trimmed = await self._outbox.trim(sink.name, self._limits.max_events, self._limits.max_age_s)
-                if trimmed.expired:
-                    metrics.SINK_DROPPED.labels(sink.name, "expired").inc(trimmed.expired)
-                    log.warning("outbox for %s: dropped %d expired message(s)", sink.name, trimmed.expired)
-                if trimmed.full:
-                    metrics.SINK_DROPPED.labels(sink.name, "full").inc(trimmed.full)
-                backlog = await self._outbox.backlog(sink.name)
-                metrics.OUTBOX_DEPTH.labels(sink.name).set(backlog.depth)
-                age = (
-                    0.0 if backlog.oldest_created is None else max(0.0, time.time() - backlog.oldest_created)
-                )
-                metrics.OUTBOX_OLDEST_AGE.labels(sink.name).set(age)
+            try:
+                await self._keep_house()
+            except sqlite3.Error as exc:
+                log.error("outbox housekeeping failed: %s", exc)
             await asyncio.sleep(self.HOUSEKEEPING_S)
+
+    async def _keep_house(self) -> None:
+        for sink in self._sinks:
+            trimmed = await self._outbox.trim(sink.name, self._limits.max_events, self._limits.max_age_s)
+            if trimmed.expired:
+                metrics.SINK_DROPPED.labels(sink.name, "expired").inc(trimmed.expired)
+                log.warning("outbox for %s: dropped %d expired message(s)", sink.name, trimmed.expired)
+            if trimmed.full:
+                metrics.SINK_DROPPED.labels(sink.name, "full").inc(trimmed.full)
+            backlog = await self._outbox.backlog(sink.name)
+            metrics.OUTBOX_DEPTH.labels(sink.name).set(backlog.depth)
+            age = 0.0 if backlog.oldest_created is None else max(0.0, time.time() - backlog.oldest_created)
+            metrics.OUTBOX_OLDEST_AGE.labels(sink.name).set(age)
 
     async def backlog(self) -> dict[str, int]:
         return {s.name: (await self._outbox.backlog(s.name)).depth for s in self._sinks}

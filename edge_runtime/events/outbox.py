@@ -83,7 +83,12 @@ class Outbox:
             if not self.path.exists() or isinstance(exc, sqlite3.OperationalError):
                 raise ConfigError(f"events.outbox_path: cannot open {self.path}: {exc}") from exc
             # A damaged file must not stop the line: keep it for forensics and start a new one.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            stem = f"{self.path.name}.corrupt-{int(time.time())}"
+            aside = self.path.with_name(stem)
+            for n in range(1, 1000):  # never overwrite an earlier forensic copy
+                if not aside.exists():
+                    break
+                aside = self.path.with_name(f"{stem}.{n}")
             self.path.rename(aside)
             log.error("outbox %s is damaged (%s): moved to %s, starting empty", self.path, exc, aside)
             self._db = self._connect()
@@ -95,7 +100,11 @@ class Outbox:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
-        db.execute("SELECT count(*) FROM outbox").fetchone()  # reads a page: a corrupt file fails here
+        # count(*) alone may be answered from the index: check every page, so damage shows here.
+        verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            db.close()
+            raise sqlite3.DatabaseError(f"quick_check: {verdict}")
         return db
 
     async def close(self) -> None:

@@ -726,12 +726,6 @@ class FlakyOutbox(Outbox):
         return await super().peek(sink, limit)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: edge_runtime/events/dispatcher.py Dispatcher._deliver does not guard its outbox calls "
-    "(peek/ack/note_attempt): one sqlite error ends the sink's delivery task for good, silently (the task's "
-    "exception is only swallowed by close()), and nothing is delivered to that sink until a restart",
-)
 async def test_a_transient_outbox_error_does_not_stop_delivery(tmp_path: Path) -> None:
     box = FlakyOutbox(tmp_path / "outbox.sqlite3")
     await box.open()

@@ -314,13 +314,6 @@ def table_leaf_pages(path: Path) -> list[int]:
     return [page for page, kind in rows if kind == "leaf"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: edge_runtime/events/outbox.py Outbox._connect checks for damage with "
-    "'SELECT count(*) FROM outbox', which sqlite answers from the outbox_sink_seq index alone: a file "
-    "whose table pages are damaged opens as healthy, and the first peek/put raises sqlite3.DatabaseError "
-    "('database disk image is malformed') instead of the file being moved aside",
-)
 async def test_damaged_table_pages_are_found_at_open(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite3"
     box = Outbox(path)
@@ -345,12 +338,6 @@ async def test_damaged_table_pages_are_found_at_open(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("outbox.sqlite3.corrupt-*"))) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: edge_runtime/events/outbox.py Outbox._open names the moved-aside file "
-    "<name>.corrupt-<int(time.time())>: a second damaged file within the same second is renamed over the "
-    "first and the earlier forensic copy is lost",
-)
 async def test_two_damaged_files_in_one_second_are_both_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
