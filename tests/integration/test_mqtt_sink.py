@@ -537,13 +537,14 @@ class ServeProcess:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.jsonl = tmp_path / "events.jsonl"
+        self.snapshot_dir = tmp_path / "snapshots"
         self.log_path = tmp_path / f"serve-{self.port}.log"
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_RUNTIME_")}
         child_env.update(
             {
                 "TMPDIR": str(tmp_path),  # the built-in demo model is written under the temp dir
                 "EDGE_RUNTIME_EVENTS__JSONL_PATH": str(self.jsonl),
-                "EDGE_RUNTIME_EVENTS__SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+                "EDGE_RUNTIME_EVENTS__SNAPSHOT_DIR": str(self.snapshot_dir),
                 "EDGE_RUNTIME_EVENTS__OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
                 **env,
             }
@@ -684,11 +685,12 @@ async def test_broker_down_at_start_then_events_arrive(brokers, observers, serve
     # The observer's persistent session is saved while the broker is up; then the broker stops cleanly,
     # so when it comes back the observer gets whatever the runtime publishes, whoever reconnects first.
     broker = brokers(persistence=True)
-    observer = observers(broker, [f"{PREFIX}/+/events"], client_id="it-observer", clean_session=False)
+    topics = [f"{PREFIX}/+/events", f"{PREFIX}/+/snapshot"]
+    observer = observers(broker, topics, client_id="it-observer", clean_session=False)
     broker.wait_session_saved("it-observer")
     await asyncio.to_thread(broker.terminate)
 
-    server = serve(mqtt_env(broker.port))
+    server = serve(mqtt_env(broker.port, publish_snapshots="true"))
     ready = await server.ready()
     assert ready["status"] == "ready"
     assert ready["sinks"]["mqtt"]["connected"] is False
@@ -714,12 +716,25 @@ async def test_broker_down_at_start_then_events_arrive(brokers, observers, serve
 
     await asyncio.to_thread(broker.start)
     await observer.until(lambda: set(event_ids(observer)) >= set(meanwhile), 20, "the events from before")
-    for message in events_of(observer):
+    await asyncio.sleep(0.3)  # the last event's snapshot follows it
+    received = observer.received()
+    snapshots = 0
+    for index, message in enumerate(received):
+        if not message.topic.endswith("/events"):
+            continue
         event = json.loads(message.payload)
         assert message.qos == 1
         assert message.topic == f"{PREFIX}/{event['camera']}/events"
-        if event["id"] in meanwhile:
-            assert event == meanwhile[event["id"]]
+        if event["id"] not in meanwhile:
+            continue
+        assert event == meanwhile[event["id"]]
+        if event["snapshot"]:  # its JPEG comes right after it, on the camera's snapshot topic
+            snapshot = received[index + 1]
+            assert snapshot.topic == f"{PREFIX}/{event['camera']}/snapshot"
+            assert snapshot.payload == (server.snapshot_dir / f"{event['id']}.jpg").read_bytes()
+            assert snapshot.payload[:2] == b"\xff\xd8" and snapshot.qos == 1
+            snapshots += 1
+    assert snapshots >= 1, [e["snapshot"] for e in meanwhile.values()]
     ready = await server.ready()
     assert ready["sinks"]["mqtt"]["connected"] is True
     server.proc.send_signal(signal.SIGTERM)
