@@ -5,6 +5,7 @@
     broker.start()                                         # again, on the same port
     Broker(d, tls=TlsListener(files.ca, files.server_cert, files.server_key, require_certificate=True))
     Broker(d, users={"edge": "secret"})                    # password_file + allow_anonymous false
+    Broker(d, users=..., hashed_here=True)                 # the file hashed here, not by mosquitto_passwd
     Broker(d, persistence=True)                            # sessions survive a restart (see below)
 
 `persistence=True` saves the broker's database after every change (autosave_on_changes with an
