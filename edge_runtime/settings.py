@@ -334,19 +334,32 @@ def _from_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, data: Mapping[str, Any] | None = None) -> str:
     parts = []
+    cameras = _camera_ids(data.get("cameras")) if data else []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = list(err["loc"])
+        # cameras.3.fps -> cameras.<id>.fps: an index means nothing when cameras came as a mapping
+        if len(loc) > 1 and loc[0] == "cameras" and isinstance(loc[1], int) and loc[1] < len(cameras):
+            loc[1] = cameras[loc[1]]
+        where = ".".join(str(p) for p in loc) or "(top level)"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+def _camera_ids(cameras: Any) -> list[str]:
+    if isinstance(cameras, Mapping):
+        return [str(k) for k, v in cameras.items() if v is not None]
+    if isinstance(cameras, list | tuple):
+        return [str(c.get("id", i)) if isinstance(c, Mapping) else str(i) for i, c in enumerate(cameras)]
+    return []
 
 
 def build_settings(data: Mapping[str, Any]) -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {describe_validation_error(exc)}") from exc
+        raise ConfigError(f"invalid settings: {describe_validation_error(exc, data)}") from exc
     except ConfigError as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc
 
