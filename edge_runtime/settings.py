@@ -340,7 +340,8 @@ def describe_validation_error(exc: ValidationError, data: Mapping[str, Any] | No
     for err in exc.errors():
         loc = list(err["loc"])
         # cameras.3.fps -> cameras.<id>.fps: an index means nothing when cameras came as a mapping
-        if len(loc) > 1 and loc[0] == "cameras" and isinstance(loc[1], int) and loc[1] < len(cameras):
+        by_id = len(loc) > 2 and loc[2] != "id"  # a bad id itself keeps its index
+        if by_id and loc[0] == "cameras" and isinstance(loc[1], int) and loc[1] < len(cameras):
             loc[1] = cameras[loc[1]]
         where = ".".join(str(p) for p in loc) or "(top level)"
         parts.append(f"{where}: {err['msg']}")
