@@ -14,12 +14,14 @@ the model reloaded or downloaded in the background and swapped atomically once w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_runtime import __version__
 from edge_runtime.engine import Predictor, PredictorOptions
@@ -32,6 +34,7 @@ from edge_runtime.redact import redact_url
 from edge_runtime.settings import Settings, build_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DESIRED_SECTIONS = ("model", "cameras", "sinks", "events", "log_level")
 FIXED_AT_START = ("events.outbox_path",)
@@ -112,29 +115,33 @@ class Controller:
     # ---- desired properties ----
     async def apply_desired(self, desired: Mapping[str, Any]) -> ApplyResult:
         """Apply a whole desired document (the twin's, with $version); returns what happened."""
-        version = desired.get("$version")
-        version = version if isinstance(version, int) else None
         async with self._lock:
-            try:
-                new = self._validate(desired)
-                changes = await self._apply(new)
-            except ConfigError as exc:
-                self.config = ConfigState(version, "rejected", str(exc))
-                log.error("desired configuration (version %s) rejected: %s", version, exc)
-                self._changed()
-                return ApplyResult(False, version, error=str(exc))
-            self.desired = dict(desired)
-            self.settings = new
-            self.config = ConfigState(version, "applied", None, list(changes))
-            log.info(
-                "desired configuration (version %s) applied: %s", version, ", ".join(changes) or "no change"
-            )
-        self._changed()
-        return ApplyResult(True, version, tuple(changes))
+            return await self._apply_document(desired)
 
     async def patch(self, patch: Mapping[str, Any]) -> ApplyResult:
         """Merge a desired-properties patch (null removes a key, like the twin) and apply the result."""
-        return await self.apply_desired(merge_patch(self.desired, patch))
+        async with self._lock:  # merged under the lock: concurrent patches never undo each other
+            return await self._apply_document(merge_patch(self.desired, patch))
+
+    async def _apply_document(self, desired: Mapping[str, Any]) -> ApplyResult:
+        version = desired.get("$version")
+        version = version if isinstance(version, int) else None
+        # The document is the twin's state even when rejected: the next patch builds on it.
+        self.desired = dict(desired)
+        try:
+            new = self._validate(desired)
+            changes = await self._apply(new)
+        except Exception as exc:  # whatever the reason, the running configuration stays
+            error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            self.config = ConfigState(version, "rejected", error)
+            log.error("desired configuration (version %s) rejected: %s", version, error)
+            self._changed()
+            return ApplyResult(False, version, error=error)
+        self.settings = new
+        self.config = ConfigState(version, "applied", None, list(changes))
+        log.info("desired configuration (version %s) applied: %s", version, ", ".join(changes) or "no change")
+        self._changed()
+        return ApplyResult(True, version, tuple(changes))
 
     def _validate(self, desired: Mapping[str, Any]) -> Settings:
         sections = {k: v for k, v in desired.items() if not k.startswith("$")}
@@ -156,20 +163,32 @@ class Controller:
     async def _apply(self, new: Settings) -> list[str]:
         old = self.settings
         changes: list[str] = []
+        # Sinks first: the only step that can still fail (a sink that cannot start); it rolls back.
+        if new.sinks != old.sinks or new.events != old.events:
+            await self._swap_dispatcher(old, new)
+            changes.append("sinks")
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
             changes.append(f"log_level={new.log_level}")
         changes += await self._apply_cameras(new)
-        if new.sinks != old.sinks or new.events != old.events:
-            previous = self._pipeline.dispatcher
-            if previous is not None:
-                await previous.close(drain_timeout=1.0)
-            self._pipeline.dispatcher = await self._start_dispatcher(new, self._pipeline)
-            changes.append("sinks")
         if new.model != old.model:
             self.start_model_load(new)
             changes.append("model")
         return changes
+
+    async def _swap_dispatcher(self, old: Settings, new: Settings) -> None:
+        # The old sinks close first: two MQTT clients with one client id would fight, and the old
+        # one's "offline" must not land after the new one's "online". Events published meanwhile
+        # wait in the outbox.
+        previous = self._pipeline.dispatcher
+        if previous is not None:
+            await previous.close(drain_timeout=1.0)
+        try:
+            self._pipeline.dispatcher = await self._start_dispatcher(new, self._pipeline)
+        except Exception as exc:
+            log.error("new sinks failed to start (%s); restoring the previous ones", exc)
+            self._pipeline.dispatcher = await self._start_dispatcher(old, self._pipeline)
+            raise ConfigError(f"sinks: cannot start: {type(exc).__name__}: {exc}") from exc
 
     async def _apply_cameras(self, new: Settings) -> list[str]:
         changes = []
@@ -224,8 +243,9 @@ class Controller:
         try:
             path, options = await self._resolve(settings)
             self.model_state.source = self.model_state.source if m.url else str(path)
-            # A thread of its own: loading must not take an inference worker away from requests.
-            predictor = await asyncio.to_thread(self._loader, path, options)
+            # A thread of its own: loading must not take an inference worker away from requests,
+            # and a daemon one: a long compile must not hold up the process exit after SIGTERM.
+            predictor = await in_daemon_thread(self._loader, path, options)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure: the old model keeps serving, the error is reported
@@ -304,6 +324,31 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """Run fn in a daemon thread; the future gets its result on the calling loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return  # cancelled meanwhile
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            outcome: tuple[T | None, BaseException | None] = (fn(*args), None)
+        except BaseException as exc:
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name="model-load", daemon=True).start()
+    return future
 
 
 def keyed_tree(settings: Settings) -> dict[str, Any]:

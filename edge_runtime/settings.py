@@ -82,7 +82,9 @@ class ServerSettings(_Section):
     protect_metrics: bool = False
     shutdown_timeout_s: float = Field(5.0, gt=0)
     admin_key: SecretStr | None = Field(
-        None, description="enables /admin/* (config patch, model reload) for 'Authorization: Bearer <key>'"
+        None,
+        min_length=12,
+        description="enables /admin/* (config patch, model reload) for 'Authorization: Bearer <key>'",
     )
     response_id: str = ""
     response_project: str = ""

@@ -36,8 +36,13 @@ def _authorise(request: web.Request) -> None:
     key = request.app[SETTINGS].server.admin_key
     if key is None:
         raise ApiError(403, "AdminDisabled", "the admin API is off: set server.admin_key to enable it")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.get_secret_value().encode()):
+    header = request.headers.get("Authorization", "")
+    given = header.removeprefix("Bearer ").strip()
+    if (
+        not header.startswith("Bearer ")
+        or not given
+        or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.get_secret_value().encode())
+    ):
         raise ApiError(401, "Unauthorized", "missing or wrong 'Authorization: Bearer <admin key>' header")
 
 
@@ -104,4 +109,6 @@ SECRET_KEYS = ("password", "connection_string", "url", "prediction_key", "admin_
 def _masked(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: ("***" if k in SECRET_KEYS and v else _masked(v)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_masked(item) for item in tree]
     return tree

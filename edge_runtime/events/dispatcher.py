@@ -122,12 +122,16 @@ class Dispatcher:
             except sqlite3.Error as exc:  # the disk, not the sink: back off and carry on
                 log.error("outbox error while delivering to %s: %s", sink.name, exc)
                 await asyncio.sleep(self.RETRY_MAX_S)
+            except Exception:  # anything else must not end this sink's delivery either
+                log.exception("delivery loop of %s failed; carrying on", sink.name)
+                await asyncio.sleep(self.RETRY_MAX_S)
 
     async def _deliver_some(self, sink: Sink, bucket: TokenBucket, state: _Retry) -> None:
         self._wakeups[sink.name].clear()
         records = await self._outbox.peek(sink.name, self.BATCH)
         if not records:
-            self._idle[sink.name].set()
+            if not self._wakeups[sink.name].is_set():  # nothing was stored while we looked
+                self._idle[sink.name].set()
             await self._wakeups[sink.name].wait()
             return
         for record in records:
@@ -157,17 +161,27 @@ class Dispatcher:
         while True:
             await asyncio.sleep(sink.delivery.summary_interval_s)
             summary_id = new_event_id()
-            await self._store([sink.name], "summary", summary_id, counter.take(summary_id, time.time()))
+            try:
+                await self._store([sink.name], "summary", summary_id, counter.take(summary_id, time.time()))
+            except Exception:  # one lost summary must not end the heartbeat
+                log.exception("summary for %s could not be stored", sink.name)
 
     async def _housekeeping(self) -> None:
         while True:
             try:
                 await self._keep_house()
-            except sqlite3.Error as exc:
-                log.error("outbox housekeeping failed: %s", exc)
+            except Exception:
+                log.exception("outbox housekeeping failed; carrying on")
             await asyncio.sleep(self.HOUSEKEEPING_S)
 
     async def _keep_house(self) -> None:
+        configured = {s.name for s in self._sinks}
+        for name in set(await self._outbox.pending_by_sink()) - configured:
+            # Rows of a sink switched off still age out, so it never resumes with stale events.
+            trimmed = await self._outbox.trim(name, self._limits.max_events, self._limits.max_age_s)
+            if trimmed.expired or trimmed.full:
+                metrics.SINK_DROPPED.labels(name, "expired").inc(trimmed.expired)
+                metrics.SINK_DROPPED.labels(name, "full").inc(trimmed.full)
         for sink in self._sinks:
             trimmed = await self._outbox.trim(sink.name, self._limits.max_events, self._limits.max_age_s)
             if trimmed.expired:

@@ -94,15 +94,22 @@ class HubClient:
         message.custom_properties = dict(properties)
         await self.sdk.send_message_to_output(message, output)
 
-    def listen(
+    async def listen(
         self, on_desired_patch: Callable[[dict[str, Any]], None], on_method: Callable[[Any], None]
     ) -> None:
-        """Route the SDK's handler threads to the running loop: they never touch loop objects directly."""
+        """Route the SDK's handler threads to the running loop: they never touch loop objects directly.
+
+        Setting a handler makes the SDK subscribe and wait for it: done off the loop."""
         loop = asyncio.get_running_loop()
-        self.sdk.on_twin_desired_properties_patch_received = lambda patch: loop.call_soon_threadsafe(
-            on_desired_patch, patch
-        )
-        self.sdk.on_method_request_received = lambda request: loop.call_soon_threadsafe(on_method, request)
+
+        def desired(patch: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(on_desired_patch, patch)
+
+        def method(request: Any) -> None:
+            loop.call_soon_threadsafe(on_method, request)
+
+        await asyncio.to_thread(setattr, self.sdk, "on_twin_desired_properties_patch_received", desired)
+        await asyncio.to_thread(setattr, self.sdk, "on_method_request_received", method)
 
     async def get_twin(self) -> dict[str, Any]:
         twin = await self.sdk.get_twin()

@@ -20,6 +20,13 @@ from edge_runtime.iotedge.methods import Methods
 log = logging.getLogger(__name__)
 
 
+RESYNC: dict[str, Any] = {}  # sentinel (compared by identity): read and apply the whole twin again
+
+
+def _newer(version: object, applied: int | None) -> bool:
+    return not isinstance(version, int) or applied is None or version > applied
+
+
 class TwinAgent:
     POLL_S = 2.0  # camera states and the connection are checked this often
 
@@ -27,7 +34,7 @@ class TwinAgent:
         self._hub = hub
         self._controller = controller
         self._methods = methods
-        self._patches: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._patches: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # or RESYNC
         self._requests: asyncio.Queue[Any] = asyncio.Queue()
         self._dirty = asyncio.Event()
         self._reported: dict[str, Any] = {}
@@ -44,17 +51,20 @@ class TwinAgent:
 
     async def _run(self) -> None:
         await self._hub.connected_once.wait()
-        self._hub.listen(self._patches.put_nowait, self._requests.put_nowait)
+        await self._hub.listen(self._patches.put_nowait, self._requests.put_nowait)
         self._tasks.append(asyncio.create_task(self._serve_methods(), name="twin-methods"))
         await self._sync_whole_twin()
         self._tasks.append(asyncio.create_task(self._report(), name="twin-report"))
+        # One consumer applies everything in order: patches and whole-twin resyncs never interleave.
         while True:
             patch = await self._patches.get()
-            version = patch.get("$version")
-            applied = self._controller.config.desired_version
-            if isinstance(version, int) and applied is not None and version <= applied:
-                continue  # already part of a whole twin we applied
-            await self._controller.patch(patch)
+            try:
+                if patch is RESYNC:
+                    await self._sync_whole_twin()
+                elif _newer(patch.get("$version"), self._controller.config.desired_version):
+                    await self._controller.patch(patch)
+            except Exception:  # the twin must keep listening whatever one patch did
+                log.exception("twin: applying desired properties failed")
 
     async def _sync_whole_twin(self) -> None:
         while True:
@@ -65,7 +75,7 @@ class TwinAgent:
                 log.warning("twin: cannot read the twin (%s); retrying", exc)
                 await asyncio.sleep(self.POLL_S)
         desired = twin.get("desired") or {}
-        if desired.get("$version") != self._controller.config.desired_version:
+        if _newer(desired.get("$version"), self._controller.config.desired_version):
             await self._controller.apply_desired(desired)
         self._dirty.set()
 
@@ -91,7 +101,7 @@ class TwinAgent:
             self._dirty.clear()
             connected = self._hub.connected
             if connected and not was_connected:
-                await self._sync_whole_twin()  # patches sent while we were away are in the twin
+                self._patches.put_nowait(RESYNC)  # patches sent while we were away are in the twin
             was_connected = connected
             current = reported_properties(self._controller.status())
             patch = reported_patch(self._reported, current)
@@ -101,6 +111,7 @@ class TwinAgent:
                 await self._hub.patch_reported(patch)
             except Exception as exc:
                 log.warning("twin: reporting failed (%s); will retry", exc)
+                await asyncio.sleep(self.POLL_S)
                 self._dirty.set()
                 continue
             self._reported = current

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from edge_runtime.redact import redact_url
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 16
+QUERY = re.compile(r"\?[^\s'\")]*")  # a SAS token lives in the query string
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,8 @@ async def download_model(request: DownloadRequest) -> Path:
         too_large = f"larger than model.max_download_bytes ({request.max_bytes})"
         async with (
             aiohttp.ClientSession(timeout=timeout, trust_env=False) as session,
-            session.get(request.url, ssl=context) as response,
+            # No redirects: each hop would need the https check, and blob URLs do not redirect.
+            session.get(request.url, ssl=context, allow_redirects=False) as response,
         ):
             if response.status != 200:
                 raise ModelLoadError(shown, f"download failed: HTTP {response.status}")
@@ -77,7 +80,9 @@ async def download_model(request: DownloadRequest) -> Path:
             )
         staging.replace(target)
     except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
-        raise ModelLoadError(shown, f"download failed: {type(exc).__name__}: {exc}") from exc
+        # aiohttp's messages quote the full URL (with its SAS token): never pass them on.
+        detail = QUERY.sub("?***", str(exc))
+        raise ModelLoadError(shown, f"download failed: {type(exc).__name__} {detail}".rstrip()) from exc
     finally:
         staging.unlink(missing_ok=True)
     log.info("model %s downloaded (%d bytes, sha256 verified)", shown, size)

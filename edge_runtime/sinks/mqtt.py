@@ -20,6 +20,7 @@ import logging
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -141,7 +142,13 @@ class MqttSink:
             except (SinkUnavailableError, TimeoutError) as exc:
                 log.warning("mqtt: could not publish offline status: %s", exc)
         self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        # paho's thread may sit in a TLS handshake for up to keepalive_s: never let it hold up
+        # the shutdown (it is a daemon thread; the process may exit without it).
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        await asyncio.to_thread(stopper.join, self.CLOSE_TIMEOUT_S)
+        if stopper.is_alive():
+            log.warning("mqtt: network thread did not stop within %.0f s; leaving it", self.CLOSE_TIMEOUT_S)
         metrics.SINK_CONNECTED.labels(self.name).set(0)
 
     def status(self) -> Mapping[str, object]:

@@ -102,10 +102,11 @@ class CameraSampler:
         if self._engine is None or self._engine_predictor is not predictor:
             self._engine = RuleEngine(self.settings.rules, predictor.spec.labels)
             self._engine_predictor = predictor
+        engine = self._engine  # a reconfigure while we await inference must not pull it away
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self._executor, predict_rois, predictor, frame, self._rois)
         for roi, predictions in results:
-            for decision in self._engine.evaluate(roi.name, predictions, frame.captured_at):
+            for decision in engine.evaluate(roi.name, predictions, frame.captured_at):
                 event = await self._event(decision, frame, predictor)
                 log.info(
                     "event %s %s %s/%s %s p=%.3f",

@@ -90,13 +90,33 @@ def test_cameras_and_sinks_change_live(tmp_path: Path, start_server: Any) -> Non
         assert set(ready(url)["cameras"]) == {DEMO_CAMERA.id}
         assert set(ready(url)["sinks"]) == {"jsonl"}
 
-        # switch the MQTT sink on and add a camera, in one patch
+        # sinks that cannot start (the JSONL folder is a file): rejected, the previous sinks restored
+        (tmp_path / "a-file").write_text("x")
+        status, body = call(
+            url,
+            "PATCH",
+            "/admin/desired",
+            # (null drops the earlier rejected keys: a rejected patch stays in the desired document)
+            {"cameras": None, "sinks": None, "events": {"jsonl_path": str(tmp_path / "a-file" / "e.jsonl")}},
+        )
+        assert status == 400 and "sinks: cannot start" in body["error"], body
+        assert set(ready(url)["sinks"]) == {"jsonl"}
+        assert ready(url)["sinks"]["jsonl"]["path"] == str(tmp_path / "events.jsonl")
+        lines = len((tmp_path / "events.jsonl").read_text().splitlines())
+        wait_until(
+            lambda: len((tmp_path / "events.jsonl").read_text().splitlines()) > lines,
+            30,
+            "JSONL still written",
+        )
+
+        # switch the MQTT sink on and add a camera, in one patch (nulling the rejected events key)
         status, body = call(
             url,
             "PATCH",
             "/admin/desired",
             {
                 "cameras": {"second": {"url": "synthetic://conveyor", "fps": 5}},
+                "events": None,
                 "sinks": {"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": "live"}},
             },
         )

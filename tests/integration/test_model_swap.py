@@ -267,5 +267,11 @@ def test_admin_api_needs_the_key(swap_setup: dict[str, Any]) -> None:
         urllib.request.urlopen(request, timeout=10)
     assert caught.value.code == 401
     caught.value.close()
+    for headers in ({}, {"Authorization": ADMIN_KEY}, {"Authorization": "Bearer "}):
+        request = urllib.request.Request(server.url + "/admin/status", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        assert caught.value.code == 401, headers
+        caught.value.close()
     status, body = admin(server.url, "GET", "/admin/status")
     assert status == 200 and body["model"]["status"] == "ready"

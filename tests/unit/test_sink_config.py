@@ -344,3 +344,18 @@ def test_a_sink_config_error_leaks_no_open_file(tmp_path: Path) -> None:
         gc.collect()
     leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == [], [str(w.message) for w in leaks]
+
+
+def test_admin_key_must_not_be_empty_or_short() -> None:
+    for key in ("", "short"):
+        with pytest.raises(ConfigError, match=r"server\.admin_key"):
+            build_settings({"server": {"admin_key": key}})
+    assert build_settings({"server": {"admin_key": "a-long-enough-key"}}).server.admin_key is not None
+
+
+def test_download_errors_never_carry_the_sas_token() -> None:
+    from edge_runtime.model.download import QUERY
+
+    message = "400, message='Bad Request', url='https://acct.blob.core.windows.net/m/v7.zip?sv=1&sig=SECRET'"
+    cleaned = QUERY.sub("?***", message)
+    assert "SECRET" not in cleaned and "v7.zip?***" in cleaned
