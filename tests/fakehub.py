@@ -139,6 +139,7 @@ class FakeHub:
         self._observer: mqtt.Client | None = None
         self._ready = threading.Event()  # observer subscribed: the SDK may connect
         self._starting = False
+        self._observer_lost = threading.Event()
         self._config: Path | None = None
         self._log: Any = None
 
@@ -175,17 +176,24 @@ class FakeHub:
             self._log = None
 
     def stop_broker(self) -> None:
-        """Kill mosquitto (SIGKILL: connections drop as in a crash) and the observer with it."""
+        """Kill mosquitto (SIGKILL: connections drop as in a crash), then the observer.
+
+        A message mosquitto acknowledged to the module must still reach `messages()` (edgeHub stores a
+        message before acknowledging it). So the observer is killed last, after reading what mosquitto
+        had forwarded, and it subscribes with QoS 0: with no unread PUBACKs of the observer in its
+        socket, the dying mosquitto closes that connection with FIN, not with a reset that would
+        discard what the observer had not read yet."""
         self._ready.clear()
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            observer.disconnect()
-            observer.loop_stop()
-            observer.reinitialise()  # paho 1.6 leaves loop_start's wake-up socket pair open otherwise
         broker, self._broker = self._broker, None
         if broker is not None:
             broker.kill()
             broker.wait(10)
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            self._observer_lost.wait(5)  # it has read everything up to the EOF
+            observer.disconnect()
+            observer.loop_stop()
+            observer.reinitialise()  # paho 1.6 leaves loop_start's wake-up socket pair open otherwise
 
     def start_broker(self) -> None:
         """Start mosquitto on the same ports; returns once the observer is subscribed.
@@ -228,9 +236,11 @@ class FakeHub:
         client = mqtt.Client(client_id=f"fakehub-{uuid.uuid4().hex[:8]}", clean_session=True)
         client.on_message = self._on_message
         client.on_subscribe = lambda *_: subscribed.set()
+        lost = self._observer_lost = threading.Event()
+        client.on_disconnect = lambda *_: lost.set()
         client.connect("127.0.0.1", self.plain_port, keepalive=30)
         client.loop_start()
-        result, _ = client.subscribe([("devices/#", 1), ("$iothub/#", 1)])
+        result, _ = client.subscribe([("devices/#", 0), ("$iothub/#", 0)])  # QoS 0: see stop_broker
         if result != mqtt.MQTT_ERR_SUCCESS or not subscribed.wait(10):
             client.loop_stop()
             raise RuntimeError(f"fake hub observer could not subscribe (rc={result})")
