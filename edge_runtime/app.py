@@ -72,9 +72,8 @@ def create_app(
     app[URL_POLICY] = UrlPolicy.from_allow_list(settings.url_fetch.allow)
     app[INFLIGHT] = [0]
     app[PIPELINE] = Pipeline()
+    # None (no path, no url) is allowed: readiness says so until a model arrives (module twin, admin API).
     path = model_path or settings.model.path
-    if path is None and settings.model.url is None:
-        raise EdgeRuntimeError("no model path given")
 
     async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(capacity.workers, thread_name_prefix="inference")

@@ -161,12 +161,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     logging.getLogger().setLevel(settings.log_level.upper())
-    if settings.model.path is None and not settings.cameras:
+    no_model = settings.model.path is None and settings.model.url is None
+    path: Path | None = None
+    if no_model and settings.hub_enabled:
+        # An IoT Edge module gets its model and cameras from the twin: no demo events upstream.
+        log.info("no model configured yet: waiting for the module twin (model.url / model.path)")
+    elif no_model and not settings.cameras:
         from edge_runtime.demo.camera import with_demo_camera
 
         log.info("no model and no camera configured: running the built-in demo (synthetic conveyor)")
         settings = with_demo_camera(settings)
-    app = create_app(settings, model_path(settings))
+        path = model_path(settings)
+    elif settings.model.url is None:
+        path = model_path(settings)
+    app = create_app(settings, path)
     log.info("serving on http://%s:%d", settings.server.host, settings.server.port)
     web.run_app(
         app,

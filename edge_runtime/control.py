@@ -290,7 +290,9 @@ class Controller:
             return path, PredictorOptions(options.device, options.threads, load, options.limits)
         local = m.path or self._default_model_path
         if local is None:
-            raise ConfigError("no model: set model.path or model.url")
+            raise ConfigError(
+                "no model configured: set model.path or model.url (e.g. through the module twin)"
+            )
         return local, options
 
     # ---- status (getStatus, reported properties, admin API) ----

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from mosquitto import Broker, Observer, mosquitto_available
 
+from edge_runtime.app import create_app
 from edge_runtime.demo.camera import DEMO_CAMERA
 from edge_runtime.demo.model import build_demo_export
 from edge_runtime.settings import build_settings
@@ -154,3 +155,26 @@ def test_cameras_and_sinks_change_live(tmp_path: Path, start_server: Any) -> Non
         observer.close()
         start_server.stop_all()
         broker.stop()
+
+
+def test_module_starts_without_a_model_and_gets_one_later(tmp_path: Path, start_server: Any) -> None:
+    """Inside IoT Edge the model comes from the twin: until then readiness says why, then it serves."""
+    settings = build_settings(
+        {
+            "server": {"inference_workers": 1, "admin_key": KEY},
+            "model": {"device": "cpu"},
+            "events": {"jsonl_path": None, "snapshot_dir": None, "outbox_path": tmp_path / "outbox.sqlite3"},
+        }
+    )
+    server = start_server.serve_app(create_app(settings, None))
+    wait_until(lambda: call(server.url, "GET", "/admin/status")[1]["model"]["status"] == "failed", 10, "load")
+    request = urllib.request.Request(server.url + "/health/ready")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    with caught.value:
+        assert caught.value.code == 503
+        assert "no model configured" in json.loads(caught.value.read())["error"]
+
+    status, body = call(server.url, "PUT", "/admin/model", {"path": str(build_demo_export(tmp_path / "m"))})
+    assert status == 200 and body["model"]["id"] == "edge-runtime-demo", body
+    assert ready(server.url)["status"] == "ready"
