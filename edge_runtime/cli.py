@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -184,7 +185,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=None,
         print=None,
     )
-    return 0
+    # Everything of ours is closed (outbox flushed, sinks gone). Threads a library left behind (an
+    # IoT Hub SDK connect stuck in a silent TLS handshake, ~60 s) must not hold the exit that the
+    # orchestrator times after SIGTERM: exit now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:

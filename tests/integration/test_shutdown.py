@@ -146,3 +146,78 @@ def test_sigterm_while_busy_exits_fast_and_loses_no_event(tmp_path: Path, meter_
         again.wait(15)
         observer.close()
         broker.stop()
+
+
+def test_sigterm_exits_fast_while_the_hub_is_a_black_hole(tmp_path: Path) -> None:
+    """edgeHub accepts TCP but never answers TLS: the SDK's connect hangs ~60 s; the exit must not."""
+    import base64
+    import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1", 8883))  # the SDK's hard-coded MQTT port
+    except OSError:
+        listener.close()
+        pytest.skip("port 8883 is in use on this machine")
+    listener.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # accept, then say nothing
+            except TimeoutError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    key = base64.b64encode(os.urandom(32)).decode()
+    connection = (
+        f"HostName=h.example;DeviceId=d;ModuleId=edgeRuntime;SharedAccessKey={key};GatewayHostName=127.0.0.1"
+    )
+    http_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_RUNTIME_")}
+    env |= {
+        "TMPDIR": str(tmp_path),
+        "EDGE_RUNTIME_EVENTS__OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
+        "EDGE_RUNTIME_EVENTS__JSONL_PATH": str(tmp_path / "events.jsonl"),
+        "EDGE_RUNTIME_EVENTS__SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+        "EDGE_RUNTIME_HUB__CONNECTION_STRING": connection,
+        "EDGE_RUNTIME_SINKS__IOTHUB__OUTPUT": "defects",
+        "EDGE_RUNTIME_MODEL__PATH": str(tmp_path / "model"),
+    }
+    from edge_runtime.demo.model import build_demo_export
+
+    build_demo_export(tmp_path / "model")
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_runtime", "serve", "--host", "127.0.0.1", "--port", str(http_port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_ready(f"http://127.0.0.1:{http_port}", proc)
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:  # the SDK is inside its handshake
+            time.sleep(0.1)
+        assert held, "the SDK never connected to the black hole"
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        stop.set()
+        acceptor.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert rc == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    assert took < 10.0, f"exit took {took:.1f} s"
