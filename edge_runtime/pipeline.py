@@ -84,6 +84,9 @@ class Pipeline:
         return {cid: s.capture.status().to_dict() for cid, s in self.samplers.items()}
 
     def sink_statuses(self) -> dict[str, object]:
-        if self.dispatcher is None:
-            return {}
-        return {sink.name: dict(sink.status()) for sink in self.dispatcher.sinks}
+        statuses: dict[str, object] = {}
+        if self.dispatcher is not None:
+            statuses = {sink.name: dict(sink.status()) for sink in self.dispatcher.sinks}
+        if self.hub is not None:  # the module client (twin, methods), with or without the iothub sink
+            statuses["hub"] = {"connected": self.hub.connected, "last_error": self.hub.last_error}
+        return statuses
