@@ -238,3 +238,40 @@ def test_bad_settings_exit_2_with_a_message(serve, args, message):
     server = serve(["--port", str(free_port()), *args])
     assert server.proc.wait(30) == 2
     assert "error:" in server.log and message in server.log
+
+
+async def test_as_a_module_without_a_model_it_waits_for_the_twin(client, serve):
+    """Inside IoT Edge (hub on) with no model: no demo camera (its events would go upstream); readiness
+    says what is missing. The hub here is unreachable, which must not matter either."""
+    import base64
+    import os
+
+    port = free_port()
+    key = base64.b64encode(os.urandom(32)).decode()
+    env = {
+        "EDGE_RUNTIME_HUB__CONNECTION_STRING": (
+            f"HostName=h.example;DeviceId=d;ModuleId=edgeRuntime;SharedAccessKey={key};GatewayHostName=127.0.0.9"
+        ),
+        "EDGE_RUNTIME_HUB__CONNECT_RETRY_MAX_S": "1",
+    }
+    server = serve(["--host", "127.0.0.1", "--port", str(port)], env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert server.proc.poll() is None, server.log
+        try:
+            async with client.get(base + "/health/ready") as response:
+                body = json.loads(await response.text())
+                if body.get("status") == "failed":
+                    break
+        except aiohttp.ClientConnectionError:
+            pass
+        assert time.monotonic() < deadline, server.log
+        await asyncio.sleep(0.1)
+    assert response.status == 503
+    assert "no model configured" in body["error"]
+    assert body["cameras"] == {}
+    assert body["sinks"]["hub"]["connected"] is False
+    assert key not in server.log
+    async with client.get(base + "/health/live") as response:
+        assert response.status == 200
