@@ -107,6 +107,7 @@ class FakeLoader:
         self.gates: dict[str, threading.Event] = {}
         self.entered: dict[str, threading.Event] = {}
         self.calls: list[str] = []
+        self.options: list[Any] = []
         self.threads: list[threading.Thread] = []
         self._active = 0
         self.max_active = 0
@@ -121,6 +122,7 @@ class FakeLoader:
         name = Path(path).name
         with self._lock:
             self.calls.append(name)
+            self.options.append(options)
             self.threads.append(threading.current_thread())
             self._active += 1
             self.max_active = max(self.max_active, self._active)
@@ -689,6 +691,33 @@ async def test_model_url_source_is_redacted(make: Any, loader: FakeLoader) -> No
     assert loader.calls == []
 
 
+async def test_model_url_is_downloaded_then_loaded_from_the_verified_file(
+    make: Any, loader: FakeLoader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests: list[Any] = []
+
+    async def fake_download(request: Any) -> Path:
+        requests.append(request)
+        return tmp_path / "downloaded.zip"
+
+    monkeypatch.setattr("edge_runtime.control.download_model", fake_download)
+    h = await make()
+    sha = "AB" * 32
+    url = "https://blob.example/models/v7.zip?sv=1&sig=SECRET"
+    await h.controller.patch(
+        {"model": {"url": url, "sha256": sha, "download_dir": str(tmp_path / "models"), "verify_sha1": False}}
+    )
+    state = await h.controller.wait_for_model()
+    assert state.status == "ready" and h.slot.predictor.name == "downloaded.zip"
+    assert state.source == "https://blob.example/models/v7.zip?***"
+    (request,) = requests
+    assert request.url == url and request.sha256 == sha and request.directory == tmp_path / "models"
+    assert loader.calls == ["downloaded.zip"]
+    (options,) = loader.options
+    assert options.load.extract_dir == tmp_path / "models" / sha.lower()
+    assert options.load.verify_sha1 is False
+
+
 async def test_back_to_back_loads_run_in_order_and_the_last_one_serves(make: Any, loader: FakeLoader) -> None:
     h = await make()
     first_gate = loader.gate("first")
@@ -1137,18 +1166,24 @@ async def test_methods_capture_snapshot_statuses(make: Any, tmp_path: Path) -> N
     frame = Frame(np.full((24, 32, 3), 120, np.uint8), captured_at=1_700_000_000.25, sequence=1)
     h.pipeline.samplers["cam"] = fake_sampler(frame)
     h.pipeline.samplers["dark"] = fake_sampler(None, "connecting")
+    try:
+        await _snapshot_statuses(methods, h.pipeline, tmp_path)
+    finally:
+        h.pipeline.samplers.clear()  # fakes: nothing to stop
+
+
+async def _snapshot_statuses(methods: Methods, pipeline: Pipeline, tmp_path: Path) -> None:
     status, payload = await methods.call("captureSnapshot", {"camera": "nope"})
     assert (status, payload) == (404, {"error": "unknown camera 'nope'", "cameras": ["cam", "dark"]})
     status, payload = await methods.call("captureSnapshot", {"camera": "cam"})
     assert status == 409 and "snapshots are off" in payload["error"]
 
-    h.pipeline.snapshots = SnapshotStore(tmp_path / "snaps", 10, 10_000_000)
+    pipeline.snapshots = SnapshotStore(tmp_path / "snaps", 10, 10_000_000)
     status, payload = await methods.call("captureSnapshot", {"camera": "dark"})
     assert (status, payload) == (409, {"error": "camera 'dark' has no frame yet", "state": "connecting"})
     status, payload = await methods.call("captureSnapshot", {"camera": "cam"})
     assert status == 200
     assert payload["path"] == f"/snapshots/{payload['id']}.jpg"
     assert payload["captured_at"] == "2023-11-14T22:13:20.250+00:00"
-    stored = h.pipeline.snapshots.read(payload["id"])
+    stored = pipeline.snapshots.read(payload["id"])
     assert stored is not None and stored[:2] == b"\xff\xd8"
-    del h.pipeline.samplers["cam"], h.pipeline.samplers["dark"]  # fakes: nothing to stop
