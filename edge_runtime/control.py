@@ -101,8 +101,8 @@ class Controller:
         self.model_state = ModelState()
         self._lock = asyncio.Lock()
         self._model_lock = asyncio.Lock()
-        self._model_task: asyncio.Task[None] | None = None
-        self._model_tasks: set[asyncio.Task[None]] = set()
+        self._model_task: asyncio.Task[ModelState] | None = None
+        self._model_tasks: set[asyncio.Task[ModelState]] = set()
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -207,7 +207,7 @@ class Controller:
         return changes
 
     # ---- the model ----
-    def start_model_load(self, settings: Settings | None = None) -> asyncio.Task[None]:
+    def start_model_load(self, settings: Settings | None = None) -> asyncio.Task[ModelState]:
         """Load (download if model.url) and swap in the background; the old model serves meanwhile."""
         # Loads run one after another (never cancelled halfway): the last one requested wins.
         self._model_task = asyncio.create_task(
@@ -225,16 +225,15 @@ class Controller:
 
     async def reload_model(self) -> None:
         """Load the configured model again and wait; raises EdgeRuntimeError if it fails."""
-        task = self.start_model_load()
-        await asyncio.shield(task)
-        if self.model_state.status == "failed":
-            raise EdgeRuntimeError(self.model_state.error or "model load failed")
+        state = await asyncio.shield(self.start_model_load())  # this load's own outcome
+        if state.status == "failed":
+            raise EdgeRuntimeError(state.error or "model load failed")
 
-    async def _load_and_swap(self, settings: Settings) -> None:
+    async def _load_and_swap(self, settings: Settings) -> ModelState:
         async with self._model_lock:
-            await self._load_and_swap_now(settings)
+            return await self._load_and_swap_now(settings)
 
-    async def _load_and_swap_now(self, settings: Settings) -> None:
+    async def _load_and_swap_now(self, settings: Settings) -> ModelState:
         m = settings.model
         self.model_state = ModelState(
             "loading", redact_url(m.url.get_secret_value()) if m.url else str(m.path)
@@ -259,7 +258,7 @@ class Controller:
                 "still serving the previous model" if self._model.predictor else "no model",
             )
             self._changed()
-            return
+            return self.model_state
         # Requests in flight hold the old predictor; it is freed when the last of them finishes.
         self._model.set(predictor)
         self.model_state = ModelState("ready", self.model_state.source)
@@ -270,6 +269,7 @@ class Controller:
             predictor.device,
         )
         self._changed()
+        return self.model_state
 
     async def _resolve(self, settings: Settings) -> tuple[Path, PredictorOptions]:
         m = settings.model
@@ -371,8 +371,9 @@ def merge_patch(document: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[s
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge_patch(out[key], value)
+        elif isinstance(value, Mapping):  # nulls inside a new object are dropped too (RFC 7386)
+            current = out.get(key)
+            out[key] = merge_patch(current if isinstance(current, Mapping) else {}, value)
         else:
             out[key] = value
     return out

@@ -165,6 +165,17 @@ class CameraSettings(_Section):
             raise ValueError("camera url is empty")
         return value
 
+    @model_validator(mode="after")
+    def _unique_names(self) -> CameraSettings:
+        for kind, names in (
+            ("rule tags", [r.tag for r in self.rules]),
+            ("ROI names", [r.name for r in self.rois]),
+        ):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"camera {self.id!r}: {kind} must be unique: {duplicates}")
+        return self
+
 
 class EventSettings(_Section):
     jsonl_path: Path | None = Field(Path("var/events.jsonl"), description="JSON-lines sink; null = off")
