@@ -187,7 +187,12 @@ class Controller:
             self._pipeline.dispatcher = await self._start_dispatcher(new, self._pipeline)
         except Exception as exc:
             log.error("new sinks failed to start (%s); restoring the previous ones", exc)
-            self._pipeline.dispatcher = await self._start_dispatcher(old, self._pipeline)
+            try:
+                self._pipeline.dispatcher = await self._start_dispatcher(old, self._pipeline)
+            except Exception:
+                # The closed dispatcher stays: its publish still stores events in the outbox, so
+                # nothing is lost; they go out once a configuration with working sinks is applied.
+                log.critical("the previous sinks failed to start again: events wait in the outbox")
             raise ConfigError(f"sinks: cannot start: {type(exc).__name__}: {exc}") from exc
 
     async def _apply_cameras(self, new: Settings) -> list[str]:
