@@ -31,7 +31,7 @@ from edge_runtime.model.loader import LoadOptions
 from edge_runtime.model_slot import ModelSlot
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redact import redact_url
-from edge_runtime.settings import Settings, build_settings
+from edge_runtime.settings import Settings, build_settings, merge_tree
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,7 +151,7 @@ class Controller:
                 f"{unknown[0]!r} cannot be changed at run time (allowed: {', '.join(DESIRED_SECTIONS)});"
                 " set it in the module's environment"
             )
-        new = build_settings(_merge_tree(self._base, sections))
+        new = build_settings(merge_tree(self._base, sections))  # a null turns a base value off
         if new.events.outbox_path != self.settings.events.outbox_path:
             raise ConfigError("events.outbox_path cannot change at run time")
         from edge_runtime.sinks.build import build_sinks
@@ -379,17 +379,6 @@ def merge_patch(document: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[s
         elif isinstance(value, Mapping):  # nulls inside a new object are dropped too (RFC 7386)
             current = out.get(key)
             out[key] = merge_patch(current if isinstance(current, Mapping) else {}, value)
-        else:
-            out[key] = value
-    return out
-
-
-def _merge_tree(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """Desired over base: objects merge; a null in the overlay turns the base value off (e.g. a sink)."""
-    out = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge_tree(out[key], value)
         else:
             out[key] = value
     return out

@@ -312,11 +312,12 @@ def _as_list(value: Any) -> Any:
     return value
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge_tree(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`: objects merge key by key; anything else (null too) replaces."""
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_tree(out[key], value)
         else:
             out[key] = value
     return out
@@ -387,11 +388,11 @@ def load_settings(
     env = os.environ if env is None else env
     file_name = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
     data: dict[str, Any] = _from_file(file_name) if file_name else {}
-    data = _merge(data, _from_env(env))
-    data = _merge(data, overrides or {})
+    data = merge_tree(data, _from_env(env))
+    data = merge_tree(data, overrides or {})
     hub = data.get("hub")
     if (hub.get("enabled") if isinstance(hub, dict) else None) is None and any(
         env.get(name) for name in IOT_EDGE_ENV
     ):
-        data = _merge(data, {"hub": {"enabled": True}})
+        data = merge_tree(data, {"hub": {"enabled": True}})
     return build_settings(data)

@@ -46,6 +46,16 @@ def _authorise(request: web.Request) -> None:
         raise ApiError(401, "Unauthorized", "missing or wrong 'Authorization: Bearer <admin key>' header")
 
 
+async def _object_body(request: web.Request, what: str) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "BadRequest", f"body must be a JSON object: {what}")
+    return body
+
+
 def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(
         status=status, body=(json.dumps(body, default=str) + "\n").encode(), content_type="application/json"
@@ -64,23 +74,15 @@ async def admin_get_desired(request: web.Request) -> web.Response:
 
 async def admin_patch_desired(request: web.Request) -> web.Response:
     _authorise(request)
-    try:
-        patch = await request.json()
-    except ValueError as exc:
-        raise ApiError(400, "BadRequest", f"body is not JSON: {exc}") from exc
-    if not isinstance(patch, dict):
-        raise ApiError(400, "BadRequest", "body must be a JSON object (a desired-properties patch)")
+    patch = await _object_body(request, "a desired-properties patch")
     result = await request.app[CONTROLLER].patch(patch)
     return _json(result.to_dict(), status=200 if result.applied else 400)
 
 
 async def admin_put_model(request: web.Request) -> web.Response:
     _authorise(request)
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise ApiError(400, "BadRequest", f"body is not JSON: {exc}") from exc
-    if not isinstance(body, dict) or not ({"url", "path"} & body.keys()):
+    body = await _object_body(request, '{"url": ..., "sha256": ...} or {"path": ...}')
+    if not ({"url", "path"} & body.keys()):
         raise ApiError(400, "BadRequest", 'body must be {"url": ..., "sha256": ...} or {"path": ...}')
     # The other source is cleared, so the request names exactly one model.
     model = {"url": None, "sha256": None, "path": None} | body

@@ -22,7 +22,6 @@ from edge_runtime import __version__
 from edge_runtime.app import predictor_options
 from edge_runtime.control import (
     Controller,
-    _merge_tree,
     in_daemon_thread,
     keyed_tree,
     merge_patch,
@@ -34,7 +33,7 @@ from edge_runtime.iotedge.methods import Methods
 from edge_runtime.iotedge.twin import TwinAgent, _newer, reported_patch, reported_properties
 from edge_runtime.model_slot import ModelSlot
 from edge_runtime.pipeline import Pipeline
-from edge_runtime.settings import Settings, build_settings
+from edge_runtime.settings import Settings, build_settings, merge_tree
 
 SYNTHETIC = "synthetic://conveyor"
 
@@ -229,7 +228,7 @@ async def make(tmp_path: Path, loader: FakeLoader, starter: FakeStarter) -> Asyn
 
 
 # ---------------------------------------------------------------------------------------------------
-# merge_patch, _merge_tree, keyed_tree
+# merge_patch, merge_tree, keyed_tree
 
 
 def test_merge_patch_merges_objects_removes_nulls_and_replaces_the_rest() -> None:
@@ -261,11 +260,11 @@ def test_merge_patch_drops_nulls_inside_a_new_object() -> None:
 def test_merge_tree_merges_desired_over_base_and_null_turns_a_base_value_off() -> None:
     base = {"sinks": {"mqtt": {"host": "h", "qos": 1}, "iothub": None}, "log_level": "INFO"}
     overlay = {"sinks": {"mqtt": {"qos": 2}}, "log_level": "DEBUG"}
-    assert _merge_tree(base, overlay) == {
+    assert merge_tree(base, overlay) == {
         "sinks": {"mqtt": {"host": "h", "qos": 2}, "iothub": None},
         "log_level": "DEBUG",
     }
-    assert _merge_tree(base, {"sinks": {"mqtt": None}})["sinks"]["mqtt"] is None
+    assert merge_tree(base, {"sinks": {"mqtt": None}})["sinks"]["mqtt"] is None
     assert base["sinks"]["mqtt"] == {"host": "h", "qos": 1}  # not mutated
 
 
