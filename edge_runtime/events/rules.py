@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edge_runtime.domain import BoundingBox, EventKind, Prediction
 from edge_runtime.settings import RuleSettings
@@ -80,6 +80,22 @@ class RuleEngine:
             if decision is not None:
                 decisions.append(decision)
         return decisions
+
+    def carry_over(
+        self, rules: Sequence[RuleSettings], labels: Sequence[str], rois: Sequence[str]
+    ) -> tuple[RuleEngine, list[Decision]]:
+        """A new engine for new rules / labels / ROIs that keeps running episodes going (a threshold
+        change must not re-alert a defect already reported); episodes whose tag or ROI is gone end."""
+        engine = RuleEngine(rules, labels)
+        ended = []
+        for (roi, tag), episode in self._episodes.items():
+            rule = rule_for(tag, engine._rules) if tag in engine._labels and roi in rois else None
+            if rule is not None:
+                window = deque(episode.window, maxlen=rule.n)
+                engine._episodes[(roi, tag)] = replace(episode, rule=rule, window=window)
+            elif episode.active and not episode.silent and episode.rule.emit_ended:
+                ended.append(Decision(EventKind.ENDED, roi, tag, episode.max_probability, episode.boxes))
+        return engine, ended
 
     @staticmethod
     def _step(

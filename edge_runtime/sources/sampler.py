@@ -60,14 +60,15 @@ class CameraSampler:
         self._executor = executor
         self._outlet = outlet
         self._dropped_seen = 0
+        self._engine: RuleEngine | None = None
+        self._engine_predictor: Predictor | None = None
         self.reconfigure(capture.settings)
 
     def reconfigure(self, settings: CameraSettings) -> None:
         """New fps, ROIs or rules without touching the stream (rule state starts over)."""
         self.settings = settings
         self._rois = tuple(Roi(r.name, r.x, r.y, r.width, r.height) for r in settings.rois) or (FULL_FRAME,)
-        self._engine: RuleEngine | None = None
-        self._engine_predictor: Predictor | None = None
+        self._rules_changed = True  # the rule engine is rebuilt (carrying episodes over) on the next frame
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,10 +100,16 @@ class CameraSampler:
     async def _sample(self, frame: Frame, predictor: Predictor) -> None:
         camera = self.capture.settings.id
         metrics.FRAME_AGE_SECONDS.labels(camera).observe(max(0.0, time.time() - frame.captured_at))
-        if self._engine is None or self._engine_predictor is not predictor:
+        ended: list[Decision] = []
+        if self._engine is None:
             self._engine = RuleEngine(self.settings.rules, predictor.spec.labels)
-            self._engine_predictor = predictor
+        elif self._rules_changed or self._engine_predictor is not predictor:
+            rois = [roi.name for roi in self._rois]
+            self._engine, ended = self._engine.carry_over(self.settings.rules, predictor.spec.labels, rois)
+        self._engine_predictor, self._rules_changed = predictor, False
         engine = self._engine  # a reconfigure while we await inference must not pull it away
+        for decision in ended:  # episodes whose tag or ROI no longer exists
+            await self._outlet.publish(await self._event(decision, frame, predictor))
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self._executor, predict_rois, predictor, frame, self._rois)
         for roi, predictions in results:

@@ -302,3 +302,56 @@ def test_no_rules_at_all_never_fires() -> None:
     engine = RuleEngine([], LABELS)
     assert rule_for("stain", []) is None
     assert feed(engine, [HIT] * 5) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# carrying episodes over to new rules (a twin patch, a model swap)
+
+
+def test_a_threshold_change_during_an_episode_does_not_alert_again() -> None:
+    engine = RuleEngine([rule(k=2, n=3, clear_after=2)], LABELS)
+    assert kinds(feed(engine, [HIT, HIT, HIT])) == [(1, "started")]
+    engine, ended = engine.carry_over([rule(k=2, n=3, clear_after=2, min_probability=0.8)], LABELS, ["full"])
+    assert ended == []
+    # the defect is still there: no second "started"; when it clears, the one episode ends
+    later = feed(engine, [HIT, HIT, MISS, MISS], t0=1002.0)
+    assert kinds(later) == [(3, "ended")]
+
+
+def test_without_carry_over_the_same_frames_would_alert_twice() -> None:
+    """The control for the test above: a fresh engine starts a second episode."""
+    engine = RuleEngine([rule(k=2, n=3, clear_after=2)], LABELS)
+    feed(engine, [HIT, HIT, HIT])
+    fresh = RuleEngine([rule(k=2, n=3, clear_after=2, min_probability=0.8)], LABELS)
+    assert kinds(feed(fresh, [HIT, HIT, MISS, MISS], t0=1002.0)) == [(1, "started"), (3, "ended")]
+
+
+def test_episodes_whose_tag_or_roi_is_gone_end() -> None:
+    engine = RuleEngine([rule(k=1, n=1)], LABELS)
+    feed(engine, [HIT], roi="left")
+    feed(engine, [HIT], roi="right")
+    feed(engine, [[pred("glare")]], roi="right")
+    # only glare keeps a rule, and the "left" ROI is gone
+    engine, ended = engine.carry_over([rule(tag="glare", k=1, n=1)], LABELS, ["right"])
+    assert sorted((d.kind.value, d.roi, d.tag) for d in ended) == [
+        ("ended", "left", "stain"),
+        ("ended", "right", "stain"),
+    ]
+    # glare on "right" carried on: still active, so a hit raises nothing new and clearing ends it
+    assert kinds(feed(engine, [[pred("glare")], MISS, MISS, MISS], roi="right", t0=1010.0)) == [(3, "ended")]
+
+
+def test_carry_over_resizes_the_window_to_the_new_n() -> None:
+    engine = RuleEngine([rule(k=3, n=5)], LABELS)
+    feed(engine, [HIT, MISS, HIT, MISS])  # 2 hits of 5: not yet
+    engine, _ = engine.carry_over([rule(k=2, n=2)], LABELS, ["full"])
+    # the window keeps its newest 2 entries (HIT, MISS); a hit makes (MISS, HIT): 1 of 2, a second 2 of 2
+    assert kinds(feed(engine, [HIT], t0=1003.0)) == []
+    assert kinds(feed(engine, [HIT], t0=1004.0)) == [(0, "started")]
+
+
+def test_silent_or_quiet_episodes_end_silently() -> None:
+    engine = RuleEngine([rule(k=1, n=1, emit_ended=False)], LABELS)
+    feed(engine, [HIT])
+    _, ended = engine.carry_over([], LABELS, ["full"])
+    assert ended == []
