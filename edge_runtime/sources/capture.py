@@ -80,6 +80,8 @@ class Capture:
 
     # --- called from the loop -------------------------------------------------------------------
     def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(f"camera {self.settings.id}: capture already running")  # one thread per camera
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.settings.id}", daemon=True)
         self._thread.start()
