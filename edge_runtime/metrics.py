@@ -77,6 +77,11 @@ CAMERA_RECONNECTS = Counter("edge_runtime_camera_reconnects_total", "Stream reop
 CAMERA_STALLS = Counter(
     "edge_runtime_camera_stalls_total", "Times the watchdog found no fresh frame", ["camera"]
 )
+CAMERA_SAMPLING_OVERRUNS = Counter(
+    "edge_runtime_camera_sampling_overruns_total",
+    "Sampling ticks that came late because the previous frame's inference took longer than 1/fps",
+    ["camera"],
+)
 FRAME_AGE_SECONDS = Histogram(
     "edge_runtime_frame_age_seconds",
     "Capture-to-inference age of sampled frames",

@@ -80,6 +80,7 @@ class CameraSampler:
                 await asyncio.sleep(delay)
             else:
                 next_tick = loop.time()  # inference slower than fps: sample as fast as we can, no backlog
+                metrics.CAMERA_SAMPLING_OVERRUNS.labels(self.capture.settings.id).inc()
             self.capture.watchdog()
             self._count_drops()
             frame = self.capture.slot.take_newest()
