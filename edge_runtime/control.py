@@ -14,34 +14,30 @@ the model reloaded or downloaded in the background and swapped atomically once w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime import __version__
-from edge_runtime.engine import Predictor, PredictorOptions
-from edge_runtime.errors import ConfigError, EdgeRuntimeError
-from edge_runtime.model.download import DownloadRequest, download_model
-from edge_runtime.model.loader import LoadOptions
+from edge_runtime.engine import Predictor
+from edge_runtime.errors import ConfigError
 from edge_runtime.model_slot import ModelSlot
+from edge_runtime.model_updates import Loader, ModelState, ModelUpdater, OptionsFor, in_daemon_thread
 from edge_runtime.pipeline import Pipeline
-from edge_runtime.redact import redact_url
 from edge_runtime.settings import Settings, build_settings, merge_tree
 
+if TYPE_CHECKING:
+    from edge_runtime.events.dispatcher import Dispatcher
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+__all__ = ["ApplyResult", "Controller", "ModelState", "in_daemon_thread", "keyed_tree", "merge_patch"]
 
 DESIRED_SECTIONS = ("model", "cameras", "sinks", "events", "log_level")
-FIXED_AT_START = ("events.outbox_path",)
 
-OptionsFor = Callable[[Settings], PredictorOptions]
-Loader = Callable[[Path, PredictorOptions], Predictor]
-DispatcherStarter = Callable[[Settings, Pipeline], Any]
+DispatcherStarter = Callable[[Settings, Pipeline], Awaitable["Dispatcher"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +54,6 @@ class ApplyResult:
             "changes": list(self.changes),
             "error": self.error,
         }
-
-
-@dataclass
-class ModelState:
-    status: str = "loading"  # loading | ready | failed
-    source: str = ""  # path or redacted URL
-    error: str | None = None
 
 
 @dataclass
@@ -92,18 +81,12 @@ class Controller:
         self._pipeline = pipeline
         self._model = model
         self._executor = executor
-        self._options_for = options_for
         self._start_dispatcher = start_dispatcher
-        self._loader = loader
-        self._default_model_path = default_model_path
         self.desired: dict[str, Any] = {}
         self.config = ConfigState()
-        self.model_state = ModelState()
         self._lock = asyncio.Lock()
-        self._model_lock = asyncio.Lock()
-        self._model_task: asyncio.Task[ModelState] | None = None
-        self._model_tasks: set[asyncio.Task[ModelState]] = set()
         self._listeners: list[Callable[[], None]] = []
+        self._models = ModelUpdater(model, options_for, loader, default_model_path, self._changed)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -211,94 +194,22 @@ class Controller:
                 changes.append(f"camera {camera_id} changed")
         return changes
 
-    # ---- the model ----
+    # ---- the model (edge_runtime/model_updates.py) ----
+    @property
+    def model_state(self) -> ModelState:
+        return self._models.state
+
     def start_model_load(self, settings: Settings | None = None) -> asyncio.Task[ModelState]:
         """Load (download if model.url) and swap in the background; the old model serves meanwhile."""
-        # Loads run one after another (never cancelled halfway): the last one requested wins.
-        self._model_task = asyncio.create_task(
-            self._load_and_swap(settings or self.settings), name="model-load"
-        )
-        self._model_tasks.add(self._model_task)
-        self._model_task.add_done_callback(self._model_tasks.discard)
-        return self._model_task
+        return self._models.start(settings or self.settings)
 
     async def wait_for_model(self) -> ModelState:
-        """Wait for the model load in progress, if any; returns the resulting state."""
-        if self._model_task is not None:
-            await asyncio.gather(asyncio.shield(self._model_task), return_exceptions=True)
-        return self.model_state
+        """Wait for the latest model load requested, if any; returns the resulting state."""
+        return await self._models.wait()
 
     async def reload_model(self) -> None:
         """Load the configured model again and wait; raises EdgeRuntimeError if it fails."""
-        state = await asyncio.shield(self.start_model_load())  # this load's own outcome
-        if state.status == "failed":
-            raise EdgeRuntimeError(state.error or "model load failed")
-
-    async def _load_and_swap(self, settings: Settings) -> ModelState:
-        async with self._model_lock:
-            return await self._load_and_swap_now(settings)
-
-    async def _load_and_swap_now(self, settings: Settings) -> ModelState:
-        m = settings.model
-        self.model_state = ModelState(
-            "loading", redact_url(m.url.get_secret_value()) if m.url else str(m.path)
-        )
-        self._changed()
-        try:
-            path, options = await self._resolve(settings)
-            self.model_state.source = self.model_state.source if m.url else str(path)
-            # A thread of its own: loading must not take an inference worker away from requests,
-            # and a daemon one: a long compile must not hold up the process exit after SIGTERM.
-            predictor = await in_daemon_thread(self._loader, path, options)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # any failure: the old model keeps serving, the error is reported
-            error = str(exc) if isinstance(exc, EdgeRuntimeError) else f"{type(exc).__name__}: {exc}"
-            self.model_state = ModelState("failed", self.model_state.source, error)
-            if self._model.predictor is None:
-                self._model.error = error
-            log.error(
-                "model load failed (%s); %s",
-                error,
-                "still serving the previous model" if self._model.predictor else "no model",
-            )
-            self._changed()
-            return self.model_state
-        # Requests in flight hold the old predictor; it is freed when the last of them finishes.
-        self._model.set(predictor)
-        self.model_state = ModelState("ready", self.model_state.source)
-        log.info(
-            "model swapped: %s (%s) on %s",
-            predictor.spec.model_id,
-            predictor.spec.sha1[:12],
-            predictor.device,
-        )
-        self._changed()
-        return self.model_state
-
-    async def _resolve(self, settings: Settings) -> tuple[Path, PredictorOptions]:
-        m = settings.model
-        options = self._options_for(settings)
-        if m.url is not None:
-            assert m.sha256 is not None  # settings validation
-            request = DownloadRequest(
-                m.url.get_secret_value(),
-                m.sha256,
-                m.download_dir,
-                m.max_download_bytes,
-                m.download_timeout_s,
-                m.download_ca_file,
-            )
-            path = await download_model(request)
-            extract = m.download_dir / m.sha256.lower()
-            load = LoadOptions(resize=m.resize, verify_sha1=m.verify_sha1, extract_dir=extract)
-            return path, PredictorOptions(options.device, options.threads, load, options.limits)
-        local = m.path or self._default_model_path
-        if local is None:
-            raise ConfigError(
-                "no model configured: set model.path or model.url (e.g. through the module twin)"
-            )
-        return local, options
+        await self._models.reload(self.settings)
 
     # ---- status (getStatus, reported properties, admin API) ----
     def status(self) -> dict[str, Any]:
@@ -327,35 +238,7 @@ class Controller:
         }
 
     async def close(self) -> None:
-        tasks = list(self._model_tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-    """Run fn in a daemon thread; the future gets its result on the calling loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return  # cancelled meanwhile
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            outcome: tuple[T | None, BaseException | None] = (fn(*args), None)
-        except BaseException as exc:
-            outcome = (None, exc)
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    threading.Thread(target=run, name="model-load", daemon=True).start()
-    return future
+        await self._models.close()
 
 
 def keyed_tree(settings: Settings) -> dict[str, Any]:

@@ -691,7 +691,7 @@ async def test_model_url_is_downloaded_then_loaded_from_the_verified_file(
         requests.append(request)
         return tmp_path / "downloaded.zip"
 
-    monkeypatch.setattr("edge_runtime.control.download_model", fake_download)
+    monkeypatch.setattr("edge_runtime.model_updates.download_model", fake_download)
     h = await make()
     sha = "AB" * 32
     url = "https://blob.example/models/v7.zip?sv=1&sig=SECRET"
