@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     body     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_sink_seq ON outbox (sink, seq);
+CREATE INDEX IF NOT EXISTS outbox_sink_created ON outbox (sink, created);
 """
 
 
@@ -71,6 +72,9 @@ class Outbox:
         self.path = path
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
         self._db: sqlite3.Connection | None = None
+        # Rows per sink, kept by the outbox thread alongside its own writes: during a long outage the
+        # table holds up to max_events rows per sink, and counting them on every put would scan them all.
+        self._depth: dict[str, int] = {}
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -105,6 +109,8 @@ class Outbox:
         if verdict != "ok":
             db.close()
             raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+        rows = db.execute("SELECT sink, count(*) FROM outbox GROUP BY sink").fetchall()
+        self._depth = {sink: int(count) for sink, count in rows}
         return db
 
     async def close(self) -> None:
@@ -132,7 +138,10 @@ class Outbox:
                         "INSERT INTO outbox (sink, type, id, created, body) VALUES (?, ?, ?, ?, ?)",
                         (sink, type_, message_id, now, text),
                     )
-                    dropped[sink] = _trim_count(db, sink, max_per_sink)
+                    excess = self._depth.get(sink, 0) + 1 - max_per_sink
+                    dropped[sink] = _drop_oldest(db, sink, excess)
+            for sink in sinks:  # committed: now the counts follow
+                self._depth[sink] = self._depth.get(sink, 0) + 1 - dropped[sink]
             return dropped
 
         return await self._run(put)
@@ -149,7 +158,12 @@ class Outbox:
         return await self._run(peek)
 
     async def ack(self, seq: int) -> None:
-        await self._run(lambda: self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)))
+        def ack() -> None:
+            row = self._conn.execute("DELETE FROM outbox WHERE seq = ? RETURNING sink", (seq,)).fetchone()
+            if row is not None:  # None: acked twice, already gone
+                self._depth[row[0]] -= 1
+
+        await self._run(ack)
 
     async def note_attempt(self, seq: int) -> None:
         await self._run(
@@ -163,24 +177,25 @@ class Outbox:
                 expired = db.execute(
                     "DELETE FROM outbox WHERE sink = ? AND created < ?", (sink, time.time() - max_age_s)
                 ).rowcount
-                full = _trim_count(db, sink, max_events)
+                full = _drop_oldest(db, sink, self._depth.get(sink, 0) - expired - max_events)
+            self._depth[sink] = self._depth.get(sink, 0) - expired - full
             return Trimmed(full=full, expired=expired)
 
         return await self._run(trim)
 
     async def backlog(self, sink: str) -> Backlog:
         def backlog() -> Backlog:
-            depth, oldest = self._conn.execute(
-                "SELECT count(*), min(created) FROM outbox WHERE sink = ?", (sink,)
+            (oldest,) = self._conn.execute(
+                "SELECT min(created) FROM outbox WHERE sink = ?",
+                (sink,),  # the (sink, created) index
             ).fetchone()
-            return Backlog(int(depth), oldest)
+            return Backlog(self._depth.get(sink, 0), oldest)
 
         return await self._run(backlog)
 
     async def pending_by_sink(self) -> dict[str, int]:
         def pending() -> dict[str, int]:
-            rows = self._conn.execute("SELECT sink, count(*) FROM outbox GROUP BY sink").fetchall()
-            return {sink: int(count) for sink, count in rows}
+            return {sink: count for sink, count in self._depth.items() if count > 0}
 
         return await self._run(pending)
 
@@ -194,12 +209,13 @@ class Outbox:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
 
-def _trim_count(db: sqlite3.Connection, sink: str, max_events: int) -> int:
-    """Drop the oldest rows of `sink` beyond `max_events`; returns how many."""
+def _drop_oldest(db: sqlite3.Connection, sink: str, count: int) -> int:
+    """Drop the `count` oldest rows of `sink` (none if count <= 0); returns how many went."""
+    if count <= 0:
+        return 0
     return db.execute(
-        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sink = ?"
-        " ORDER BY seq DESC LIMIT -1 OFFSET ?)",
-        (sink, max_events),
+        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sink = ? ORDER BY seq LIMIT ?)",
+        (sink, count),
     ).rowcount
 
 
