@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from admin_client import admin_call
 from mosquitto import Broker, Observer, mosquitto_available
 
 from edge_runtime.app import create_app
@@ -29,18 +30,7 @@ KEY = "reconfig-key"
 
 
 def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        url + path,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
+    return admin_call(url, KEY, method, path, body)
 
 
 def ready(url: str) -> dict[str, Any]:

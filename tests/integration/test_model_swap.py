@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from admin_client import admin_call
 from aiohttp import web
 from certs import TlsFiles, make_tls_files
 
@@ -59,19 +60,8 @@ class ModelHost:
         return app
 
 
-def admin(server_url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        server_url + path,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
+def admin(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    return admin_call(url, ADMIN_KEY, method, path, body)
 
 
 class BusyClient:

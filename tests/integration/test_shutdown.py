@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from mosquitto import Broker, Observer, free_port, mosquitto_available
 
+from edge_runtime.demo.model import build_demo_export
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed"),
@@ -31,27 +33,36 @@ REPO = Path(__file__).resolve().parents[2]
 PREFIX = "shutdown-test"
 
 
-def start_serve(tmp_path: Path, http_port: int, mqtt_port: int, log_name: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_RUNTIME_")}
-    env |= {
+def start_serve(
+    tmp_path: Path, http_port: int, env: dict[str, str], log_name: str = "serve.log"
+) -> subprocess.Popen[bytes]:
+    """`python -m edge_runtime serve` with events under tmp_path, plus `env`."""
+    child = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_RUNTIME_")}
+    child |= {
         "TMPDIR": str(tmp_path),
         "EDGE_RUNTIME_EVENTS__JSONL_PATH": str(tmp_path / "events.jsonl"),
         "EDGE_RUNTIME_EVENTS__SNAPSHOT_DIR": str(tmp_path / "snapshots"),
         "EDGE_RUNTIME_EVENTS__OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
+        **env,
+    }
+    with (tmp_path / log_name).open("wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge_runtime", "serve", "--host", "127.0.0.1", "--port", str(http_port)],
+            cwd=REPO,
+            env=child,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def mqtt_env(mqtt_port: int) -> dict[str, str]:
+    return {
         "EDGE_RUNTIME_SINKS__MQTT__HOST": "127.0.0.1",
         "EDGE_RUNTIME_SINKS__MQTT__PORT": str(mqtt_port),
         "EDGE_RUNTIME_SINKS__MQTT__TOPIC_PREFIX": PREFIX,
         "EDGE_RUNTIME_SINKS__MQTT__RECONNECT_MAX_S": "2",
         "EDGE_RUNTIME_SERVER__INFERENCE_WORKERS": "2",
     }
-    with (tmp_path / log_name).open("wb") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime", "serve", "--host", "127.0.0.1", "--port", str(http_port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -95,7 +106,7 @@ def busy_client(url: str, jpeg: bytes, stop: threading.Event, answers: list[int]
 def test_sigterm_while_busy_exits_fast_and_loses_no_event(tmp_path: Path, meter_jpeg: bytes) -> None:
     http_port, mqtt_port = free_port(), free_port()
     url = f"http://127.0.0.1:{http_port}"
-    proc = start_serve(tmp_path, http_port, mqtt_port, "serve-1.log")
+    proc = start_serve(tmp_path, http_port, mqtt_env(mqtt_port), "serve-1.log")
     stop = threading.Event()
     answers: list[int] = []
     try:
@@ -129,7 +140,7 @@ def test_sigterm_while_busy_exits_fast_and_loses_no_event(tmp_path: Path, meter_
     broker = Broker(tmp_path / "broker", port=mqtt_port).start()
     observer = Observer(broker, [f"{PREFIX}/+/events"]).start()
     observer.wait_subscribed(1)
-    again = start_serve(tmp_path, free_port(), mqtt_port, "serve-2.log")
+    again = start_serve(tmp_path, free_port(), mqtt_env(mqtt_port), "serve-2.log")
     try:
         observer.wait_for(
             lambda: (
@@ -179,27 +190,12 @@ def test_sigterm_exits_fast_while_the_hub_is_a_black_hole(tmp_path: Path) -> Non
         f"HostName=h.example;DeviceId=d;ModuleId=edgeRuntime;SharedAccessKey={key};GatewayHostName=127.0.0.1"
     )
     http_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_RUNTIME_")}
-    env |= {
-        "TMPDIR": str(tmp_path),
-        "EDGE_RUNTIME_EVENTS__OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
-        "EDGE_RUNTIME_EVENTS__JSONL_PATH": str(tmp_path / "events.jsonl"),
-        "EDGE_RUNTIME_EVENTS__SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+    env = {
         "EDGE_RUNTIME_HUB__CONNECTION_STRING": connection,
         "EDGE_RUNTIME_SINKS__IOTHUB__OUTPUT": "defects",
-        "EDGE_RUNTIME_MODEL__PATH": str(tmp_path / "model"),
+        "EDGE_RUNTIME_MODEL__PATH": str(build_demo_export(tmp_path / "model")),
     }
-    from edge_runtime.demo.model import build_demo_export
-
-    build_demo_export(tmp_path / "model")
-    with (tmp_path / "serve.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime", "serve", "--host", "127.0.0.1", "--port", str(http_port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_serve(tmp_path, http_port, env)
     try:
         wait_ready(f"http://127.0.0.1:{http_port}", proc)
         deadline = time.monotonic() + 10

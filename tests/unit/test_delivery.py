@@ -117,14 +117,6 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    box = Outbox(tmp_path / "outbox.sqlite3")
-    await box.open()
-    yield box
-    await box.close()
-
-
-@pytest.fixture
 async def dispatchers() -> AsyncIterator[list[Dispatcher]]:
     """Dispatchers a test leaves running are closed before its outbox."""
     made: list[Dispatcher] = []

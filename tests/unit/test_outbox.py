@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,14 +30,6 @@ class FakeTime:
 
     def time(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    box = Outbox(tmp_path / "outbox.sqlite3")
-    await box.open()
-    yield box
-    await box.close()
 
 
 async def put_n(box: Outbox, sinks: list[str], n: int, start: int = 0, max_per_sink: int = LARGE) -> None:
