@@ -26,6 +26,7 @@ from edge_runtime.model.loader import LoadOptions
 from edge_runtime.model_slot import ModelSlot
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.settings import Settings
+from edge_runtime.sinks.build import build_sinks
 from edge_runtime.state import (
     CAPACITY,
     CONTROLLER,
@@ -144,8 +145,6 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def start_dispatcher(settings: Settings, pipeline: Pipeline) -> Dispatcher:
     """Snapshot store and sinks for `settings`, over the pipeline's open outbox."""
-    from edge_runtime.sinks.build import build_sinks
-
     events = settings.events
     assert pipeline.outbox is not None
     pipeline.snapshots = (

@@ -28,6 +28,7 @@ from edge_runtime.model_slot import ModelSlot
 from edge_runtime.model_updates import Loader, ModelState, ModelUpdater, OptionsFor, in_daemon_thread
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.settings import Settings, build_settings, merge_tree
+from edge_runtime.sinks.build import build_sinks
 
 if TYPE_CHECKING:
     from edge_runtime.events.dispatcher import Dispatcher
@@ -137,8 +138,6 @@ class Controller:
         new = build_settings(merge_tree(self._base, sections))  # a null turns a base value off
         if new.events.outbox_path != self.settings.events.outbox_path:
             raise ConfigError("events.outbox_path cannot change at run time")
-        from edge_runtime.sinks.build import build_sinks
-
         # Construct (not start) every sink: unreadable certificates etc. reject the patch here.
         build_sinks(new, lambda: {}, None, self._pipeline.hub)
         return new
