@@ -75,6 +75,21 @@ class ServerSettings(_Section):
     port: int = Field(80, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="413 above this (the container's 4 MiB)")
     max_image_pixels: int = Field(50_000_000, gt=0, description="400 above this many pixels (bombs)")
+    max_resized_pixels: int = Field(
+        16_000_000, gt=0, description="400 when the recipe's resize would make more pixels (thin images)"
+    )
+    max_jpeg_scans: int = Field(
+        100, gt=0, description="400 for JPEGs with more scans (progressive scan bombs); decode-time bound"
+    )
+    image_formats: tuple[str, ...] = Field(
+        ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP"),
+        description="decoders an uploaded image may use (PIL format names); others get 400",
+    )
+    body_timeout_s: float = Field(60.0, gt=0, description="408 when a request body takes longer")
+    body_idle_timeout_s: float = Field(10.0, gt=0, description="408 when a body sends nothing this long")
+    max_body_buffer_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="request bodies held at once, all clients; 503 above"
+    )
     inference_workers: int = Field(0, ge=0, description="inference threads; 0 = one per CPU core")
     max_inflight: int = Field(0, ge=0, description="requests admitted at once; 0 = 4 per worker; 503 above")
     prediction_key: SecretStr | None = Field(None, description="require this Prediction-Key header")
@@ -89,6 +104,18 @@ class ServerSettings(_Section):
     response_id: str = ""
     response_project: str = ""
     response_iteration: str = ""
+
+    @field_validator("image_formats", mode="before")
+    @classmethod
+    def _formats(cls, value: Any) -> Any:
+        from PIL import Image
+
+        names = tuple(str(name).upper() for name in _as_list(value))
+        Image.init()
+        unknown = [name for name in names if name not in Image.OPEN]
+        if unknown or not names:
+            raise ValueError(f"unknown image formats {unknown}; PIL knows {sorted(Image.OPEN)}")
+        return names
 
 
 class UrlFetchSettings(_Section):
