@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from edge_runtime import metrics
+from edge_runtime.api.admission import Admission
 from edge_runtime.api.routes import register_routes
 from edge_runtime.api.urlfetch import UrlPolicy
 from edge_runtime.backends.providers import parse_device
@@ -28,10 +29,10 @@ from edge_runtime.pipeline import Pipeline
 from edge_runtime.settings import Settings
 from edge_runtime.sinks.build import build_sinks
 from edge_runtime.state import (
+    ADMISSION,
     CAPACITY,
     CONTROLLER,
     EXECUTOR,
-    INFLIGHT,
     MODEL,
     PIPELINE,
     SETTINGS,
@@ -47,6 +48,16 @@ def capacity_for(settings: Settings) -> Capacity:
     return Capacity(workers, settings.server.max_inflight or 4 * workers)
 
 
+def image_limits(settings: Settings) -> ImageLimits:
+    server = settings.server
+    return ImageLimits(
+        max_pixels=server.max_image_pixels,
+        max_resized_pixels=server.max_resized_pixels,
+        max_jpeg_scans=server.max_jpeg_scans,
+        formats=server.image_formats,
+    )
+
+
 def predictor_options(settings: Settings, workers: int) -> PredictorOptions:
     m = settings.model
     # Several workers share the cores: one backend thread each avoids oversubscription.
@@ -55,7 +66,7 @@ def predictor_options(settings: Settings, workers: int) -> PredictorOptions:
         device=parse_device(m.device, m.allow_fallback),
         threads=threads,
         load=LoadOptions(resize=m.resize, verify_sha1=m.verify_sha1),
-        limits=ImageLimits(settings.server.max_image_pixels),
+        limits=image_limits(settings),
     )
 
 
@@ -71,7 +82,7 @@ def create_app(
     app[MODEL] = ModelSlot()
     app[CAPACITY] = capacity
     app[URL_POLICY] = UrlPolicy.from_allow_list(settings.url_fetch.allow)
-    app[INFLIGHT] = [0]
+    app[ADMISSION] = Admission(capacity.max_inflight, settings.server.max_body_buffer_bytes)
     app[PIPELINE] = Pipeline()
     # None (no path, no url) is allowed: readiness says so until a model arrives (module twin, admin API).
     path = model_path or settings.model.path

@@ -7,7 +7,9 @@ synchronous and thread-safe: callers run it in their executor.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from edge_runtime import metrics
 from edge_runtime.backends.base import Backend
 from edge_runtime.backends.providers import (
     Availability,
@@ -31,12 +34,45 @@ from edge_runtime.errors import InferenceError, ModelLoadError
 from edge_runtime.model.imaging import ImageLimits, decode_image, image_from_bgr
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.postprocess import postprocess
-from edge_runtime.model.preprocess import preprocess
+from edge_runtime.model.preprocess import check_resize, preprocess, resize_sizes
 from edge_runtime.model.spec import ModelSpec, Postprocess
 
 log = logging.getLogger(__name__)
 
-WARMUP_SIZE = (640, 480)
+# Warm-up images: camera and phone shapes, both orientations, square and a long strip. A recipe whose
+# tensor shape follows the image (pixel-count-align32) is run once per distinct shape these give, so a
+# model that only runs at one size is refused at load instead of failing on the first real picture.
+WARMUP_SIZES = ((640, 480), (480, 640), (1920, 1080), (1080, 1920), (512, 512), (2048, 512))
+HEALTH_WINDOW = 20  # recent inferences judged for readiness
+
+
+class InferenceHealth:
+    """Outcomes of the recent inferences: a model that fails on real inputs shows in readiness."""
+
+    def __init__(self, window: int = HEALTH_WINDOW) -> None:
+        self._outcomes: deque[bool] = deque(maxlen=window)
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    def record(self, ok: bool, error: str | None = None) -> None:
+        if not ok:
+            metrics.INFERENCE_FAILURES.inc()
+        with self._lock:
+            self._outcomes.append(ok)
+            if error is not None:
+                self.last_error = error
+
+    @property
+    def recent_failures(self) -> tuple[int, int]:
+        """(failed, judged) over the window."""
+        with self._lock:
+            return self._outcomes.count(False), len(self._outcomes)
+
+    @property
+    def failing(self) -> bool:
+        """Half or more of the recent inferences failed (at least 3 judged)."""
+        failed, judged = self.recent_failures
+        return judged >= 3 and failed * 2 >= judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +100,8 @@ class Predictor:
         self.backend = backend
         self.limits = limits
         self.warmup_seconds = 0.0
+        self.health = InferenceHealth()
+        self.shape_failures: dict[str, str] = {}  # warm-up image size -> the error, for readiness
 
     @classmethod
     def load(
@@ -96,15 +134,39 @@ class Predictor:
         return self.backend.device
 
     def warm_up(self) -> float:
-        """First run allocates kernels; it also checks dynamic output sizes against the labels."""
-        image = Image.new("RGB", WARMUP_SIZE, (128, 128, 128))
+        """First run allocates kernels and checks dynamic output sizes against the labels: it must pass.
+        Then every other input shape the recipe makes of common pictures is tried: a model that fails
+        there still loads (a line camera has one size), but says so in `shape_failures` and the log."""
         start = time.perf_counter()
+        first, *others = self.warmup_sizes()
         try:
-            self.predict_image(image)
+            self.predict_image(Image.new("RGB", first, (128, 128, 128)))
         except InferenceError as exc:
             raise ModelLoadError(self.spec.model_path, f"warm-up run failed: {exc}") from exc
+        self.shape_failures = {}
+        for size in others:
+            try:
+                self.predict_image(Image.new("RGB", size, (128, 128, 128)))
+            except InferenceError as exc:
+                self.shape_failures[f"{size[0]}x{size[1]}"] = str(exc)
+        if self.shape_failures:
+            log.warning(
+                "model %s fails on images of %s: such requests will answer 500 ModelInferenceFailed",
+                self.spec.model_path,
+                ", ".join(self.shape_failures),
+            )
         self.warmup_seconds = time.perf_counter() - start
+        self.health = InferenceHealth()  # judged on real inputs only
         return self.warmup_seconds
+
+    def warmup_sizes(self) -> list[tuple[int, int]]:
+        """One image size per distinct tensor shape the recipe makes of WARMUP_SIZES."""
+        by_shape: dict[tuple[int, int], tuple[int, int]] = {}
+        recipe = self.spec.preprocess
+        for size in WARMUP_SIZES:
+            shape = recipe.input_size if recipe.input_size else resize_sizes(*size, recipe)[-1]
+            by_shape.setdefault(shape, size)
+        return list(by_shape.values())
 
     def predict_bytes(self, data: bytes) -> PredictionResult:
         start = time.perf_counter()
@@ -117,13 +179,23 @@ class Predictor:
         return self.predict_image(image, decode_seconds=time.perf_counter() - start)
 
     def predict_image(self, image: Image.Image, decode_seconds: float = 0.0) -> PredictionResult:
+        check_resize(*image.size, self.spec.preprocess, self.limits.max_resized_pixels)
         t0 = time.perf_counter()
         tensor = preprocess(image, self.spec.preprocess)
         t1 = time.perf_counter()
-        outputs: Any = self.backend.run(tensor)
-        t2 = time.perf_counter()
-        predictions = postprocess(outputs, self.spec)
+        try:
+            outputs: Any = self.backend.run(tensor)
+            t2 = time.perf_counter()
+            predictions = postprocess(outputs, self.spec)
+        except InferenceError as exc:
+            self.health.record(False, str(exc))
+            raise
+        except Exception as exc:  # outputs the postprocessing cannot use: the model's fault, not the image's
+            error = f"the model's outputs cannot be used: {type(exc).__name__}: {exc}"
+            self.health.record(False, error)
+            raise InferenceError(error) from exc
         t3 = time.perf_counter()
+        self.health.record(True)
         return PredictionResult(
             task=self.spec.task,
             predictions=predictions,

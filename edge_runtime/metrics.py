@@ -108,3 +108,9 @@ OUTBOX_OLDEST_AGE = Gauge(
 def set_camera_state(camera: str, state: str, all_states: list[str]) -> None:
     for name in all_states:
         CAMERA_STATE.labels(camera, name).set(1 if name == state else 0)
+
+
+INFERENCE_FAILURES = Counter(
+    "edge_runtime_inference_failures_total",
+    "Inferences on which the loaded model failed (HTTP answers 500 ModelInferenceFailed), all sources",
+)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edge_runtime.api.admission import Admission
 from edge_runtime.api.urlfetch import UrlPolicy
 from edge_runtime.control import Controller
 from edge_runtime.model_slot import ModelSlot
@@ -25,7 +26,7 @@ MODEL = web.AppKey("model", ModelSlot)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 CAPACITY = web.AppKey("capacity", Capacity)
 URL_POLICY = web.AppKey("url_policy", UrlPolicy)
-INFLIGHT = web.AppKey("inflight", list)  # [count]: a mutable cell the loop alone touches
+ADMISSION = web.AppKey("admission", Admission)
 
 
 PIPELINE = web.AppKey("pipeline", Pipeline)

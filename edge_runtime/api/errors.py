@@ -48,10 +48,42 @@ def unauthorized() -> ApiError:
     return ApiError(401, "Unauthorized", "missing or wrong Prediction-Key header")
 
 
-def busy(retry_after_s: int) -> ApiError:
-    return ApiError(
-        503, "TooManyRequests", "inference is saturated; retry later", {"Retry-After": str(retry_after_s)}
-    )
+def bad_request(message: str) -> ApiError:
+    """A request that cannot be parsed: malformed multipart, undecodable encoding, bad headers."""
+    return ApiError(400, "BadRequest", message)
+
+
+def body_timeout(message: str) -> ApiError:
+    return ApiError(408, "RequestTimeout", message, {"Connection": "close"})
+
+
+def busy(retry_after_s: int, what: str = "inference is saturated") -> ApiError:
+    return ApiError(503, "TooManyRequests", f"{what}; retry later", {"Retry-After": str(retry_after_s)})
+
+
+def inference_failed(message: str) -> ApiError:
+    """The model failed on this input although it loaded and warmed up (see /health/ready)."""
+    return ApiError(500, "ModelInferenceFailed", message)
+
+
+def internal(message: str) -> ApiError:
+    return ApiError(500, "InternalServerError", message)
+
+
+# Codes for aiohttp's own HTTP errors (no route, wrong method, ...), so every answer is JSON with a code.
+HTTP_CODES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    408: "RequestTimeout",
+    411: "LengthRequired",
+    413: "BadRequestImageSizeBytes",
+    415: "UnsupportedMediaType",
+    417: "ExpectationFailed",
+    431: "RequestHeaderFieldsTooLarge",
+}
 
 
 def not_ready(reason: str) -> ApiError:

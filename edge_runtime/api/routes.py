@@ -8,23 +8,26 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import unquote_to_bytes
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web, web_response
+from aiohttp.http import HttpVersion11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_runtime import metrics
 from edge_runtime.api import errors
 from edge_runtime.api.admin import register_admin_routes
+from edge_runtime.api.body import BodyLimits, image_from_body, parse_json, received_body
+from edge_runtime.api.client_errors import ClientErrorLog, quiet_aiohttp_server_log
 from edge_runtime.api.errors import ApiError
 from edge_runtime.api.schemas import ResponseIds, dumps, prediction_body
 from edge_runtime.api.urlfetch import TooLarge, UrlRefused, fetch_image
 from edge_runtime.domain import PredictionResult
 from edge_runtime.engine import Predictor
 from edge_runtime.errors import ImageDecodeError, ImageTooLargeError, InferenceError
-from edge_runtime.state import CAPACITY, EXECUTOR, INFLIGHT, MODEL, PIPELINE, SETTINGS, URL_POLICY
+from edge_runtime.state import ADMISSION, EXECUTOR, MODEL, PIPELINE, SETTINGS, URL_POLICY
 
 log = logging.getLogger(__name__)
+CLIENT_ERRORS = ClientErrorLog(log)
 
 BANNER = "CustomVision.ai model host harness"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,13 +54,15 @@ def _cloud_paths(kind: str) -> list[str]:
 
 
 def register_routes(app: web.Application) -> None:
+    quiet_aiohttp_server_log()
     app.middlewares.append(_observe)
+    app.on_response_prepare.append(_server_header)
     router = app.router
     router.add_get("/", banner)
     for path in _container_paths("image") + _cloud_paths("image"):
-        router.add_post(path, predict_image)
+        router.add_post(path, predict_image, expect_handler=expect_continue)
     for path in _container_paths("url") + _cloud_paths("url"):
-        router.add_post(path, predict_url)
+        router.add_post(path, predict_url, expect_handler=expect_continue)
     router.add_get("/health/live", health_live)
     router.add_get("/health/ready", health_ready)
     router.add_get("/metrics", metrics_endpoint)
@@ -65,19 +70,63 @@ def register_routes(app: web.Application) -> None:
     register_admin_routes(app)
 
 
+SERVER = "edge-runtime"
+# aiohttp puts its version and Python's into the Server header of the answers it makes itself (a malformed
+# request line, say), before any app code runs; this module constant is where it reads it from.
+if hasattr(web_response, "SERVER_SOFTWARE"):
+    web_response.SERVER_SOFTWARE = SERVER
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
+
+
+async def expect_continue(request: web.Request) -> None:
+    """`Expect: 100-continue` gets its interim answer; any other expectation is refused (417, JSON) by
+    _observe, so that answer is counted like every other (aiohttp's own handler fails on non-ASCII)."""
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
+
 @web.middleware
 async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place every answer is made JSON (for errors), logged (client mistakes rate-limited) and
+    counted."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     try:
+        _check_expect(request)
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+        if exc.status < 500:
+            CLIENT_ERRORS.mistake(exc.code, exc.status, exc.message)
     except web.HTTPException as exc:
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(exc.status)).inc()
-        raise
+        if exc.status < 400:
+            metrics.HTTP_REQUESTS.labels(route, request.method, str(exc.status)).inc()
+            raise
+        response = _from_http_exception(exc)
+    except Exception as exc:  # a fault of ours: one JSON 500, counted, logged with its traceback (limited)
+        CLIENT_ERRORS.fault(type(exc).__name__, f"unhandled error on {request.method} {route}", exc)
+        response = errors.internal(f"internal error ({type(exc).__name__})").response()
     metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
     return response
+
+
+def _check_expect(request: web.Request) -> None:
+    expect = request.headers.get("Expect")
+    if expect is not None and expect.lower() != "100-continue":
+        shown = expect.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")[:64]
+        raise ApiError(417, "ExpectationFailed", f"unsupported Expect header {shown!r}")
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    code = errors.HTTP_CODES.get(exc.status, "BadRequest" if exc.status < 500 else "InternalServerError")
+    error = ApiError(exc.status, code, exc.reason, {k: v for k, v in exc.headers.items() if k == "Allow"})
+    if exc.status < 500:
+        CLIENT_ERRORS.mistake(code, exc.status, exc.reason)
+    return error.response()
 
 
 def _check_key(request: web.Request) -> None:
@@ -106,29 +155,33 @@ def _predictor(request: web.Request) -> Predictor:
     return slot.predictor
 
 
-async def _admitted(request: web.Request, read: Callable[[web.Request], Awaitable[bytes]]) -> web.Response:
-    """Key check, admission (503 when saturated), body, inference in the executor, the container's JSON."""
+def _body_limits(request: web.Request) -> BodyLimits:
+    server = request.app[SETTINGS].server
+    return BodyLimits(server.max_body_bytes, server.body_timeout_s, server.body_idle_timeout_s)
+
+
+ImageOf = Callable[[web.Request, bytes], Awaitable[bytes]]
+
+
+async def _predict(request: web.Request, image_of: ImageOf) -> web.Response:
+    """Key check, the whole body (bounded), the image in it, then an inference slot (503 when saturated),
+    inference in the executor, the container's JSON."""
     _check_key(request)
-    predictor = _predictor(request)  # one reference for the whole request: a model swap can't cut it short
-    inflight = request.app[INFLIGHT]
-    if inflight[0] >= request.app[CAPACITY].max_inflight:
-        raise errors.busy(retry_after_s=1)
-    inflight[0] += 1
-    metrics.HTTP_INFLIGHT.inc()
+    _predictor(request)  # refuse early while loading: no point reading a body
+    admission = request.app[ADMISSION]
     start = time.perf_counter()
-    try:
-        data = await read(request)
-        result = await _run(request, predictor, data)
-    finally:
-        inflight[0] -= 1
-        metrics.HTTP_INFLIGHT.dec()
+    async with received_body(request, _body_limits(request), admission.bodies) as body:
+        data = await image_of(request, body)
+        predictor = _predictor(request)  # one reference for the whole request: a swap can't cut it short
+        with admission.slot():
+            result = await _run(request, predictor, data)
     metrics.observe_prediction("http", result.timings)
     resource = request.match_info.route.resource
     metrics.HTTP_REQUEST_SECONDS.labels(resource.canonical if resource else "").observe(
         time.perf_counter() - start
     )
-    body = dumps(prediction_body(result, _ids(request)))
-    return web.Response(body=body.encode(), headers={"Content-Type": "application/json"})
+    answer = dumps(prediction_body(result, _ids(request)))
+    return web.Response(body=answer.encode(), headers={"Content-Type": "application/json"})
 
 
 async def _run(request: web.Request, predictor: Predictor, data: bytes) -> PredictionResult:
@@ -140,57 +193,20 @@ async def _run(request: web.Request, predictor: Predictor, data: bytes) -> Predi
     except ImageDecodeError as exc:
         raise errors.bad_image(str(exc)) from exc
     except InferenceError as exc:
-        log.error("inference failed: %s", exc)
-        raise ApiError(500, "InternalServerError", str(exc)) from exc
+        CLIENT_ERRORS.fault("inference", f"inference failed: {exc}", exc)
+        raise errors.inference_failed(str(exc)) from exc
 
 
-async def _read_image_body(request: web.Request) -> bytes:
-    """The container's order: multipart file `imageData`, form field `imageData`, else the raw body."""
-    limit = request.app[SETTINGS].server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.image_too_big(f"the body is {request.content_length} bytes, more than {limit}")
-    try:
-        if request.content_type.startswith("multipart/"):
-            return await _read_multipart_image(request, limit)
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise errors.image_too_big(f"the body is more than {limit} bytes") from exc
-    if request.content_type == "application/x-www-form-urlencoded" and body.startswith(b"imageData="):
-        return unquote_to_bytes(body[len(b"imageData=") :].split(b"&")[0].replace(b"+", b" "))
-    if not body:
-        raise errors.no_image("no image in the request: send it as the body or as multipart field imageData")
-    return body
+async def _image_in_body(request: web.Request, body: bytes) -> bytes:
+    return image_from_body(body, request.headers.get("Content-Type", ""))
 
 
-async def _read_multipart_image(request: web.Request, limit: int) -> bytes:
-    """The raw bytes of the `imageData` part, file or plain field, whatever its content type."""
-    total = 0
-    async for part in await request.multipart():
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name != "imageData":
-            await part.release()
-            continue
-        chunks = []
-        while chunk := await part.read_chunk(65536):
-            total += len(chunk)
-            if total > limit:
-                raise errors.image_too_big(f"the image is more than {limit} bytes")
-            chunks.append(chunk)
-        if chunks:
-            return b"".join(chunks)
-    raise errors.no_image("the multipart form has no imageData field")
-
-
-async def _read_url_body(request: web.Request) -> bytes:
+async def _image_at_url(request: web.Request, body: bytes) -> bytes:
     settings = request.app[SETTINGS]
     try:
-        raw = await request.read()
-        payload = json.loads(raw or b"null")
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise errors.image_too_big("the request body is too large") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise errors.bad_url('the body must be JSON: {"url": "https://..."}') from exc
+        payload = parse_json(body or b"null")
+    except ValueError as exc:
+        raise errors.bad_url(f'{exc}; send {{"url": "https://..."}}') from exc
     url = payload.get("url") or payload.get("Url") if isinstance(payload, dict) else None
     if not isinstance(url, str) or not url:
         raise errors.bad_url('the body must be JSON with a "url" string')
@@ -211,11 +227,11 @@ async def _read_url_body(request: web.Request) -> bytes:
 
 
 async def predict_image(request: web.Request) -> web.Response:
-    return await _admitted(request, _read_image_body)
+    return await _predict(request, _image_in_body)
 
 
 async def predict_url(request: web.Request) -> web.Response:
-    return await _admitted(request, _read_url_body)
+    return await _predict(request, _image_at_url)
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -242,9 +258,17 @@ async def health_ready(request: web.Request) -> web.Response:
         status = "failed" if slot.error else "loading"
         return _json({"status": status, "error": slot.error, "cameras": cameras, "sinks": sinks}, status=503)
     spec = predictor.spec
+    failed, judged = predictor.health.recent_failures
+    failing = predictor.health.failing
     return _json(
         {
-            "status": "ready",
+            "status": "failing" if failing else "ready",
+            "inference": {
+                "recent_failed": failed,
+                "recent_judged": judged,
+                "last_error": predictor.health.last_error,
+                "warmup_shape_failures": predictor.shape_failures,
+            },
             "cameras": cameras,
             "sinks": sinks,
             "model": {
@@ -261,7 +285,8 @@ async def health_ready(request: web.Request) -> web.Response:
                 "fallback_from": predictor.plan.fallback_from,
                 "warmup_ms": round(predictor.warmup_seconds * 1000, 2),
             },
-        }
+        },
+        status=503 if failing else 200,
     )
 
 

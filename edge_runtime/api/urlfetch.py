@@ -80,17 +80,33 @@ class _VettingResolver(AbstractResolver):
 
 
 def _check_url(url: str, policy: UrlPolicy) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:  # "Invalid IPv6 URL", a bad port
+        raise UrlRefused(f"the URL cannot be parsed: {exc}") from exc
     if parts.scheme not in ("http", "https"):
         raise UrlRefused(f"only http and https URLs are fetched, not {parts.scheme or 'a relative URL'!r}")
-    if not parts.hostname:
+    if not host:
         raise UrlRefused("the URL has no host")
     try:
-        literal = ipaddress.ip_address(parts.hostname)
+        literal = ipaddress.ip_address(host)
     except ValueError:
+        _check_hostname(host)
         return  # a name: vetted by the resolver
-    if not policy.allows(parts.hostname, str(literal)):
-        raise UrlRefused(f"{parts.hostname} is an internal address")
+    if not policy.allows(host, str(literal)):
+        raise UrlRefused(f"{host} is an internal address")
+
+
+def _check_hostname(host: str) -> None:
+    """DNS's rules, checked here so that the client library never meets a name it cannot encode."""
+    try:
+        host.encode("idna")  # empty labels, labels over 63 characters, bad code points
+    except UnicodeError as exc:
+        raise UrlRefused(f"the URL's host name is not valid: {exc}") from exc
+    if len(host.rstrip(".")) > 253:
+        raise UrlRefused("the URL's host name is longer than 253 characters")
 
 
 async def fetch_image(
@@ -111,7 +127,7 @@ async def fetch_image(
             try:
                 async with session.get(url, allow_redirects=False) as response:
                     if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
-                        url = urljoin(url, response.headers["Location"])
+                        url = _redirect_target(url, response.headers["Location"])
                         continue
                     if response.status != 200:
                         raise UrlRefused(f"the image URL answered HTTP {response.status}")
@@ -124,7 +140,16 @@ async def fetch_image(
                 raise UrlRefused("the image URL did not answer in time") from exc
             except aiohttp.ClientError as exc:
                 raise UrlRefused(f"downloading the image failed: {exc}") from exc
+            except ValueError as exc:  # the client library's own URL checks (yarl)
+                raise UrlRefused(f"the URL cannot be fetched: {exc}") from exc
         raise UrlRefused(f"more than {max_redirects} redirects")
+
+
+def _redirect_target(url: str, location: str) -> str:
+    try:
+        return urljoin(url, location)
+    except ValueError as exc:
+        raise UrlRefused(f"the image URL redirected to an invalid location: {exc}") from exc
 
 
 async def _read_limited(response: Any, max_bytes: int) -> bytes:

@@ -19,6 +19,11 @@ from edge_runtime.errors import ImageDecodeError, ImageTooLargeError
 Image.MAX_IMAGE_PIXELS = None
 
 DEFAULT_MAX_PIXELS = 50_000_000  # ~ 8K x 6K: bigger than any line camera, smaller than a bomb
+DEFAULT_MAX_RESIZED_PIXELS = 16_000_000  # what a recipe's first resize may make (thin images)
+DEFAULT_MAX_JPEG_SCANS = 100  # progressive JPEGs have ~10; each scan is a pass over the whole image
+# Custom Vision takes JPEG, PNG, BMP and GIF; TIFF and WebP are common camera/archive formats. PIL's
+# other decoders (PSD, ICO, PCX, ...) are attack surface nobody on a line needs.
+DEFAULT_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 
 # Modes PIL resizes natively in the way the container does (RGBA premultiplied, L as one channel).
 _KEPT_MODES = {"RGB", "RGBA", "L", "LA"}
@@ -27,16 +32,21 @@ _KEPT_MODES = {"RGB", "RGBA", "L", "LA"}
 @dataclass(frozen=True, slots=True)
 class ImageLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_resized_pixels: int = DEFAULT_MAX_RESIZED_PIXELS
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
 
 
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Every bound is checked before the decoder runs: C decoders cannot be interrupted once started."""
     if not data:
         raise ImageDecodeError("the image is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=limits.formats)
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not a recognised image format (JPEG, PNG, BMP, GIF, TIFF, WebP ...)") from exc
-    except (OSError, ValueError) as exc:
+        accepted = ", ".join(limits.formats)
+        raise ImageDecodeError(f"not a recognised image format (accepted: {accepted})") from exc
+    except Exception as exc:  # PIL's header parsers raise many kinds on hostile bytes
         raise ImageDecodeError(f"cannot read the image header: {exc}") from exc
     width, height = image.size
     if width <= 0 or height <= 0:
@@ -46,27 +56,45 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
             f"the image has {width}x{height} = {width * height} pixels, "
             f"more than the limit of {limits.max_pixels}"
         )
+    if image.format in ("JPEG", "MPO"):
+        scans = jpeg_scan_count(data)
+        if scans > limits.max_jpeg_scans:
+            raise ImageTooLargeError(
+                f"the JPEG has {scans} scans, more than the limit of {limits.max_jpeg_scans}"
+            )
     try:
         image.load()
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated files raise OSError
+    except Exception as exc:  # truncated files raise OSError; hostile ones also struct/Index/MemoryError
         raise ImageDecodeError(f"the image data is broken or truncated: {exc}") from exc
     return normalise_mode(orient(image))
+
+
+def jpeg_scan_count(data: bytes) -> int:
+    """Start-of-scan markers in a JPEG: the decoder makes one pass over the image per scan.
+
+    Counted as raw FF DA pairs: entropy-coded data never holds one (an FF there is followed by 00 or a
+    restart marker), so this never undercounts; a thumbnail inside EXIF adds its few.
+    """
+    return data.count(b"\xff\xda")
 
 
 def orient(image: Image.Image) -> Image.Image:
     """Apply EXIF orientation (tag 0x0112) like the container; a broken EXIF block is ignored."""
     try:
         return ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, KeyError, TypeError):
+    except Exception:  # EXIF is client data: any parser failure means "no orientation"
         return image
 
 
 def normalise_mode(image: Image.Image) -> Image.Image:
     if image.mode in _KEPT_MODES:
         return image
-    if image.mode == "P" and "transparency" in image.info:
-        return image.convert("RGBA")
-    return image.convert("RGB")
+    try:
+        if image.mode == "P" and "transparency" in image.info:
+            return image.convert("RGBA")
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageDecodeError(f"cannot use pixel format {image.mode!r}: {exc}") from exc
 
 
 def image_from_bgr(frame: NDArray[np.uint8]) -> Image.Image:

@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from edge_runtime.errors import ImageTooLargeError
 from edge_runtime.model.spec import PreprocessSpec, Resample, Resize
 
 _FILTERS = {Resample.BILINEAR: Image.Resampling.BILINEAR, Resample.BICUBIC: Image.Resampling.BICUBIC}
@@ -37,26 +38,52 @@ def centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.crop((left, top, left + size[0], top + size[1]))
 
 
+def resize_sizes(width: int, height: int, spec: PreprocessSpec) -> list[tuple[int, int]]:
+    """The size of every resize the recipe makes of a width x height image, in order."""
+    if spec.resize is Resize.PIXEL_COUNT_ALIGN32:
+        return [pixel_count_align32_size(width, height, spec.resize_target)]
+    if spec.resize is Resize.STRETCH:
+        return [spec.resize_target]
+    if spec.resize is Resize.CENTRE_SQUARE_THEN_CROP:
+        sizes = []
+        if max(width, height) > LEGACY_MAX_SIDE:
+            scale = LEGACY_MAX_SIDE / max(width, height)
+            width, height = round(width * scale), round(height * scale)
+            sizes.append((width, height))
+        return [*sizes, spec.resize_target]
+    side = (
+        spec.resize_target[0]
+        if spec.resize is Resize.SHORTER_SIDE_THEN_CROP
+        else max(spec.input_size or (0, 0))
+    )
+    return [shorter_side_size(width, height, side)]
+
+
+def check_resize(width: int, height: int, spec: PreprocessSpec, max_pixels: int) -> None:
+    """A thin image (1 x 20000) passes a pixel limit, but the recipe would make 224 x 4,480,000 of it."""
+    for w, h in resize_sizes(width, height, spec):
+        if w < 1 or h < 1 or w * h > max_pixels:
+            raise ImageTooLargeError(
+                f"the image's shape {width}x{height} cannot be used: the model's resize would make "
+                f"{w}x{h} pixels (allowed: at least 1x1, at most {max_pixels} pixels)"
+            )
+
+
 def resize_for(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """Resize and crop in the image's own mode, then convert to RGB (the container's order)."""
     resample = _FILTERS[spec.resample]
-    width, height = image.size
+    sizes = resize_sizes(*image.size, spec)
     crop = spec.input_size
-    if spec.resize is Resize.PIXEL_COUNT_ALIGN32:
-        out = image.resize(pixel_count_align32_size(width, height, spec.resize_target), resample)
-    elif spec.resize is Resize.STRETCH:
-        out = image.resize(spec.resize_target, resample)
-    elif spec.resize is Resize.CENTRE_SQUARE_THEN_CROP:
-        if max(width, height) > LEGACY_MAX_SIDE:
-            scale = LEGACY_MAX_SIDE / max(width, height)
-            image = image.resize((round(width * scale), round(height * scale)), resample)
+    if spec.resize is Resize.CENTRE_SQUARE_THEN_CROP:
+        if len(sizes) == 2:
+            image = image.resize(sizes[0], resample)
         square = min(image.size)
-        out = centre_crop(image, (square, square)).resize(spec.resize_target, resample)
+        out = centre_crop(image, (square, square)).resize(sizes[-1], resample)
         out = centre_crop(out, crop) if crop else out
     else:
-        side = spec.resize_target[0] if spec.resize is Resize.SHORTER_SIDE_THEN_CROP else max(crop or (0, 0))
-        out = image.resize(shorter_side_size(width, height, side), resample)
-        out = centre_crop(out, crop) if crop else out
+        out = image.resize(sizes[0], resample)
+        if spec.resize not in (Resize.PIXEL_COUNT_ALIGN32, Resize.STRETCH) and crop:
+            out = centre_crop(out, crop)
     return out if out.mode == "RGB" else out.convert("RGB")
 
 

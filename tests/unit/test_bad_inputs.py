@@ -265,7 +265,7 @@ def predictor(classifier_export: Path) -> Predictor:
 
 
 def test_not_an_image(predictor: Predictor) -> None:
-    with pytest.raises(ImageDecodeError, match="not a recognised image"):
+    with pytest.raises(ImageDecodeError, match="not a recognised image format"):
         predictor.predict_bytes(b"not an image")
 
 

@@ -1,0 +1,191 @@
+"""Request bodies, read whole before a request may take an inference slot, and parsed without surprises.
+
+A body is read under three bounds: its size (the whole body however it is sent — chunked, multipart with
+extra fields, or compressed, counted after decompression), its time (a total deadline and an idle
+timeout, so a stalled or trickling client is cut off), and one shared budget of bytes held by all
+bodies at once (so many full-size uploads cannot exhaust memory). Only then is the image taken out of
+it: a small strict multipart parser (every malformed form is a 400, never an exception escaping) and a
+JSON reader that survives deep nesting and huge numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from email.message import Message
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from edge_runtime.api import errors
+
+IMAGE_FIELD = b"imageData"
+MAX_PART_HEADER_BYTES = 8192
+MAX_PARTS = 64
+# RFC 2046 5.1.1: 1-70 characters of this set, not ending in a space.
+_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    max_bytes: int
+    timeout_s: float
+    idle_timeout_s: float
+
+
+class BodyBudget:
+    """Bytes held by request bodies at once, across all clients. Touched only on the event loop."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.max_bytes:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+@asynccontextmanager
+async def received_body(request: web.Request, limits: BodyLimits, budget: BodyBudget) -> AsyncIterator[bytes]:
+    """The whole body, held against `budget` until the block ends (the request is answered)."""
+    declared = request.content_length
+    if declared is not None and declared > limits.max_bytes:
+        raise errors.image_too_big(f"the body is {declared} bytes, more than {limits.max_bytes}")
+    held = 0
+    try:
+        chunks: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.timeout_s
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise errors.body_timeout(f"the body took longer than {limits.timeout_s:g} s")
+            try:
+                async with asyncio.timeout(min(limits.idle_timeout_s, remaining)):
+                    chunk = await request.content.readany()
+            except TimeoutError as exc:
+                raise errors.body_timeout(
+                    f"the body stalled: nothing arrived for {limits.idle_timeout_s:g} s"
+                    if remaining > limits.idle_timeout_s
+                    else f"the body took longer than {limits.timeout_s:g} s"
+                ) from exc
+            except (RequestPayloadError, HttpProcessingError) as exc:
+                # Undecodable Content-Encoding, a broken chunked encoding, a connection cut mid-body.
+                raise errors.bad_request(f"the body could not be read: {_reason(exc)}") from exc
+            if not chunk:
+                break
+            if held + len(chunk) > limits.max_bytes:
+                raise errors.image_too_big(f"the body is more than {limits.max_bytes} bytes")
+            if not budget.take(len(chunk)):
+                raise errors.busy(retry_after_s=1, what="request bodies held in memory are at their limit")
+            held += len(chunk)
+            chunks.append(chunk)
+        yield b"".join(chunks)
+    finally:
+        budget.give(held)
+
+
+def _reason(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return " ".join(str(message).split())
+
+
+def image_from_body(body: bytes, content_type_header: str) -> bytes:
+    """The container's order: multipart file or field `imageData`, a urlencoded `imageData`, the raw body."""
+    mime, params = _content_type(content_type_header)
+    if mime.startswith("multipart/"):
+        return _multipart_image(body, params.get("boundary"))
+    if mime == "application/x-www-form-urlencoded" and body.startswith(IMAGE_FIELD + b"="):
+        body = unquote_to_bytes(body[len(IMAGE_FIELD) + 1 :].split(b"&")[0].replace(b"+", b" "))
+    if not body:
+        raise errors.no_image("no image in the request: send it as the body or as multipart field imageData")
+    return body
+
+
+def _content_type(header: str) -> tuple[str, dict[str, str]]:
+    message = Message()
+    try:
+        message["content-type"] = header
+        params = {str(k).lower(): str(v) for k, v in message.get_params(failobj=[])[1:]}
+        return message.get_content_type(), params
+    except (ValueError, TypeError, IndexError) as exc:  # the email parser's failures on odd bytes
+        raise errors.bad_request("the Content-Type header cannot be parsed") from exc
+
+
+def _multipart_image(body: bytes, boundary: str | None) -> bytes:
+    """The raw bytes of the first non-empty `imageData` part (file or plain field, any content type)."""
+    if not boundary or not _BOUNDARY.match(boundary):
+        raise errors.bad_request("the multipart body has no valid boundary (RFC 2046: 1-70 characters)")
+    delimiter = b"--" + boundary.encode("latin-1")
+    start = 0 if body.startswith(delimiter) else body.find(b"\r\n" + delimiter)
+    if start < 0:
+        raise errors.bad_request("the multipart body does not contain its boundary")
+    position = body.index(delimiter, start) + len(delimiter)
+    for _ in range(MAX_PARTS):
+        if body.startswith(b"--", position):
+            raise errors.no_image("the multipart form has no imageData field")
+        line_end = body.find(b"\r\n", position)
+        if line_end < 0 or body[position:line_end].strip(b" \t"):
+            raise errors.bad_request("the multipart body is truncated or malformed after a boundary")
+        next_delimiter = body.find(b"\r\n" + delimiter, line_end)
+        if next_delimiter < 0:
+            raise errors.bad_request("the multipart body is truncated: a part has no closing boundary")
+        name, content = _part(body[line_end + 2 : next_delimiter])
+        if name == IMAGE_FIELD and content:
+            return content
+        position = next_delimiter + 2 + len(delimiter)
+    raise errors.bad_request(f"the multipart form has more than {MAX_PARTS} parts")
+
+
+def _part(raw: bytes) -> tuple[bytes | None, bytes]:
+    """(form field name, content) of one part."""
+    header_end = raw.find(b"\r\n\r\n")
+    if raw.startswith(b"\r\n"):
+        header_block, content = b"", raw[2:]
+    elif header_end < 0:
+        raise errors.bad_request("a multipart part has no blank line after its headers")
+    else:
+        header_block, content = raw[:header_end], raw[header_end + 4 :]
+    if len(header_block) > MAX_PART_HEADER_BYTES:
+        raise errors.bad_request(f"a multipart part's headers are longer than {MAX_PART_HEADER_BYTES} bytes")
+    name = None
+    for line in header_block.split(b"\r\n") if header_block else []:
+        key, colon, value = line.partition(b":")
+        if not colon or not key.strip():
+            raise errors.bad_request("a multipart part has a header line without a name and colon")
+        if key.strip().lower() == b"content-disposition":
+            name = _disposition_name(value.decode("latin-1"))
+    return name, content
+
+
+def _disposition_name(value: str) -> bytes | None:
+    message = Message()
+    message["content-disposition"] = value
+    name = message.get_param("name", header="content-disposition")
+    if isinstance(name, tuple):  # RFC 2231 form: (charset, language, value)
+        name = name[2]
+    return name.encode("latin-1", "replace") if isinstance(name, str) else None
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON from a client: any failure (syntax, encoding, nesting, a number too long) is a ValueError."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError as exc:
+        raise ValueError("the JSON is nested too deeply") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"the JSON is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    except ValueError as exc:  # JSONDecodeError, and the int-digits limit of int()
+        raise ValueError(f"the body is not valid JSON: {exc}") from exc
