@@ -232,6 +232,10 @@ class TlsSettings(_Section):
     insecure: bool = Field(False, description="skip host name verification (testing only)")
 
 
+# Reconnecting more often than this buys nothing and, below 1 s, once made paho spin (see sinks/mqtt.py).
+MQTT_RECONNECT_FLOOR_S = 0.5
+
+
 class MqttSettings(DeliverySettings):
     host: str = Field(min_length=1)
     port: int = Field(0, ge=0, le=65535, description="0 = 1883, or 8883 with TLS")
@@ -243,8 +247,21 @@ class MqttSettings(DeliverySettings):
     keepalive_s: int = Field(30, ge=5)
     topic_prefix: str = Field("edge_runtime", pattern=r"^[^#+]+$")
     publish_snapshots: bool = Field(False, description="also send the JPEG to <prefix>/<camera>/snapshot")
-    reconnect_min_s: float = Field(1.0, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_min_s: float = Field(
+        1.0, ge=MQTT_RECONNECT_FLOOR_S, description="first wait before reconnecting; doubles each failure"
+    )
+    reconnect_max_s: float = Field(
+        30.0, ge=MQTT_RECONNECT_FLOOR_S, description="longest wait between reconnect attempts"
+    )
+
+    @model_validator(mode="after")
+    def _reconnect_range(self) -> MqttSettings:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(
+                f"reconnect_max_s ({self.reconnect_max_s:g}) must not be below"
+                f" reconnect_min_s ({self.reconnect_min_s:g})"
+            )
+        return self
 
     @property
     def effective_port(self) -> int:

@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 from edge_runtime import metrics
 from edge_runtime.errors import ConfigError, SinkUnavailableError
 from edge_runtime.events.outbox import OutboxRecord
-from edge_runtime.settings import DeliverySettings, MqttSettings
+from edge_runtime.settings import MQTT_RECONNECT_FLOOR_S, DeliverySettings, MqttSettings
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,10 @@ class MqttSink:
                 raise ConfigError(f"sinks.mqtt.tls: cannot use the certificate files: {exc}") from exc
             client.tls_insecure_set(s.tls.insecure)
         client.will_set(self._topic("status"), b"offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=int(max(1, s.reconnect_min_s)), max_delay=int(s.reconnect_max_s))
+        # Floats, floored: paho waits min(delay * 2, max_delay), so a max_delay of 0 (int(0.5) once)
+        # made it reconnect in a busy loop. Settings validation enforces the same floor.
+        min_delay = max(MQTT_RECONNECT_FLOOR_S, s.reconnect_min_s)
+        client.reconnect_delay_set(min_delay=min_delay, max_delay=max(min_delay, s.reconnect_max_s))
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect

@@ -83,6 +83,9 @@ def test_mqtt_settings_defaults_and_ports() -> None:
         {"host": "b", "publish_timeout_s": 0},
         {"host": "b", "retain": True},
         {"host": "b", "tls": {"ca": "x"}},
+        {"host": "b", "reconnect_min_s": 0.1},
+        {"host": "b", "reconnect_max_s": 0.2, "reconnect_min_s": 0.2},
+        {"host": "b", "reconnect_max_s": 0.5},
     ],
     ids=[
         "no-host",
@@ -97,11 +100,25 @@ def test_mqtt_settings_defaults_and_ports() -> None:
         "zero-timeout",
         "unknown-field",
         "unknown-tls-field",
+        "reconnect-min-below-floor",
+        "reconnect-max-below-floor",
+        "reconnect-max-below-min",
     ],
 )
 def test_bad_mqtt_settings(mqtt: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=r"invalid settings: sinks\.mqtt"):
         build_settings({"sinks": {"mqtt": mqtt}})
+
+
+def test_reconnect_delays_name_the_problem() -> None:
+    with pytest.raises(
+        ConfigError, match=r"reconnect_max_s \(0\.5\) must not be below reconnect_min_s \(1\)"
+    ):
+        build_settings({"sinks": {"mqtt": {"host": "b", "reconnect_max_s": 0.5}}})
+    with pytest.raises(ConfigError, match=r"sinks\.mqtt\.reconnect_min_s: .*greater than or equal to 0\.5"):
+        build_settings({"sinks": {"mqtt": {"host": "b", "reconnect_min_s": 0}}})
+    ok = build_settings({"sinks": {"mqtt": {"host": "b", "reconnect_min_s": 0.5, "reconnect_max_s": 0.75}}})
+    assert ok.sinks.mqtt is not None and ok.sinks.mqtt.reconnect_max_s == 0.75
 
 
 def test_iothub_sink_needs_the_hub() -> None:
