@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -176,22 +177,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif settings.model.url is None:
         path = model_path(settings)
     app = create_app(settings, path)
-    log.info("serving on http://%s:%d", settings.server.host, settings.server.port)
-    web.run_app(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        shutdown_timeout=settings.server.shutdown_timeout_s,
-        access_log=None,
-        print=None,
-    )
+    host, port = settings.server.host, settings.server.port
+    log.info("starting on http://%s:%d", host, port)
+    code = 0
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            shutdown_timeout=settings.server.shutdown_timeout_s,
+            access_log=None,
+            print=None,
+        )
+    # run_app has shut down whatever startup began (cameras, sinks, outbox) before any of these arrive.
+    except OSError as exc:
+        if _listen_error(exc):
+            print(f"error: cannot listen on {host}:{port}: {_os_reason(exc)}", file=sys.stderr)
+            code = 2
+        else:
+            log.exception("serve stopped by an unexpected error")
+            code = 1
+    except EdgeRuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except Exception:  # a bug: say where, then exit like the others (no abort from native threads)
+        log.exception("serve stopped by an unexpected error")
+        code = 1
     # Everything of ours is closed (outbox flushed, sinks gone). Threads a library left behind (an
-    # IoT Hub SDK connect stuck in a silent TLS handshake, ~60 s) must not hold the exit that the
-    # orchestrator times after SIGTERM: exit now.
+    # IoT Hub SDK connect stuck in a silent TLS handshake, ~60 s; native pools whose destructors abort
+    # at interpreter exit) must not hold or crash the exit that the orchestrator times: exit now.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
+
+
+def _listen_error(exc: OSError) -> bool:
+    """The listening socket's failure (port taken, address not here, name unknown), not another OSError."""
+    return isinstance(exc, socket.gaierror) or "bind" in str(exc)
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror) or exc.errno is None:
+        return str(exc.strerror or exc)
+    return os.strerror(exc.errno).lower()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,12 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
+def failure_reason(exc: BaseException) -> str:
+    """Never empty: a bare TimeoutError() says nothing in str(), so its type name stands in."""
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
 @dataclass(slots=True)
 class _Retry:
     delay: float
@@ -143,7 +149,7 @@ class Dispatcher:
                 metrics.SINK_FAILED.labels(sink.name).inc()
                 await self._outbox.note_attempt(record.seq)
                 level = logging.DEBUG if state.failing else logging.WARNING
-                log.log(level, "sink %s: delivery failed (%s); will retry", sink.name, exc)
+                log.log(level, "sink %s: delivery failed (%s); will retry", sink.name, failure_reason(exc))
                 state.failing = True
                 await asyncio.sleep(state.delay)
                 state.delay = min(state.delay * 2, self.RETRY_MAX_S)

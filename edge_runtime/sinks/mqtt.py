@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 
 from edge_runtime import metrics
 from edge_runtime.errors import ConfigError, SinkUnavailableError
+from edge_runtime.events.dispatcher import failure_reason
 from edge_runtime.events.outbox import OutboxRecord
 from edge_runtime.settings import MQTT_RECONNECT_FLOOR_S, DeliverySettings, MqttSettings
 
@@ -142,7 +143,7 @@ class MqttSink:
                 await self._publish(
                     self._topic("status"), b"offline", retain=True, timeout=self.CLOSE_TIMEOUT_S
                 )
-            except (SinkUnavailableError, TimeoutError) as exc:
+            except SinkUnavailableError as exc:
                 log.warning("mqtt: could not publish offline status: %s", exc)
         self._client.disconnect()
         # paho's thread may sit in a TLS handshake for up to keepalive_s: never let it hold up
@@ -191,6 +192,10 @@ class MqttSink:
         try:
             async with asyncio.timeout(timeout):
                 await future
+        except TimeoutError:
+            raise SinkUnavailableError(
+                f"no PUBACK from {self.status()['broker']} within {timeout:g} s"
+            ) from None
         finally:
             self._acks.pop(info.mid, None)
 
@@ -203,10 +208,12 @@ class MqttSink:
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError` block: the exception is the reason.
         exc = sys.exc_info()[1]
-        self._call(self._connected_changed, False, f"cannot connect: {exc or 'unknown error'}")
+        reason = "unknown error" if exc is None else failure_reason(exc)
+        self._call(self._connected_changed, False, f"cannot connect: {reason}")
 
     def _on_loop_error(self, exc: BaseException) -> None:
-        self._call(self._connected_changed, False, f"connection failed: {type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._call(self._connected_changed, False, f"connection failed: {reason}")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, rc: int) -> None:
         lost = None if rc == 0 else f"connection lost ({mqtt.error_string(rc)})"

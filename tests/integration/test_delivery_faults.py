@@ -2,12 +2,15 @@
 outbox + dispatcher + MQTT sink (or `edge-runtime serve`) on the other; only what crosses MQTT, TCP, HTTP
 and the process boundary is asserted.
 
-- the reconnect pace has a floor: no setting makes the client reconnect in a busy loop.
+- the reconnect pace has a floor: no setting makes the client reconnect in a busy loop;
+- a publish the broker never confirms is logged with its reason (no PUBACK within the timeout);
+- `serve` on a port that is taken says so in one line and exits 2, shutting down what it started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
@@ -20,7 +23,9 @@ import pytest
 from mosquitto import Broker, Observer, mosquitto_available
 
 from edge_runtime.domain import Event, EventKind
+from edge_runtime.events.dispatcher import Dispatcher
 from edge_runtime.events.ids import new_event_id
+from edge_runtime.events.outbox import Outbox
 from edge_runtime.settings import MqttSettings
 from edge_runtime.sinks.mqtt import MqttSink
 
@@ -66,6 +71,27 @@ class ClosingListener:
         self._stop.set()
         self._thread.join(2)
         self._sock.close()
+
+
+class MutedBroker(ClosingListener):
+    """Accepts the MQTT connection (CONNACK) and then never answers again: no PUBACK, ever."""
+
+    def _run(self) -> None:
+        held: list[socket.socket] = []
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            self.accepted.append(time.monotonic())
+            conn.settimeout(5)
+            conn.recv(4096)  # CONNECT
+            conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, session present 0, accepted
+            held.append(conn)  # read nothing more: PUBLISH packets pile up unanswered
+        for conn in held:
+            conn.close()
 
 
 @pytest.fixture
@@ -157,3 +183,34 @@ async def test_reconnect_attempts_are_paced_whatever_the_settings(
     # 0.5 s floor: an attempt at once, then one every 0.5 s or more -> at most ~6 in 2.6 s.
     assert 1 <= attempts <= 7, f"{attempts} connection attempts in 2.6 s"
     assert time.process_time() - cpu_before < 1.0, "the reconnect loop burns CPU"
+
+
+# --------------------------------------------------------------------------------------------------
+# 17. A missing PUBACK is logged with its reason
+
+
+async def test_a_publish_never_confirmed_is_logged_as_a_missing_puback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MqttSink, "CLOSE_TIMEOUT_S", 0.2)  # its `offline` goodbye gets no PUBACK either
+    muted = MutedBroker()
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    await outbox.open()
+    sink = MqttSink(mqtt_settings(muted.port, publish_timeout_s=0.3))
+    dispatcher = Dispatcher(outbox, [sink])
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_runtime.events.dispatcher"):
+            await dispatcher.start()
+            await eventually(lambda: sink.status()["connected"], 5, "CONNACK from the muted broker")
+            await dispatcher.publish(make_event())
+            await eventually(
+                lambda: any("delivery failed" in r.getMessage() for r in caplog.records), 5, "a failure"
+            )
+    finally:
+        await dispatcher.close(drain_timeout=0)
+        await outbox.close()
+        muted.close()
+    [message] = [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()]
+    assert message == (
+        f"sink mqtt: delivery failed (no PUBACK from 127.0.0.1:{muted.port} within 0.3 s); will retry"
+    )

@@ -275,3 +275,35 @@ async def test_as_a_module_without_a_model_it_waits_for_the_twin(client, serve):
     assert key not in server.log
     async with client.get(base + "/health/live") as response:
         assert response.status == 200
+
+
+async def test_a_port_in_use_is_one_clear_error_and_a_clean_exit(serve, tmp_path):
+    """With the MQTT sink connected and the demo camera running: one line naming the port, exit code 2,
+    no traceback, no abort from a native thread at exit, and the broker saw a clean goodbye."""
+    from mosquitto import Broker, mosquitto_available
+
+    if not mosquitto_available():
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(tmp_path / "broker").start()
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "EDGE_RUNTIME_SINKS__MQTT__HOST": broker.host,
+            "EDGE_RUNTIME_SINKS__MQTT__PORT": str(broker.port),
+            "EDGE_RUNTIME_SINKS__MQTT__CLIENT_ID": "edge-port-taken",
+        }
+        server = serve(["--host", "127.0.0.1", "--port", str(port)], env=env)
+        rc = await asyncio.to_thread(server.proc.wait, 60)
+    finally:
+        taken.close()
+        broker.stop()
+    log = server.log
+    assert rc == 2, log
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cannot listen on 127.0.0.1:{port}: address already in use"], log
+    assert "Traceback" not in log and "terminate called" not in log, log
+    assert "camera demo-conveyor: stopped" in log, "the camera started by the startup was stopped"
+    assert "edge-port-taken closed its connection" not in broker.log, "the MQTT sink left without a goodbye"
