@@ -3,19 +3,21 @@
 `publish` stores the event for every sink in the outbox (one sqlite transaction) and returns; each
 sink's loop sends what waits for it in order, deleting a row only once the sink confirms it. A sink
 that is down or slow never blocks the cameras or the other sinks; its messages wait on disk, bounded
-by count and age (drops counted in edge_runtime_sink_dropped_total{reason}).
+by count and age (drops counted in edge_runtime_sink_dropped_total{reason}). A failed send is retried
+after a back-off (0.5 s doubling to 5 s), or at once when the sink reports that it has reconnected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from edge_runtime import metrics
 from edge_runtime.domain import Event
@@ -41,6 +43,14 @@ class Sink(Protocol):
     def status(self) -> Mapping[str, object]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ConnectionWatch(Protocol):
+    """A sink that pushes its connection changes (MQTT): a reconnect ends its retry wait at once."""
+
+    def watch_connection(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        """Call `listener(connected)` on the event loop at every change; returns the unsubscribe."""
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -73,6 +83,8 @@ class Dispatcher:
         self._limits = limits
         self._wakeups = {s.name: asyncio.Event() for s in sinks}
         self._idle = {s.name: asyncio.Event() for s in sinks}
+        self._reconnected = {s.name: asyncio.Event() for s in sinks}
+        self._unwatch: list[Callable[[], None]] = []
         self._summaries = {
             s.name: SummaryCounter(time.time()) for s in sinks if s.delivery.summary_interval_s > 0
         }
@@ -92,6 +104,8 @@ class Dispatcher:
                     "outbox: %d message(s) wait for sink %s, which is not configured", count, sink_name
                 )
         for sink in self._sinks:
+            if isinstance(sink, ConnectionWatch):
+                self._unwatch.append(sink.watch_connection(functools.partial(self._connection, sink.name)))
             await sink.start()
             self._tasks.append(asyncio.create_task(self._deliver(sink), name=f"deliver-{sink.name}"))
             if sink.name in self._summaries:
@@ -119,6 +133,10 @@ class Dispatcher:
             self._idle[name].clear()
             self._wakeups[name].set()
 
+    def _connection(self, sink_name: str, connected: bool) -> None:
+        if connected:
+            self._reconnected[sink_name].set()
+
     async def _deliver(self, sink: Sink) -> None:
         bucket = TokenBucket(sink.delivery.rate_limit_per_minute)
         state = _Retry(self.RETRY_INITIAL_S)
@@ -143,6 +161,8 @@ class Dispatcher:
         for record in records:
             if (wait := bucket.wait_time()) > 0:
                 await asyncio.sleep(wait)
+            reconnected = self._reconnected[sink.name]
+            reconnected.clear()  # from here on a reconnect counts: it may come while publish fails
             try:
                 await sink.publish(record)
             except Exception as exc:  # any failure: the message stays in the outbox
@@ -151,8 +171,7 @@ class Dispatcher:
                 level = logging.DEBUG if state.failing else logging.WARNING
                 log.log(level, "sink %s: delivery failed (%s); will retry", sink.name, failure_reason(exc))
                 state.failing = True
-                await asyncio.sleep(state.delay)
-                state.delay = min(state.delay * 2, self.RETRY_MAX_S)
+                await self._back_off(reconnected, state)
                 return
             bucket.take()
             await self._outbox.ack(record.seq)
@@ -160,6 +179,16 @@ class Dispatcher:
             if state.failing:
                 log.info("sink %s: delivering again", sink.name)
                 state.failing = False
+            state.delay = self.RETRY_INITIAL_S
+
+    async def _back_off(self, reconnected: asyncio.Event, state: _Retry) -> None:
+        """Wait the retry delay, or less: a sink that reconnects meanwhile is tried again at once."""
+        try:
+            async with asyncio.timeout(state.delay):
+                await reconnected.wait()
+        except TimeoutError:
+            state.delay = min(state.delay * 2, self.RETRY_MAX_S)
+        else:
             state.delay = self.RETRY_INITIAL_S
 
     async def _summarise(self, sink: Sink) -> None:
@@ -211,6 +240,9 @@ class Dispatcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        unwatch, self._unwatch = self._unwatch, []  # close may run twice
+        for stop_watching in unwatch:
+            stop_watching()
         for sink in self._sinks:
             try:
                 await sink.close()

@@ -85,6 +85,7 @@ class MqttSink:
         self._camera_payloads: dict[str, bytes] = {}
         self._camera_states: dict[str, tuple[object, object]] = {}
         self._status_task: asyncio.Task[None] | None = None
+        self._watchers: list[Callable[[bool], None]] = []
         self._refused: str | None = None  # touched by paho's thread only
 
     # ---- construction: every configuration problem surfaces here, before the server starts ----
@@ -154,6 +155,16 @@ class MqttSink:
         if stopper.is_alive():
             log.warning("mqtt: network thread did not stop within %.0f s; leaving it", self.CLOSE_TIMEOUT_S)
         metrics.SINK_CONNECTED.labels(self.name).set(0)
+
+    def watch_connection(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        """`listener(connected)` on the loop at every change: the dispatcher's cue to deliver at once."""
+        self._watchers.append(listener)
+
+        def unwatch() -> None:
+            if listener in self._watchers:
+                self._watchers.remove(listener)
+
+        return unwatch
 
     def status(self) -> Mapping[str, object]:
         s = self.settings
@@ -259,6 +270,9 @@ class MqttSink:
             for future in self._acks.values():
                 if not future.done():
                     future.set_exception(SinkUnavailableError("connection lost before PUBACK"))
+        if connected != was:
+            for listener in list(self._watchers):
+                listener(connected)
 
     async def _watch_cameras(self) -> None:
         assert self._camera_statuses is not None

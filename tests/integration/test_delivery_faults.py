@@ -4,18 +4,21 @@ and the process boundary is asserted.
 
 - the reconnect pace has a floor: no setting makes the client reconnect in a busy loop;
 - a publish the broker never confirms is logged with its reason (no PUBACK within the timeout);
+- a broker that comes back is used at once: the backlog starts draining on the reconnect, not after the
+  dispatcher's retry back-off;
 - `serve` on a port that is taken says so in one line and exits 2, shutting down what it started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import pytest
 from mosquitto import Broker, Observer, mosquitto_available
 
 from edge_runtime.domain import Event, EventKind
-from edge_runtime.events.dispatcher import Dispatcher
+from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.outbox import Outbox
 from edge_runtime.settings import MqttSettings
@@ -103,16 +106,57 @@ def closing_listener() -> Iterator[ClosingListener]:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
-    started = Broker(tmp_path / "broker").start()
-    yield started
-    started.stop()
+    """A broker that keeps sessions, with a persistent observer's subscription saved, then stopped:
+    whatever the runtime publishes once it is started again reaches the observer."""
+    down = Broker(tmp_path / "broker", persistence=True).start()
+    yield down
+    down.stop()
 
 
 @pytest.fixture
 def observer(broker: Broker) -> Iterator[Observer]:
-    watching = Observer(broker, [f"{PREFIX}/+/events"]).start()
+    watching = Observer(broker, [f"{PREFIX}/+/events"], client_id="faults-observer", clean_session=False)
+    watching.start()
+    broker.wait_session_saved("faults-observer")
+    broker.terminate()
     yield watching
     watching.close()
+
+
+class Runtime:
+    """What events_ctx builds: an outbox file, the MQTT sink, the dispatcher between them."""
+
+    def __init__(self, outbox_path: Path, settings: MqttSettings) -> None:
+        self.outbox = Outbox(outbox_path)
+        self.sink = MqttSink(settings)
+        self.dispatcher = Dispatcher(self.outbox, [self.sink], OutboxLimits(1_000_000, 3600.0))
+
+    async def start(self) -> Runtime:
+        await self.outbox.open()
+        await self.dispatcher.start()
+        return self
+
+    async def close(self) -> None:
+        await self.dispatcher.close(drain_timeout=0)
+        await self.outbox.close()
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path, broker: Broker, observer: Observer) -> AsyncIterator[Runtime]:
+    """Not started yet: a test may patch the dispatcher's timings first."""
+    made = Runtime(
+        tmp_path / "outbox.sqlite3", mqtt_settings(broker.port, reconnect_min_s=0.5, reconnect_max_s=0.5)
+    )
+    yield made
+    await made.close()
+
+
+def arrivals(observer: Observer) -> dict[str, float]:
+    """Event id -> when the observer got it first (time.time())."""
+    first: dict[str, float] = {}
+    for message in observer.received():
+        first.setdefault(json.loads(message.payload)["id"], message.at)
+    return first
 
 
 def mqtt_settings(port: int, **overrides: Any) -> MqttSettings:
@@ -214,3 +258,24 @@ async def test_a_publish_never_confirmed_is_logged_as_a_missing_puback(
     assert message == (
         f"sink mqtt: delivery failed (no PUBACK from 127.0.0.1:{muted.port} within 0.3 s); will retry"
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# 16. The broker's return starts delivery at once
+
+
+async def test_delivery_resumes_on_reconnect_not_after_the_back_off(
+    monkeypatch: pytest.MonkeyPatch, broker: Broker, observer: Observer, runtime: Runtime
+) -> None:
+    # A retry back-off of 5 s (the dispatcher's maximum) from the first failure on.
+    monkeypatch.setattr(Dispatcher, "RETRY_INITIAL_S", 5.0)
+    await runtime.start()
+    event = make_event()
+    await runtime.dispatcher.publish(event)
+    await asyncio.sleep(0.3)  # the attempt failed (not connected): the dispatcher waits now
+    await asyncio.to_thread(broker.start)
+    back = time.time()
+    await observer.until(lambda: event.id in arrivals(observer), 10, "the event stored while down")
+    took = arrivals(observer)[event.id] - back
+    # paho retries every 0.5 s; delivery follows the CONNACK instead of the remaining ~4.7 s back-off.
+    assert took < 2.0, f"first event {took:.2f} s after the broker came back"

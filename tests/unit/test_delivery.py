@@ -1,5 +1,6 @@
 """Delivery from the outbox to the sinks: order, retries, ack only after confirmation, restarts,
-summaries, rate limits, housekeeping metrics, close; the IoT Hub sink against a fake hub client."""
+summaries, rate limits, housekeeping metrics, close; the IoT Hub sink against a fake hub client;
+faults: every logged failure names its reason, a reported reconnect ends the retry back-off."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from prometheus_client import REGISTRY
 from edge_runtime.domain import BoundingBox, Event, EventKind
 from edge_runtime.errors import SinkUnavailableError
 from edge_runtime.events import dispatcher as dispatcher_module
-from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits
+from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, failure_reason
 from edge_runtime.events.ids import EVENT_ID_PATTERN, new_event_id
 from edge_runtime.events.outbox import Outbox, OutboxRecord
 from edge_runtime.events.ratelimit import TokenBucket
@@ -733,3 +734,92 @@ async def test_a_transient_outbox_error_does_not_stop_delivery(tmp_path: Path) -
     finally:
         await dispatcher.close(drain_timeout=0.05)
         await box.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults: every logged failure names its reason
+
+
+class RaisingSink(FakeSink):
+    """Fails every publish with a new `error()`."""
+
+    def __init__(self, name: str, error: Callable[[], BaseException]) -> None:
+        super().__init__(name)
+        self.error = error
+
+    async def publish(self, record: OutboxRecord) -> None:
+        self.attempts.append(record.id)
+        raise self.error()
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (TimeoutError, "(TimeoutError)"),  # asyncio.timeout raises it with an empty str()
+        (lambda: SinkUnavailableError("not connected to b:1883"), "(not connected to b:1883)"),
+        (lambda: OSError(""), "(OSError)"),
+    ],
+    ids=["bare-timeout", "with-message", "empty-message"],
+)
+async def test_a_failed_delivery_is_logged_with_its_reason(
+    error: Callable[[], BaseException],
+    reason: str,
+    dispatcher_for: Callable[..., Dispatcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = RaisingSink(unique("reason"), error)
+    dispatcher = dispatcher_for(sink)
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.events.dispatcher"):
+        await dispatcher.start()
+        await dispatcher.publish(make_event(0))
+        await wait_for(lambda: len(sink.attempts) >= 2)
+    [message] = [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()]
+    assert message == f"sink {sink.name}: delivery failed {reason}; will retry"
+
+
+def test_failure_reason_is_never_empty() -> None:
+    assert failure_reason(TimeoutError()) == "TimeoutError"
+    assert failure_reason(asyncio.CancelledError()) == "CancelledError"
+    assert failure_reason(SinkUnavailableError("  ")) == "SinkUnavailableError"
+    assert failure_reason(ValueError("bad value")) == "bad value"
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults: a reconnect the sink reports ends the retry back-off
+
+
+class ReconnectingSink(FakeSink):
+    """Down until `reconnect()`, which it reports the way the MQTT sink does (watch_connection)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.down = True
+        self.listeners: list[Callable[[bool], None]] = []
+
+    def watch_connection(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener)
+
+    def reconnect(self) -> None:
+        self.down = False
+        for listener in self.listeners:
+            listener(True)
+
+
+async def test_a_reported_reconnect_ends_the_retry_wait(
+    monkeypatch: pytest.MonkeyPatch, dispatcher_for: Callable[..., Dispatcher]
+) -> None:
+    monkeypatch.setattr(Dispatcher, "RETRY_INITIAL_S", 10.0)  # a back-off that must not be waited out
+    monkeypatch.setattr(Dispatcher, "RETRY_MAX_S", 10.0)
+    sink = ReconnectingSink(unique("reconnect"))
+    dispatcher = dispatcher_for(sink)
+    await dispatcher.start()
+    await dispatcher.publish(make_event(0))
+    await wait_for(lambda: len(sink.attempts) == 1)
+    await asyncio.sleep(0.05)  # in the back-off now
+    reconnected_at = time.monotonic()
+    sink.reconnect()
+    await wait_for(lambda: len(sink.received) == 1, timeout=2.0)
+    assert sink.times[0] - reconnected_at < 0.5
+    await dispatcher.close(drain_timeout=0.05)
+    assert sink.listeners == [], "close unsubscribes"
