@@ -82,7 +82,9 @@ def create_app(
     app[MODEL] = ModelSlot()
     app[CAPACITY] = capacity
     app[URL_POLICY] = UrlPolicy.from_allow_list(settings.url_fetch.allow)
-    app[ADMISSION] = Admission(capacity.max_inflight, settings.server.max_body_buffer_bytes)
+    app[ADMISSION] = Admission(
+        capacity.max_inflight, settings.server.max_body_buffer_bytes, settings.server.admission_wait_s
+    )
     app[PIPELINE] = Pipeline()
     # None (no path, no url) is allowed: readiness says so until a model arrives (module twin, admin API).
     path = model_path or settings.model.path

@@ -91,7 +91,10 @@ class ServerSettings(_Section):
         64 * 1024 * 1024, gt=0, description="request bodies held at once, all clients; 503 above"
     )
     inference_workers: int = Field(0, ge=0, description="inference threads; 0 = one per CPU core")
-    max_inflight: int = Field(0, ge=0, description="requests admitted at once; 0 = 4 per worker; 503 above")
+    max_inflight: int = Field(0, ge=0, description="requests in inference at once; 0 = 4 per worker")
+    admission_wait_s: float = Field(
+        1.0, ge=0, description="how long a request waits for a free slot before 503 (429 on cloud paths)"
+    )
     prediction_key: SecretStr | None = Field(None, description="require this Prediction-Key header")
     protect_health: bool = False
     protect_metrics: bool = False

@@ -57,8 +57,8 @@ def body_timeout(message: str) -> ApiError:
     return ApiError(408, "RequestTimeout", message, {"Connection": "close"})
 
 
-def busy(retry_after_s: int, what: str = "inference is saturated") -> ApiError:
-    return ApiError(503, "TooManyRequests", f"{what}; retry later", {"Retry-After": str(retry_after_s)})
+def busy(retry_after_s: int, what: str = "inference is saturated", status: int = 503) -> ApiError:
+    return ApiError(status, "TooManyRequests", f"{what}; retry later", {"Retry-After": str(retry_after_s)})
 
 
 def inference_failed(message: str) -> ApiError:

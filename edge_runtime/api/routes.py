@@ -19,7 +19,7 @@ from edge_runtime.api.admin import register_admin_routes
 from edge_runtime.api.body import BodyLimits, image_from_body, parse_json, received_body
 from edge_runtime.api.client_errors import ClientErrorLog, quiet_aiohttp_server_log
 from edge_runtime.api.errors import ApiError
-from edge_runtime.api.schemas import ResponseIds, dumps, prediction_body
+from edge_runtime.api.schemas import CloudIds, ResponseIds, cloud_prediction_body, dumps, prediction_body
 from edge_runtime.api.urlfetch import TooLarge, UrlRefused, fetch_image
 from edge_runtime.domain import PredictionResult
 from edge_runtime.engine import Predictor
@@ -43,13 +43,12 @@ def _container_paths(kind: str) -> list[str]:
 
 
 def _cloud_paths(kind: str) -> list[str]:
+    """Microsoft's REST reference and SDKs write `prediction` (the .NET docs `Prediction`): any case."""
+    prefix = "/{service:(?i:customvision)}/{version:v3\\.[01]}/{api:(?i:prediction)}/{projectId}"
     paths = []
-    for version in ("v3.0", "v3.1"):
-        for task in ("classify", "detect"):
-            base = (
-                f"/customvision/{version}/Prediction/{{projectId}}/{task}/iterations/{{publishedName}}/{kind}"
-            )
-            paths += [base, f"{base}/nostore"]
+    for task in ("classify", "detect"):
+        base = f"{prefix}/{task}/iterations/{{publishedName}}/{kind}"
+        paths += [base, f"{base}/nostore"]
     return paths
 
 
@@ -59,10 +58,14 @@ def register_routes(app: web.Application) -> None:
     app.on_response_prepare.append(_server_header)
     router = app.router
     router.add_get("/", banner)
-    for path in _container_paths("image") + _cloud_paths("image"):
-        router.add_post(path, predict_image, expect_handler=expect_continue)
-    for path in _container_paths("url") + _cloud_paths("url"):
-        router.add_post(path, predict_url, expect_handler=expect_continue)
+    for kind, container, cloud in (
+        ("image", predict_image, predict_image_cloud),
+        ("url", predict_url, predict_url_cloud),
+    ):
+        for path in _container_paths(kind):
+            router.add_post(path, container, expect_handler=expect_continue)
+        for path in _cloud_paths(kind):
+            router.add_post(path, cloud, expect_handler=expect_continue)
     router.add_get("/health/live", health_live)
     router.add_get("/health/ready", health_ready)
     router.add_get("/metrics", metrics_endpoint)
@@ -163,23 +166,27 @@ def _body_limits(request: web.Request) -> BodyLimits:
 ImageOf = Callable[[web.Request, bytes], Awaitable[bytes]]
 
 
-async def _predict(request: web.Request, image_of: ImageOf) -> web.Response:
-    """Key check, the whole body (bounded), the image in it, then an inference slot (503 when saturated),
-    inference in the executor, the container's JSON."""
+async def _predict(request: web.Request, image_of: ImageOf, cloud: bool = False) -> web.Response:
+    """Key check, the whole body (bounded), the image in it, then an inference slot (a bounded wait, then
+    503 — 429 on the cloud paths, the cloud's code), inference in the executor, the answer."""
     _check_key(request)
     _predictor(request)  # refuse early while loading: no point reading a body
     admission = request.app[ADMISSION]
     start = time.perf_counter()
     async with received_body(request, _body_limits(request), admission.bodies) as body:
         data = await image_of(request, body)
-        predictor = _predictor(request)  # one reference for the whole request: a swap can't cut it short
-        with admission.slot():
+        async with admission.slot(status=429 if cloud else 503):
+            predictor = _predictor(request)  # one reference per request: a swap can't cut it short
             result = await _run(request, predictor, data)
     metrics.observe_prediction("http", result.timings)
     resource = request.match_info.route.resource
     metrics.HTTP_REQUEST_SECONDS.labels(resource.canonical if resource else "").observe(
         time.perf_counter() - start
     )
+    if cloud:
+        spec = predictor.spec
+        ids = CloudIds.derive(request.match_info["projectId"], spec.iteration_id, spec.sha1, _ids(request))
+        return web.json_response(cloud_prediction_body(result, ids))
     answer = dumps(prediction_body(result, _ids(request)))
     return web.Response(body=answer.encode(), headers={"Content-Type": "application/json"})
 
@@ -232,6 +239,14 @@ async def predict_image(request: web.Request) -> web.Response:
 
 async def predict_url(request: web.Request) -> web.Response:
     return await _predict(request, _image_at_url)
+
+
+async def predict_image_cloud(request: web.Request) -> web.Response:
+    return await _predict(request, _image_in_body, cloud=True)
+
+
+async def predict_url_cloud(request: web.Request) -> web.Response:
+    return await _predict(request, _image_at_url, cloud=True)
 
 
 def _json(body: object, status: int = 200) -> web.Response:

@@ -17,6 +17,7 @@ import json
 import re
 import tempfile
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -344,6 +345,41 @@ class Http:
             assert 0.0 <= prediction["probability"] <= 1.0
             assert prediction["probability"] == round(prediction["probability"], 8)
         return body
+
+    @staticmethod
+    def check_cloud_body(status: int, content_type: str, text: str) -> dict[str, Any]:
+        """The cloud API's shape, as the official SDKs parse it: GUID ids, tagType, best first."""
+        assert status == 200, text
+        assert content_type.startswith("application/json")
+        body: dict[str, Any] = json.loads(text)
+        assert set(body) == BODY_KEYS
+        for key in ("id", "project", "iteration"):
+            uuid.UUID(body[key])
+        assert body["created"].endswith("Z") and CREATED_RE.match(body["created"][:-1]), body["created"]
+        for prediction in body["predictions"]:
+            assert set(prediction) == PREDICTION_KEYS | {"tagType"}, prediction
+            assert prediction["tagType"] == "Regular"
+            assert str(uuid.UUID(prediction["tagId"])) == prediction["tagId"]
+        probabilities = [p["probability"] for p in body["predictions"]]
+        assert probabilities == sorted(probabilities, reverse=True)
+        return body
+
+    @staticmethod
+    def check_answer(
+        path: str, status: int, content_type: str, text: str, labels: list[str] = DEMO_LABELS
+    ) -> dict[str, Any]:
+        """The container's format on its routes, the cloud's on /customvision/...; returned in the
+        container's shape (`labels` order for classification, int tagIds) for the other checks."""
+        if not path.startswith("/customvision/"):
+            return Http.check_body(status, content_type, text)
+        body = Http.check_cloud_body(status, content_type, text)
+        predictions = body["predictions"]
+        if all(p["boundingBox"] is None for p in predictions):  # classification: every label
+            by_name = {p["tagName"]: p for p in predictions}
+            predictions = [{**by_name[name], "tagId": ""} for name in labels]
+        else:
+            predictions = [{**p, "tagId": labels.index(p["tagName"])} for p in predictions]
+        return {**body, "predictions": [{k: v for k, v in p.items() if k != "tagType"} for p in predictions]}
 
     @staticmethod
     async def body_of(response: aiohttp.ClientResponse) -> dict[str, Any]:

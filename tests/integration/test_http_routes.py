@@ -66,7 +66,7 @@ async def test_image_route_answers_like_the_container(
     client, http, meter_server, meter_jpeg, meter_labels, meter_jpeg_expected, path, form
 ):
     status, content_type, text = await post_image(client, http, meter_server.url, path, meter_jpeg, form)
-    body = http.check_body(status, content_type, text)
+    body = http.check_answer(path, status, content_type, text, meter_labels)
     http.check_classification(body, meter_labels, meter_jpeg_expected)
 
 
@@ -123,7 +123,7 @@ async def test_raw_socket_answer_is_byte_compatible(http, meter_server, meter_jp
 @pytest.mark.parametrize("path", CONTAINER_IMAGE_ROUTES + CLOUD_IMAGE_ROUTES)
 async def test_detection_routes_on_the_demo_detector(client, http, demo_server, path, form):
     status, content_type, text = await post_image(client, http, demo_server.url, path, http.belt(), form)
-    body = http.check_body(status, content_type, text)
+    body = http.check_answer(path, status, content_type, text)
     http.check_detection(body)
 
 
