@@ -35,3 +35,9 @@ def test_a_duplicate_key_is_refused_with_both_lines(tmp_path: Path) -> None:
     config.write_text("cameras:\n  - id: a\n    url: x.mp4\n    fps: 1\n    fps: 2\n")
     with pytest.raises(ConfigError, match="duplicate key 'fps' on line 5"):
         load_settings(config, env={})
+
+
+def test_the_example_config_loads() -> None:
+    example = README.parent / "examples" / "config.yaml"
+    settings = load_settings(example, env=MODULE_ENV)
+    assert [camera.id for camera in settings.cameras] == ["bench", "line3-top"]
