@@ -9,6 +9,14 @@ invalid one is rejected with the running configuration untouched and the error k
 Changes are applied per part: log level; cameras added, removed, restarted (stream fields) or
 reconfigured in place (fps, ROIs, rules); the dispatcher swapped when sinks or event settings change;
 the model reloaded or downloaded in the background and swapped atomically once warmed up.
+
+The configured model (the desired document's model section, what a reload loads, what the status
+shows as `configured`) is the one serving: a model update that fails is reported (the status shows
+the attempt, its id and its error) and the configured model goes back to the one still serving,
+unless a newer update is already on its way. Before any model has served, a failed one stays
+configured, so a reload tries it again.
+
+Every error, status and log line passes through edge_runtime/redact.py: URLs show no credentials.
 """
 
 from __future__ import annotations
@@ -19,15 +27,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from edge_runtime import __version__
 from edge_runtime.engine import Predictor
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.model_slot import ModelSlot
 from edge_runtime.model_updates import Loader, ModelState, ModelUpdater, OptionsFor, in_daemon_thread
 from edge_runtime.pipeline import Pipeline
-from edge_runtime.settings import Settings, build_settings, merge_tree
+from edge_runtime.redact import scrub, scrub_tree
+from edge_runtime.settings import ModelSettings, Settings, build_settings, merge_tree
 from edge_runtime.sinks.build import build_sinks
 
 if TYPE_CHECKING:
@@ -47,6 +56,7 @@ class ApplyResult:
     version: int | None
     changes: tuple[str, ...] = ()
     error: str | None = None
+    model_update: int | None = None  # the model update this started (wait_for_model(model_update))
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -54,6 +64,7 @@ class ApplyResult:
             "version": self.version,
             "changes": list(self.changes),
             "error": self.error,
+            "model_update": self.model_update,
         }
 
 
@@ -87,7 +98,14 @@ class Controller:
         self.config = ConfigState()
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[], None]] = []
-        self._models = ModelUpdater(model, options_for, loader, default_model_path, self._changed)
+        self._models = ModelUpdater(
+            model, options_for, loader, default_model_path, self._changed, self._settle_model
+        )
+        # What each model update loads: its model settings and the desired model section (None: the
+        # base's), kept for the updates still pending and the one serving (to go back to).
+        self._model_configs: dict[int, tuple[ModelSettings, Any]] = {}
+        self._configured_update = 0  # the update that loads (or loaded) the configured model
+        self._started_update: int | None = None  # set by _apply for its ApplyResult
 
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -112,11 +130,12 @@ class Controller:
         version = version if isinstance(version, int) else None
         # The document is the twin's state even when rejected: the next patch builds on it.
         self.desired = dict(desired)
+        self._started_update = None
         try:
             new = self._validate(desired)
             changes = await self._apply(new)
         except Exception as exc:  # whatever the reason, the running configuration stays
-            error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            error = scrub(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}")
             self.config = ConfigState(version, "rejected", error)
             log.error("desired configuration (version %s) rejected: %s", version, error)
             self._changed()
@@ -125,7 +144,7 @@ class Controller:
         self.config = ConfigState(version, "applied", None, list(changes))
         log.info("desired configuration (version %s) applied: %s", version, ", ".join(changes) or "no change")
         self._changed()
-        return ApplyResult(True, version, tuple(changes))
+        return ApplyResult(True, version, tuple(changes), model_update=self._started_update)
 
     def _validate(self, desired: Mapping[str, Any]) -> Settings:
         sections = {k: v for k, v in desired.items() if not k.startswith("$")}
@@ -153,8 +172,8 @@ class Controller:
             logging.getLogger().setLevel(new.log_level.upper())
             changes.append(f"log_level={new.log_level}")
         changes += await self._apply_cameras(new)
-        if new.model != old.model:
-            self.start_model_load(new)
+        if new.model != old.model:  # the last step: nothing after it can reject the document
+            self._started_update = self._start_model(new)
             changes.append("model")
         return changes
 
@@ -168,7 +187,7 @@ class Controller:
         try:
             self._pipeline.dispatcher = await self._start_dispatcher(new, self._pipeline)
         except Exception as exc:
-            log.error("new sinks failed to start (%s); restoring the previous ones", exc)
+            log.error("new sinks failed to start (%s); restoring the previous ones", scrub(str(exc)))
             try:
                 self._pipeline.dispatcher = await self._start_dispatcher(old, self._pipeline)
             except Exception:
@@ -196,33 +215,88 @@ class Controller:
     # ---- the model (edge_runtime/model_updates.py) ----
     @property
     def model_state(self) -> ModelState:
+        """The latest model load to begin (loading, ready or failed)."""
         return self._models.state
 
-    def start_model_load(self, settings: Settings | None = None) -> asyncio.Task[ModelState]:
-        """Load (download if model.url) and swap in the background; the old model serves meanwhile."""
-        return self._models.start(settings or self.settings)
+    @property
+    def configured_update(self) -> int:
+        """The model update that loads (or loaded) the configured model."""
+        return self._configured_update
 
-    async def wait_for_model(self) -> ModelState:
-        """Wait for the latest model load requested, if any; returns the resulting state."""
-        return await self._models.wait()
+    def start_model_load(self, settings: Settings | None = None) -> int:
+        """Load (download if model.url) and swap in the background; the old model serves meanwhile.
 
-    async def reload_model(self) -> None:
+        Returns the update's id for wait_for_model. Without `settings`, the configured model."""
+        return self._start_model(settings or self.settings)
+
+    def _start_model(self, settings: Settings) -> int:
+        update = self._models.start(settings)
+        self._model_configs[update] = (settings.model, self.desired.get("model"))
+        self._configured_update = update
+        return update
+
+    async def wait_for_model(self, update: int | None = None) -> ModelState:
+        """The outcome of model update `update` (default: the latest requested) once settled."""
+        return await self._models.wait(update)
+
+    async def reload_model(self) -> ModelState:
         """Load the configured model again and wait; raises EdgeRuntimeError if it fails."""
-        await self._models.reload(self.settings)
+        async with self._lock:  # the configured model cannot change under the start
+            update = self._start_model(self.settings)
+        state = await self._models.wait(update)
+        if state.status != "ready":
+            raise EdgeRuntimeError(state.error or f"model update {update} did not finish")
+        return state
+
+    async def _settle_model(self, update: int, state: ModelState) -> None:
+        """After each load: keep the configured model the one serving when the latest update failed."""
+        async with self._lock:  # patches read and replace the desired document under it too
+            serving = self._models.serving
+            if update == serving:  # older updates can no longer be gone back to
+                self._model_configs = {u: c for u, c in self._model_configs.items() if u >= update}
+            elif update not in (self._models.latest, serving):
+                self._model_configs.pop(update, None)
+            if state.status != "failed" or update != self._models.latest or serving is None:
+                return  # succeeded, superseded, or nothing serves to go back to (a reload retries it)
+            config = self._model_configs.get(serving)
+            self._model_configs.pop(update, None)
+            if config is None:  # cannot happen: the serving update's entry is always kept
+                return
+            model, section = config
+            self._configured_update = serving
+            if self.settings.model == model and self.desired.get("model") == section:
+                return
+            self.settings = self.settings.model_copy(update={"model": model})
+            desired = {k: v for k, v in self.desired.items() if k != "model"}
+            self.desired = desired if section is None else desired | {"model": section}
+            log.warning(
+                "model update %d failed: the configured model is again %s (update %d), which serves",
+                update,
+                self._models.source(self.settings),
+                serving,
+            )
+        self._changed()
+
+    def model_status(self, state: ModelState | None = None) -> dict[str, Any]:
+        """`state` (default: the latest load) with the configured model and the one serving."""
+        state = state or self._models.state
+        model: dict[str, Any] = {
+            "status": state.status,
+            "source": state.source,
+            "error": state.error,
+            "update": state.update,
+            "configured": self._models.source(self.settings),
+        }
+        predictor = self._model.predictor
+        if predictor is not None:
+            model |= {"id": predictor.spec.model_id, "sha1": predictor.spec.sha1, "device": predictor.device}
+        return cast(dict[str, Any], scrub_tree(model))
 
     # ---- status (getStatus, reported properties, admin API) ----
     def status(self) -> dict[str, Any]:
-        predictor = self._model.predictor
-        model: dict[str, Any] = {
-            "status": self.model_state.status,
-            "source": self.model_state.source,
-            "error": self.model_state.error,
-        }
-        if predictor is not None:
-            model |= {"id": predictor.spec.model_id, "sha1": predictor.spec.sha1, "device": predictor.device}
-        return {
+        status = {
             "version": __version__,
-            "model": model,
+            "model": self.model_status(),
             "cameras": {
                 cid: {"state": s["state"], "last_error": s["last_error"]}
                 for cid, s in self._pipeline.camera_statuses().items()
@@ -235,6 +309,8 @@ class Controller:
                 "changes": self.config.changes,
             },
         }
+        # The one place every status passes (getStatus, reported properties, admin): no credentials.
+        return cast(dict[str, Any], scrub_tree(status))
 
     async def close(self) -> None:
         await self._models.close()

@@ -1,8 +1,11 @@
 """Model updates without a restart: resolve (download if model.url), load, warm up, swap atomically.
 
-Loads run one after another in a daemon thread (never on an inference worker, never holding up the
-exit); the last one requested wins. A failure leaves the previous predictor serving and is reported
-through `state`. Requests in flight keep the predictor they took, so a swap never cuts one short.
+Every update gets an id (1, 2, ...) and its own outcome: `wait(update)` answers for that update, not
+for whichever came last. Loads run one after another in a daemon thread (never on an inference
+worker, never holding up the exit), in the order requested, so the last one requested ends up
+serving if it succeeds. A failure leaves the previous predictor serving; the owner's `settle` hook
+hears every outcome (the controller uses it to keep the configured model the one serving). Requests
+in flight keep the predictor they took, so a swap never cuts one short.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +24,7 @@ from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.model.download import DownloadRequest, download_model
 from edge_runtime.model.loader import LoadOptions
 from edge_runtime.model_slot import ModelSlot
-from edge_runtime.redact import redact_url
+from edge_runtime.redact import redact_url, scrub
 from edge_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,16 +32,36 @@ T = TypeVar("T")
 
 OptionsFor = Callable[[Settings], PredictorOptions]
 Loader = Callable[[Path, PredictorOptions], Predictor]
+Settle = Callable[[int, "ModelState"], Awaitable[None]]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class ModelState:
     status: str = "loading"  # loading | ready | failed
     source: str = ""  # path or redacted URL
-    error: str | None = None
+    error: str | None = None  # scrubbed of credentials
+    update: int = 0  # the model update this is about (0: none yet)
+
+
+def model_source(settings: Settings, default_model_path: Path | None = None) -> str:
+    """What a status shows for the model `settings` name: the path, or the URL redacted."""
+    m = settings.model
+    if m.url is not None:
+        return redact_url(m.url.get_secret_value())
+    path = m.path or default_model_path
+    return "" if path is None else str(path)
+
+
+def describe_failure(exc: BaseException, settings: Settings) -> str:
+    """An error message safe to log and report: library messages may quote the URL."""
+    text = str(exc) if isinstance(exc, EdgeRuntimeError) else f"{type(exc).__name__}: {exc}"
+    url = settings.model.url
+    return scrub(text, url.get_secret_value()) if url is not None else scrub(text)
 
 
 class ModelUpdater:
+    KEEP = 32  # outcomes kept for wait(update) (the latest and the serving one are always kept)
+
     def __init__(
         self,
         slot: ModelSlot,
@@ -46,60 +69,84 @@ class ModelUpdater:
         loader: Loader,
         default_model_path: Path | None,
         on_change: Callable[[], None],
+        settle: Settle | None = None,
     ) -> None:
         self._slot = slot
         self._options_for = options_for
         self._loader = loader
         self._default_model_path = default_model_path
         self._changed = on_change
-        self.state = ModelState()
+        self._settle = settle
+        self.state = ModelState()  # the latest load to begin (the status shows it)
+        self.serving: int | None = None  # the update whose predictor serves
+        self.latest = 0  # the latest update requested
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[ModelState] | None = None
-        self._tasks: set[asyncio.Task[ModelState]] = set()
+        self._updates: dict[int, asyncio.Task[ModelState]] = {}
 
-    def start(self, settings: Settings) -> asyncio.Task[ModelState]:
-        """Load (download if model.url) and swap in the background; the old model serves meanwhile."""
-        # Loads run one after another (never cancelled halfway): the last one requested wins.
-        self._task = asyncio.create_task(self._load_and_swap(settings), name="model-load")
-        self._tasks.add(self._task)
-        self._task.add_done_callback(self._tasks.discard)
-        return self._task
+    def source(self, settings: Settings) -> str:
+        return model_source(settings, self._default_model_path)
 
-    async def wait(self) -> ModelState:
-        """Wait for the model load in progress, if any; returns the resulting state."""
-        if self._task is not None:
-            await asyncio.gather(asyncio.shield(self._task), return_exceptions=True)
-        return self.state
+    def start(self, settings: Settings) -> int:
+        """Queue a load (download if model.url) and swap; returns the update's id for wait()."""
+        self.latest += 1
+        update = self.latest
+        self._updates[update] = asyncio.create_task(
+            self._run(update, settings), name=f"model-update-{update}"
+        )
+        self._forget_old()
+        return update
 
-    async def reload(self, settings: Settings) -> None:
-        """Load `settings`' model again and wait; raises EdgeRuntimeError if it fails."""
-        state = await asyncio.shield(self.start(settings))  # this load's own outcome
-        if state.status == "failed":
-            raise EdgeRuntimeError(state.error or "model load failed")
+    def _forget_old(self) -> None:
+        for update in sorted(self._updates)[: -self.KEEP]:
+            if update not in (self.latest, self.serving) and self._updates[update].done():
+                del self._updates[update]
 
-    async def _load_and_swap(self, settings: Settings) -> ModelState:
+    async def wait(self, update: int | None = None) -> ModelState:
+        """The outcome of `update` (default: the latest requested) once it has settled.
+
+        With no update requested yet, the current state."""
+        wanted = self.latest if update is None else update
+        task = self._updates.get(wanted)
+        if task is None:
+            if wanted in (0, self.state.update):
+                return self.state
+            raise KeyError(f"model update {wanted} is unknown or forgotten")
+        await asyncio.gather(asyncio.shield(task), return_exceptions=True)
+        if task.cancelled() or task.exception() is not None:
+            return self.state  # closed meanwhile
+        return task.result()
+
+    async def _run(self, update: int, settings: Settings) -> ModelState:
+        # Loads run one after another (never cancelled halfway), in the order requested.
         async with self._lock:
-            return await self._load_and_swap_now(settings)
+            state = await self._load_and_swap(update, settings)
+        if self._settle is not None:
+            try:
+                await self._settle(update, state)
+            except Exception:  # the outcome stands whatever the hook did
+                log.exception("model update %d: settling failed", update)
+        return state
 
-    async def _load_and_swap_now(self, settings: Settings) -> ModelState:
-        m = settings.model
-        self.state = ModelState("loading", redact_url(m.url.get_secret_value()) if m.url else str(m.path))
+    async def _load_and_swap(self, update: int, settings: Settings) -> ModelState:
+        source = self.source(settings)
+        self.state = ModelState("loading", source, None, update)
         self._changed()
         try:
             path, options = await self._resolve(settings)
-            self.state.source = self.state.source if m.url else str(path)
             # A thread of its own: loading must not take an inference worker away from requests,
             # and a daemon one: a long compile must not hold up the process exit after SIGTERM.
             predictor = await in_daemon_thread(self._loader, path, options)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure: the old model keeps serving, the error is reported
-            error = str(exc) if isinstance(exc, EdgeRuntimeError) else f"{type(exc).__name__}: {exc}"
-            self.state = ModelState("failed", self.state.source, error)
+            error = describe_failure(exc, settings)
+            self.state = ModelState("failed", source, error, update)
             if self._slot.predictor is None:
                 self._slot.error = error
             log.error(
-                "model load failed (%s); %s",
+                "model update %d (%s) failed (%s); %s",
+                update,
+                source,
                 error,
                 "still serving the previous model" if self._slot.predictor else "no model",
             )
@@ -107,9 +154,11 @@ class ModelUpdater:
             return self.state
         # Requests in flight hold the old predictor; it is freed when the last of them finishes.
         self._slot.set(predictor)
-        self.state = ModelState("ready", self.state.source)
+        self.serving = update
+        self.state = ModelState("ready", source, None, update)
         log.info(
-            "model swapped: %s (%s) on %s",
+            "model update %d: swapped in %s (%s) on %s",
+            update,
             predictor.spec.model_id,
             predictor.spec.sha1[:12],
             predictor.device,
@@ -142,7 +191,7 @@ class ModelUpdater:
         return local, options
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
+        tasks = [task for task in self._updates.values() if not task.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -9,13 +9,20 @@ from typing import Any
 
 
 def admin_call(
-    base_url: str, key: str, method: str, path: str, body: Any = None, timeout: float = 120
+    base_url: str,
+    key: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    timeout: float = 120,
+    raw: bytes | None = None,
 ) -> tuple[int, Any]:
-    """(status, decoded JSON) for any answer, errors included."""
+    """(status, decoded JSON) for any answer, errors included; `raw` sends bytes as they are."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         base_url + path,
         method=method,
-        data=None if body is None else json.dumps(body).encode(),
+        data=data,
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     try:

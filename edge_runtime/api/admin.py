@@ -7,8 +7,12 @@ Enabled only when server.admin_key is set; every call needs `Authorization: Bear
     PATCH /admin/desired        a desired-properties patch (twin semantics); 200 applied | 400 rejected
     PUT  /admin/model           {"url": "https://...", "sha256": "..."} or {"path": "/models/x.zip"}:
                                 download/load/warm up, then swap; 200 once serving | 422 with the error
-                                (the previous model keeps serving)
+                                (the previous model keeps serving and stays the configured one);
+                                each request answers with its own update's outcome ("update": id)
     POST /admin/model/reload    load the configured model again; 200 | 500 with the error
+
+Bodies are JSON objects; anything else (not UTF-8, not JSON, nested deeper than MAX_DEPTH, a number
+past Python's digit limit) is a 400 {"code": "BadRequest", "message": ...}, never a 500.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from aiohttp import web
 
 from edge_runtime.api.errors import ApiError
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.redact import scrub
 from edge_runtime.state import CONTROLLER, SETTINGS
+
+MAX_DEPTH = 32  # a desired document is about 6 levels deep; deeper ones would strain recursion later
 
 
 def register_admin_routes(app: web.Application) -> None:
@@ -47,13 +54,32 @@ def _authorise(request: web.Request) -> None:
 
 
 async def _object_body(request: web.Request, what: str) -> dict[str, Any]:
+    raw = await request.read()
     try:
-        body = await request.json()
-    except ValueError as exc:
-        raise ApiError(400, "BadRequest", f"body is not JSON: {exc}") from exc
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and int("1" * 100_000) (digit limit).
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ApiError(400, "BadRequest", f"body is not a JSON document: {reason}") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "BadRequest", f"body must be a JSON object: {what}")
+    if _depth_exceeds(body, MAX_DEPTH):
+        raise ApiError(400, "BadRequest", f"body is nested more than {MAX_DEPTH} levels deep")
     return body
+
+
+def _depth_exceeds(tree: object, limit: int) -> bool:
+    """Whether `tree` nests objects/arrays deeper than `limit` (iterative: no recursion to exhaust)."""
+    stack: list[tuple[object, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -90,8 +116,10 @@ async def admin_put_model(request: web.Request) -> web.Response:
     result = await controller.patch({"model": model})
     if not result.applied:
         return _json(result.to_dict(), status=400)
-    state = await controller.wait_for_model()
-    status = controller.status()["model"]
+    # This request's own update; the same model as configured: the update that loads (loaded) it.
+    update = result.model_update if result.model_update is not None else controller.configured_update
+    state = await controller.wait_for_model(update)
+    status = controller.model_status(state)
     return _json({"model": status}, status=200 if state.status == "ready" else 422)
 
 
@@ -101,7 +129,7 @@ async def admin_reload_model(request: web.Request) -> web.Response:
     try:
         await controller.reload_model()
     except EdgeRuntimeError as exc:
-        return _json({"error": str(exc), "model": controller.status()["model"]}, status=500)
+        return _json({"error": scrub(str(exc)), "model": controller.status()["model"]}, status=500)
     return _json({"model": controller.status()["model"]})
 
 

@@ -1,7 +1,8 @@
 """Direct methods: small, documented, answering JSON with an HTTP-like status.
 
 getStatus                     -> 200 {version, model, cameras, sinks, config}
-reloadModel                   -> 200 {model} | 500 {error}       (loads the configured model again)
+reloadModel                   -> 200 {model} | 500 {error, model} (loads the configured model again:
+                                 after a failed model update, the one still serving)
 captureSnapshot {"camera": id} -> 200 {id, path, captured_at} | 404 unknown camera | 409 no frame
 """
 
@@ -16,6 +17,7 @@ from edge_runtime.control import Controller
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.pipeline import Pipeline
+from edge_runtime.redact import scrub
 
 MethodResult = tuple[int, dict[str, Any]]
 
@@ -43,7 +45,7 @@ class Methods:
         try:
             await self._controller.reload_model()
         except EdgeRuntimeError as exc:
-            return 500, {"error": str(exc)}
+            return 500, {"error": scrub(str(exc)), "model": self._controller.status()["model"]}
         return 200, {"model": self._controller.status()["model"]}
 
     async def capture_snapshot(self, payload: Any) -> MethodResult:

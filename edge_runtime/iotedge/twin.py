@@ -2,7 +2,11 @@
 
 On (re)connection the whole twin is read and its desired properties applied; later patches are
 applied in order (patches not newer than the applied $version are skipped). Reported properties
-(version, model, camera states, sinks, last configuration result) are patched when they change.
+(version, model, camera states, sinks, last configuration result) are patched when they change;
+they come from Controller.status(), already scrubbed of credentials. A desired model that fails to
+load is reported (model.status "failed", model.error, model.update) while model.configured names the
+model still serving: the controller's desired document goes back to it, so a later patch or reload
+builds on the serving model, and only a newer desired document (a new $version) tries the model again.
 Everything runs on the event loop: the SDK's handler threads only enqueue.
 """
 
@@ -16,6 +20,7 @@ from typing import Any
 from edge_runtime.control import Controller
 from edge_runtime.iotedge.hub import HubClient
 from edge_runtime.iotedge.methods import Methods
+from edge_runtime.redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ class TwinAgent:
                 twin = await self._hub.get_twin()
                 break
             except Exception as exc:  # the hub can drop right after connecting: try again
-                log.warning("twin: cannot read the twin (%s); retrying", exc)
+                log.warning("twin: cannot read the twin (%s); retrying", scrub(str(exc)))
                 await asyncio.sleep(self.POLL_S)
         desired = twin.get("desired") or {}
         if _newer(desired.get("$version"), self._controller.config.desired_version):
@@ -86,7 +91,7 @@ class TwinAgent:
                 status, payload = await self._methods.call(request.name, request.payload)
             except Exception as exc:  # a method must always be answered
                 log.exception("direct method %s failed", request.name)
-                status, payload = 500, {"error": f"{type(exc).__name__}: {exc}"}
+                status, payload = 500, {"error": scrub(f"{type(exc).__name__}: {exc}")}
             try:
                 await self._hub.respond(request, status, payload)
             except Exception as exc:
@@ -110,7 +115,7 @@ class TwinAgent:
             try:
                 await self._hub.patch_reported(patch)
             except Exception as exc:
-                log.warning("twin: reporting failed (%s); will retry", exc)
+                log.warning("twin: reporting failed (%s); will retry", scrub(str(exc)))
                 await asyncio.sleep(self.POLL_S)
                 self._dirty.set()
                 continue

@@ -2,7 +2,8 @@
 
 The verified file is kept as `<download_dir>/<sha256>.zip` (extracted beside it), so asking for the
 same model again costs nothing and a restart finds it without the network. Nothing half-downloaded
-or unverified is ever renamed into place.
+or unverified is ever renamed into place. The URL (a SAS token, a password) appears only redacted:
+in errors, in logs, and in the messages of aiohttp/yarl that are passed on (edge_runtime/redact.py).
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from edge_runtime.errors import ModelLoadError
-from edge_runtime.redact import redact_url
+from edge_runtime.redact import redact_url, scrub
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 16
-QUERY = re.compile(r"\?[^\s'\")]*")  # a SAS token lives in the query string
+QUERY = re.compile(r"\?[^\s'\")]*")  # a query string; superseded by redact.scrub (kept for old callers)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,8 @@ async def download_model(request: DownloadRequest) -> Path:
     if target.is_file():
         log.info("model %s already downloaded as %s", shown, target.name)
         return target
-    if urlsplit(request.url).scheme != "https":
+    scheme = _SCHEME.match(request.url)
+    if scheme is None or scheme.group(1).lower() != "https":  # no urlsplit: it raises on odd URLs
         raise ModelLoadError(shown, "model.url must be https")
     request.directory.mkdir(parents=True, exist_ok=True)
     staging = request.directory / f".{request.sha256.lower()}.part"
@@ -79,9 +81,9 @@ async def download_model(request: DownloadRequest) -> Path:
                 shown, f"sha256 mismatch: expected {request.sha256.lower()}, got {digest.hexdigest()}"
             )
         staging.replace(target)
-    except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
-        # aiohttp's messages quote the full URL (with its SAS token): never pass them on.
-        detail = QUERY.sub("?***", str(exc))
+    except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError, ValueError) as exc:
+        # aiohttp's and yarl's messages quote the full URL (password, SAS token): scrubbed.
+        detail = scrub(str(exc), request.url)
         raise ModelLoadError(shown, f"download failed: {type(exc).__name__} {detail}".rstrip()) from exc
     finally:
         staging.unlink(missing_ok=True)

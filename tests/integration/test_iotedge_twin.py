@@ -158,3 +158,26 @@ def test_direct_methods(module: dict[str, Any]) -> None:
     status, body = hub.call_method("selfDestruct", {})
     assert status == 404 and "getStatus" in body["methods"]
     assert json.dumps(body)  # JSON all the way
+
+
+def test_desired_model_that_fails_is_reported_while_the_old_one_serves(
+    module: dict[str, Any], tmp_path: Path
+) -> None:
+    hub: FakeHub = module["hub"]
+    missing = str(tmp_path / "missing-model")
+    hub.patch_desired({"model": {"path": missing}})
+    reported = hub.wait_for_reported(
+        lambda r: (
+            r.get("config", {}).get("desired_version") == 2
+            and r.get("model", {}).get("status") == "failed"
+            and r["model"].get("configured") == str(tmp_path / "model")
+        ),
+        timeout=20,
+    )
+    assert reported["config"]["status"] == "applied"  # the document was fine; the model did not load
+    assert reported["model"]["source"] == missing and missing in reported["model"]["error"]
+    assert reported["model"]["id"] == "edge-runtime-demo"  # the old model serves
+    # reloadModel reloads the serving model, not the failed one
+    status, body = hub.call_method("reloadModel", {})
+    assert status == 200, body
+    assert body["model"]["status"] == "ready" and body["model"]["source"] == str(tmp_path / "model")

@@ -3,7 +3,7 @@
 While a client keeps POSTing /image, PUT /admin/model downloads a new export over https, verifies its
 sha256, loads and warms it up and swaps it in: no request fails, every answer comes whole from one
 model. A wrong sha256, a corrupt export, an oversize download and a plain-http URL are refused with
-the old model still answering.
+the old model still answering. Two PUTs close together each get their own answer.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import io
 import json
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -42,14 +43,16 @@ def zip_folder(folder: Path) -> bytes:
 
 
 class ModelHost:
-    """An https server (test CA) that serves byte blobs at /<name>.zip."""
+    """An https server (test CA) that serves byte blobs at /<name>.zip (after delays[name] seconds)."""
 
     def __init__(self, tls: TlsFiles) -> None:
         self.blobs: dict[str, bytes] = {}
+        self.delays: dict[str, float] = {}
         self.tls = tls
 
     def app(self) -> web.Application:
         async def serve(request: web.Request) -> web.Response:
+            await asyncio.sleep(self.delays.get(request.match_info["name"], 0.0))
             blob = self.blobs.get(request.match_info["name"])
             if blob is None:
                 raise web.HTTPNotFound()
@@ -113,8 +116,6 @@ class BusyClient:
 
 
 def wait_for_requests(client: BusyClient, more: int) -> None:
-    import time
-
     target = client.count() + more
     deadline = time.monotonic() + 60
     while client.count() < target:
@@ -265,3 +266,37 @@ def test_admin_api_needs_the_key(swap_setup: dict[str, Any]) -> None:
         caught.value.close()
     status, body = admin(server.url, "GET", "/admin/status")
     assert status == 200 and body["model"]["status"] == "ready"
+
+
+def test_concurrent_puts_each_get_their_own_answer(swap_setup: dict[str, Any]) -> None:
+    """A good swap, then 30 ms later a PUT of a missing path: the good one answers 200, the bad 422."""
+    server, base, host = swap_setup["server"], swap_setup["base"], swap_setup["host"]
+    host.delays["meter"] = 0.5  # the first update is still downloading when the second arrives
+    answers: dict[str, tuple[int, Any]] = {}
+    missing = str(swap_setup["tmp"] / "missing")
+
+    def put(name: str, body: dict[str, Any]) -> None:
+        answers[name] = admin(server.url, "PUT", "/admin/model", body)
+
+    good_url = f"{base}/meter.zip"
+    first = threading.Thread(target=put, args=("good", {"url": good_url, "sha256": swap_setup["meter_sha"]}))
+    second = threading.Thread(target=put, args=("missing", {"path": missing}))
+    first.start()
+    time.sleep(0.03)
+    second.start()
+    first.join(60)
+    second.join(60)
+
+    status, good = answers["good"]
+    assert status == 200, good
+    assert good["model"]["status"] == "ready" and good["model"]["source"] == good_url
+    assert good["model"]["error"] is None
+    status, bad = answers["missing"]
+    assert status == 422, bad
+    assert bad["model"]["status"] == "failed" and missing in bad["model"]["error"]
+    assert bad["model"]["update"] > good["model"]["update"]
+    # the good model serves and stays configured; a reload reloads it
+    status, body = admin(server.url, "GET", "/admin/status")
+    assert body["model"]["configured"] == good_url and body["model"]["id"] != "edge-runtime-demo", body
+    status, body = admin(server.url, "POST", "/admin/model/reload")
+    assert status == 200 and body["model"]["source"] == good_url, body

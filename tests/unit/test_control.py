@@ -363,7 +363,13 @@ async def test_apply_desired_applies_log_level_and_reports_version(make: Any) ->
     h.controller.on_change(lambda: notified.append(h.controller.config.status))
     result = await h.controller.apply_desired({"$version": 4, "log_level": "DEBUG"})
     assert result.applied and result.version == 4 and result.changes == ("log_level=DEBUG",)
-    assert result.to_dict() == {"applied": True, "version": 4, "changes": ["log_level=DEBUG"], "error": None}
+    assert result.to_dict() == {
+        "applied": True,
+        "version": 4,
+        "changes": ["log_level=DEBUG"],
+        "error": None,
+        "model_update": None,
+    }
     assert h.controller.settings.log_level == "DEBUG"
     assert logging.getLogger().level == logging.DEBUG
     c = h.controller.config
@@ -774,13 +780,137 @@ async def test_reload_model_raises_even_when_another_load_is_queued(
 async def test_close_cancels_a_load_in_progress_without_swapping(make: Any, loader: FakeLoader) -> None:
     h = await make()
     gate = loader.gate("slow")
-    task = h.controller.start_model_load(build_settings({"model": {"path": "/m/slow"}}))
+    update = h.controller.start_model_load(build_settings({"model": {"path": "/m/slow"}}))
     await wait_thread_event(loader.entered["slow"])
     await asyncio.wait_for(h.controller.close(), 2)
-    assert task.cancelled()
+    state = await asyncio.wait_for(h.controller.wait_for_model(update), 1)  # cancelled: no outcome
+    assert state.status == "loading"
     gate.set()
     await asyncio.sleep(0.05)
     assert h.slot.predictor is None and h.controller.model_state.status == "loading"
+
+
+async def test_each_model_update_gets_its_own_outcome(make: Any, loader: FakeLoader) -> None:
+    """Item 13: a good update followed at once by a bad one: each waiter hears its own outcome."""
+    h = await make()
+    gate = loader.gate("good")
+    loader.results["missing"] = ModelLoadError("/models/missing", "no such export")
+    first = await h.controller.patch({"model": {"path": "/models/good"}})
+    await wait_thread_event(loader.entered["good"])
+    second = await h.controller.patch({"model": {"path": "/models/missing"}})
+    assert first.model_update is not None and second.model_update is not None
+    assert second.model_update > first.model_update
+    waiting_first = asyncio.create_task(h.controller.wait_for_model(first.model_update))
+    waiting_second = asyncio.create_task(h.controller.wait_for_model(second.model_update))
+    gate.set()
+    good, bad = await asyncio.wait_for(asyncio.gather(waiting_first, waiting_second), 5)
+    assert (good.status, good.source, good.error, good.update) == (
+        "ready",
+        "/models/good",
+        None,
+        first.model_update,
+    )
+    assert bad.status == "failed" and "no such export" in (bad.error or "")
+    assert bad.update == second.model_update and bad.source == "/models/missing"
+    assert h.slot.predictor.name == "good"
+    # An outcome stays answerable after the fact, and a patch without a model change starts none.
+    assert (await h.controller.wait_for_model(first.model_update)).status == "ready"
+    assert (await h.controller.patch({"log_level": "INFO"})).model_update is None
+
+
+async def test_failed_model_update_leaves_the_serving_model_configured(
+    make: Any, loader: FakeLoader, tmp_path: Path
+) -> None:
+    """Item 18: the failed model is reported, but the configured model stays the one serving."""
+    h = await make(base_data(tmp_path, model={"path": "/models/base"}))
+    h.controller.start_model_load()
+    assert (await h.controller.wait_for_model()).status == "ready"
+    await h.controller.patch({"model": {"path": "/models/good", "device": "cpu"}})
+    assert (await h.controller.wait_for_model()).status == "ready"
+    serving_desired = dict(h.controller.desired)
+    serving_model = h.controller.settings.model
+    changes: list[str] = []
+    h.controller.on_change(lambda: changes.append(h.controller.model_state.status))
+
+    loader.results["missing"] = ModelLoadError("/models/missing", "no such export")
+    result = await h.controller.patch({"model": {"path": "/models/missing"}})
+    state = await h.controller.wait_for_model(result.model_update)
+    assert state.status == "failed"
+    assert h.controller.settings.model == serving_model  # what a reload loads
+    assert h.controller.desired == serving_desired  # the next patch builds on the serving model
+    assert h.controller.configured_update < (result.model_update or 0)
+    model = h.controller.status()["model"]
+    assert model["status"] == "failed" and "no such export" in model["error"]
+    assert model["source"] == "/models/missing" and model["update"] == result.model_update
+    assert model["configured"] == "/models/good" and model["id"] == "good"
+    assert changes[-1] == "failed"  # listeners (the twin reporter) hear of the change back
+
+    # A reload reloads the serving model; the same model asked for again answers with its outcome.
+    assert (await h.controller.reload_model()).status == "ready"
+    assert loader.calls[-1] == "good" and h.controller.model_state.source == "/models/good"
+    again = await h.controller.patch({"model": {"path": "/models/good"}})
+    assert again.applied and again.model_update is None
+    assert (await h.controller.wait_for_model(h.controller.configured_update)).status == "ready"
+    # Other sections still patch normally on top of the serving model.
+    assert (await h.controller.patch({"log_level": "DEBUG"})).applied
+    assert h.controller.settings.model == serving_model
+
+
+async def test_a_failed_update_superseded_by_a_pending_one_changes_nothing(
+    make: Any, loader: FakeLoader
+) -> None:
+    h = await make()
+    await h.controller.patch({"model": {"path": "/models/first"}})
+    await h.controller.wait_for_model()
+    gate = loader.gate("bad")
+    loader.results["bad"] = ValueError("corrupt")
+    bad = await h.controller.patch({"model": {"path": "/models/bad"}})
+    await wait_thread_event(loader.entered["bad"])
+    newer = await h.controller.patch({"model": {"path": "/models/newer"}})
+    gate.set()
+    assert (await h.controller.wait_for_model(bad.model_update)).status == "failed"
+    assert h.controller.desired["model"] == {"path": "/models/newer"}  # not put back: newer is coming
+    assert (await h.controller.wait_for_model(newer.model_update)).status == "ready"
+    assert str(h.controller.settings.model.path) == "/models/newer" and h.slot.predictor.name == "newer"
+    # ...and when the newer one fails too, the configured model goes back to the one serving.
+    loader.results["newest"] = ValueError("corrupt")
+    last = await h.controller.patch({"model": {"path": "/models/newest"}})
+    assert (await h.controller.wait_for_model(last.model_update)).status == "failed"
+    assert h.controller.desired["model"] == {"path": "/models/newer"}
+
+
+async def test_a_failed_model_with_nothing_serving_stays_configured(make: Any, loader: FakeLoader) -> None:
+    h = await make()
+    loader.results["bad"] = ValueError("corrupt")
+    result = await h.controller.patch({"model": {"path": "/models/bad"}})
+    assert (await h.controller.wait_for_model(result.model_update)).status == "failed"
+    assert h.controller.desired["model"] == {"path": "/models/bad"}  # nothing to go back to
+    assert h.controller.status()["model"]["configured"] == "/models/bad"
+    del loader.results["bad"]  # the file was fixed: a reload now loads it
+    assert (await h.controller.reload_model()).status == "ready" and h.slot.predictor.name == "bad"
+
+
+async def test_model_errors_and_statuses_never_carry_credentials(
+    make: Any, loader: FakeLoader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "https://u:SECRET@127.0.0.1:99999/m.zip?sig=TOKEN"
+
+    async def failing_download(request: Any) -> Path:  # what aiohttp says: the URL itself
+        raise ModelLoadError("x", f"download failed: InvalidUrlClientError {request.url}")
+
+    monkeypatch.setattr("edge_runtime.model_updates.download_model", failing_download)
+    h = await make()
+    result = await h.controller.patch({"model": {"url": url, "sha256": "c" * 64}})
+    state = await h.controller.wait_for_model(result.model_update)
+    assert state.status == "failed"
+    assert state.source == "https://***@127.0.0.1:99999/m.zip?***"
+    text = repr(h.controller.status()) + repr(state)
+    assert "SECRET" not in text and "TOKEN" not in text and "u:" not in text
+    # a camera error that quotes its URL is scrubbed in the status too
+    h.pipeline.camera_statuses = lambda: {  # type: ignore[method-assign]
+        "c": {"state": "backoff", "last_error": "cannot open rtsp://admin:SECRET@cam/s?TOKEN"}
+    }
+    assert h.controller.status()["cameras"]["c"]["last_error"] == "cannot open rtsp://***@cam/s?***"
 
 
 async def test_real_predictor_load_on_the_demo_export(tmp_path: Path, starter: FakeStarter) -> None:
@@ -1106,6 +1236,34 @@ async def test_twin_agent_answers_every_direct_method(agents: Any) -> None:
     ]
 
 
+async def test_twin_desired_model_that_fails_is_reported_while_the_old_one_serves(
+    make: Any, agents: Any, loader: FakeLoader
+) -> None:
+    h = await make()
+    hub = FakeHub({"$version": 1, "model": {"path": "/models/good"}})
+    agent = agents(hub, h.controller, Methods(h.controller, h.pipeline))
+    await agent.start()
+    hub.connected_once.set()
+    await wait_until(lambda: hub.twin_reported().get("model", {}).get("status") == "ready")
+    loader.results["bad"] = ValueError("corrupt graph")
+    assert hub.on_patch is not None
+    hub.on_patch({"$version": 2, "model": {"path": "/models/bad"}})
+    await wait_until(lambda: hub.twin_reported().get("model", {}).get("status") == "failed")
+    await wait_until(lambda: hub.twin_reported()["model"].get("configured") == "/models/good")
+    reported = hub.twin_reported()
+    assert reported["model"]["error"] == "ValueError: corrupt graph"
+    assert reported["model"]["source"] == "/models/bad" and reported["model"]["id"] == "good"
+    assert reported["config"]["desired_version"] == 2 and reported["config"]["status"] == "applied"
+    # A later patch of another section builds on the serving model; the bad one is not retried.
+    hub.on_patch({"$version": 3, "log_level": "DEBUG"})
+    await wait_until(lambda: h.controller.config.desired_version == 3)
+    assert loader.calls == ["good", "bad"]
+    # reloadModel reloads the model that serves.
+    hub.on_method(SimpleNamespace(name="reloadModel", payload=None))
+    await wait_until(lambda: bool(hub.responses))
+    assert hub.responses[-1][:2] == ("reloadModel", 200) and loader.calls[-1] == "good"
+
+
 async def test_twin_agent_close_stops_its_tasks(agents: Any) -> None:
     controller = FakeController()
     hub = FakeHub()
@@ -1143,7 +1301,8 @@ async def test_methods_reload_model(make: Any, loader: FakeLoader, tmp_path: Pat
     assert status == 200 and payload["model"]["status"] == "ready" and payload["model"]["id"] == "m"
     loader.results["m"] = ValueError("bad file")
     status, payload = await methods.call("reloadModel", None)
-    assert (status, payload) == (500, {"error": "ValueError: bad file"})
+    assert status == 500 and payload["error"] == "ValueError: bad file"
+    assert payload["model"]["status"] == "failed" and payload["model"]["id"] == "m"
     assert h.slot.predictor.name == "m"
 
 
