@@ -36,7 +36,7 @@ from edge_runtime.model_slot import ModelSlot
 from edge_runtime.model_updates import Loader, ModelState, ModelUpdater, OptionsFor, in_daemon_thread
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redact import scrub, scrub_tree
-from edge_runtime.settings import ModelSettings, Settings, build_settings, merge_tree
+from edge_runtime.settings import Settings, build_settings, merge_tree
 from edge_runtime.sinks.build import build_sinks
 
 if TYPE_CHECKING:
@@ -101,9 +101,6 @@ class Controller:
         self._models = ModelUpdater(
             model, options_for, loader, default_model_path, self._changed, self._settle_model
         )
-        # What each model update loads: its model settings and the desired model section (None: the
-        # base's), kept for the updates still pending and the one serving (to go back to).
-        self._model_configs: dict[int, tuple[ModelSettings, Any]] = {}
         self._configured_update = 0  # the update that loads (or loaded) the configured model
         self._started_update: int | None = None  # set by _apply for its ApplyResult
 
@@ -230,8 +227,7 @@ class Controller:
         return self._start_model(settings or self.settings)
 
     def _start_model(self, settings: Settings) -> int:
-        update = self._models.start(settings)
-        self._model_configs[update] = (settings.model, self.desired.get("model"))
+        update = self._models.start(settings, self.desired.get("model"))
         self._configured_update = update
         return update
 
@@ -251,18 +247,10 @@ class Controller:
     async def _settle_model(self, update: int, state: ModelState) -> None:
         """After each load: keep the configured model the one serving when the latest update failed."""
         async with self._lock:  # patches read and replace the desired document under it too
-            serving = self._models.serving
-            if update == serving:  # older updates can no longer be gone back to
-                self._model_configs = {u: c for u, c in self._model_configs.items() if u >= update}
-            elif update not in (self._models.latest, serving):
-                self._model_configs.pop(update, None)
-            if state.status != "failed" or update != self._models.latest or serving is None:
+            back = self._models.fall_back(update, state)
+            if back is None:
                 return  # succeeded, superseded, or nothing serves to go back to (a reload retries it)
-            config = self._model_configs.get(serving)
-            self._model_configs.pop(update, None)
-            if config is None:  # cannot happen: the serving update's entry is always kept
-                return
-            model, section = config
+            serving, model, section = back
             self._configured_update = serving
             if self.settings.model == model and self.desired.get("model") == section:
                 return
@@ -279,18 +267,7 @@ class Controller:
 
     def model_status(self, state: ModelState | None = None) -> dict[str, Any]:
         """`state` (default: the latest load) with the configured model and the one serving."""
-        state = state or self._models.state
-        model: dict[str, Any] = {
-            "status": state.status,
-            "source": state.source,
-            "error": state.error,
-            "update": state.update,
-            "configured": self._models.source(self.settings),
-        }
-        predictor = self._model.predictor
-        if predictor is not None:
-            model |= {"id": predictor.spec.model_id, "sha1": predictor.spec.sha1, "device": predictor.device}
-        return cast(dict[str, Any], scrub_tree(model))
+        return cast(dict[str, Any], scrub_tree(self._models.describe(state, self.settings)))
 
     # ---- status (getStatus, reported properties, admin API) ----
     def status(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from edge_runtime.model.download import DownloadRequest, download_model
 from edge_runtime.model.loader import LoadOptions
 from edge_runtime.model_slot import ModelSlot
 from edge_runtime.redact import redact_url, scrub
-from edge_runtime.settings import Settings
+from edge_runtime.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,14 +82,18 @@ class ModelUpdater:
         self.latest = 0  # the latest update requested
         self._lock = asyncio.Lock()
         self._updates: dict[int, asyncio.Task[ModelState]] = {}
+        # What each update loads: its model settings and the owner's tag for them (the controller's
+        # desired model section), kept for the updates pending and the one serving (to go back to).
+        self._configs: dict[int, tuple[ModelSettings, Any]] = {}
 
     def source(self, settings: Settings) -> str:
         return model_source(settings, self._default_model_path)
 
-    def start(self, settings: Settings) -> int:
+    def start(self, settings: Settings, tag: Any = None) -> int:
         """Queue a load (download if model.url) and swap; returns the update's id for wait()."""
         self.latest += 1
         update = self.latest
+        self._configs[update] = (settings.model, tag)
         self._updates[update] = asyncio.create_task(
             self._run(update, settings), name=f"model-update-{update}"
         )
@@ -116,10 +120,37 @@ class ModelUpdater:
             return self.state  # closed meanwhile
         return task.result()
 
+    def fall_back(self, update: int, state: ModelState) -> tuple[int, ModelSettings, Any] | None:
+        """Once `update` settled: the serving update's (id, model settings, tag) to configure again
+        where `update` is the latest requested, failed, and a model serves; None otherwise."""
+        serving = self.serving
+        if state.status != "failed" or update != self.latest or serving not in self._configs:
+            return None  # nothing serves: the failed model stays configured, a reload retries it
+        model, tag = self._configs[serving]
+        return serving, model, tag
+
+    def describe(self, state: ModelState | None, configured: Settings) -> dict[str, Any]:
+        """`state` (default: the latest load), the configured model and the predictor serving."""
+        state = state or self.state
+        model: dict[str, Any] = {
+            "status": state.status,
+            "source": state.source,
+            "error": state.error,
+            "update": state.update,
+            "configured": self.source(configured),
+        }
+        predictor = self._slot.predictor
+        if predictor is not None:
+            model |= {"id": predictor.spec.model_id, "sha1": predictor.spec.sha1, "device": predictor.device}
+        return model
+
     async def _run(self, update: int, settings: Settings) -> ModelState:
         # Loads run one after another (never cancelled halfway), in the order requested.
         async with self._lock:
             state = await self._load_and_swap(update, settings)
+        pending = {u for u, task in self._updates.items() if not task.done()}
+        keep = pending | {self.latest, self.serving}  # what can still be configured or gone back to
+        self._configs = {u: c for u, c in self._configs.items() if u in keep}
         if self._settle is not None:
             try:
                 await self._settle(update, state)
