@@ -49,13 +49,14 @@ HEALTH_WINDOW = 20  # recent inferences judged for readiness
 class InferenceHealth:
     """Outcomes of the recent inferences: a model that fails on real inputs shows in readiness."""
 
-    def __init__(self, window: int = HEALTH_WINDOW) -> None:
+    def __init__(self, window: int = HEALTH_WINDOW, counted: bool = True) -> None:
+        self._counted = counted  # warm-up probes are not inferences anyone asked for
         self._outcomes: deque[bool] = deque(maxlen=window)
         self._lock = threading.Lock()
         self.last_error: str | None = None
 
     def record(self, ok: bool, error: str | None = None) -> None:
-        if not ok:
+        if not ok and self._counted:
             metrics.INFERENCE_FAILURES.inc()
         with self._lock:
             self._outcomes.append(ok)
@@ -138,6 +139,7 @@ class Predictor:
         Then every other input shape the recipe makes of common pictures is tried: a model that fails
         there still loads (a line camera has one size), but says so in `shape_failures` and the log."""
         start = time.perf_counter()
+        self.health = InferenceHealth(counted=False)
         first, *others = self.warmup_sizes()
         try:
             self.predict_image(Image.new("RGB", first, (128, 128, 128)))

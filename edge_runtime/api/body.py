@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -118,7 +119,7 @@ def _content_type(header: str) -> tuple[str, dict[str, str]]:
     message = Message()
     try:
         message["content-type"] = header
-        params = {str(k).lower(): str(v) for k, v in message.get_params(failobj=[])[1:]}
+        params = {str(k).lower(): collapse_rfc2231_value(v) for k, v in message.get_params(failobj=[])[1:]}
         return message.get_content_type(), params
     except (ValueError, TypeError, IndexError) as exc:  # the email parser's failures on odd bytes
         raise errors.bad_request("the Content-Type header cannot be parsed") from exc
@@ -133,9 +134,11 @@ def _multipart_image(body: bytes, boundary: str | None) -> bytes:
     if start < 0:
         raise errors.bad_request("the multipart body does not contain its boundary")
     position = body.index(delimiter, start) + len(delimiter)
-    for _ in range(MAX_PARTS):
+    for count in range(MAX_PARTS + 1):
         if body.startswith(b"--", position):
             raise errors.no_image("the multipart form has no imageData field")
+        if count == MAX_PARTS:
+            break
         line_end = body.find(b"\r\n", position)
         if line_end < 0 or body[position:line_end].strip(b" \t"):
             raise errors.bad_request("the multipart body is truncated or malformed after a boundary")
