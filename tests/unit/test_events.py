@@ -37,7 +37,6 @@ from edge_runtime.events.outbox import Outbox, OutboxRecord
 from edge_runtime.events.snapshots import SnapshotStore
 from edge_runtime.model.imaging import ImageLimits
 from edge_runtime.model.loader import LoadOptions
-from edge_runtime.redact import redact_url
 from edge_runtime.settings import DeliverySettings, RoiSettings, RuleSettings, build_settings
 from edge_runtime.sinks.jsonl import JsonlSink
 from edge_runtime.sources.sampler import predict_rois
@@ -720,38 +719,3 @@ def test_rule_defaults() -> None:
     rule = RuleSettings()
     assert (rule.tag, rule.min_probability, rule.k, rule.n, rule.clear_after) == ("*", 0.5, 2, 3, 3)
     assert rule.emit_ended is True and rule.cooldown_s == 10.0 and rule.min_box_area == 0.0
-
-
-# --------------------------------------------------------------------------------------------------
-# URL redaction
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("rtsp://u:secret@h:554/s", "rtsp://u:***@h:554/s"),
-        ("rtsp://admin:p%40ss@10.0.0.21:554/stream1", "rtsp://admin:***@10.0.0.21:554/stream1"),
-        ("rtsp://user@cam/stream", "rtsp://user@cam/stream"),  # no password: nothing to hide
-        ("rtsp://cam:554/stream", "rtsp://cam:554/stream"),
-        ("http://cam/snap.jpg?token=secret", "http://cam/snap.jpg?***"),
-        ("synthetic://conveyor", "synthetic://conveyor"),
-        ("/videos/line1.mp4", "/videos/line1.mp4"),
-    ],
-)
-def test_redact_url(url: str, expected: str) -> None:
-    assert redact_url(url) == expected
-
-
-def test_redact_url_masks_the_password() -> None:
-    shown = redact_url("rtsp://u:secret@h:554/s")
-    assert "u:***@h:554" in shown
-    assert "secret" not in shown
-
-
-@pytest.mark.parametrize("url", ["rtsp://u:secret@h:99999/s", "rtsp://u:secret@h:abc/s"])
-def test_redact_url_never_raises_on_a_bad_port(url: str) -> None:
-    assert "secret" not in redact_url(url)
-
-
-def test_redact_url_keeps_ipv6_brackets() -> None:
-    assert redact_url("rtsp://u:secret@[fe80::1]:554/s") == "rtsp://u:***@[fe80::1]:554/s"
