@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edge_runtime.api.body import expect_continue
 from edge_runtime.api.errors import ApiError
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.redact import scrub
@@ -32,11 +33,12 @@ MAX_DEPTH = 32  # a desired document is about 6 levels deep; deeper ones would s
 
 
 def register_admin_routes(app: web.Application) -> None:
-    app.router.add_get("/admin/status", admin_status)
-    app.router.add_get("/admin/desired", admin_get_desired)
-    app.router.add_patch("/admin/desired", admin_patch_desired)
-    app.router.add_put("/admin/model", admin_put_model)
-    app.router.add_post("/admin/model/reload", admin_reload_model)
+    add = app.router.add_route
+    add("GET", "/admin/status", admin_status, expect_handler=expect_continue)
+    add("GET", "/admin/desired", admin_get_desired, expect_handler=expect_continue)
+    add("PATCH", "/admin/desired", admin_patch_desired, expect_handler=expect_continue)
+    add("PUT", "/admin/model", admin_put_model, expect_handler=expect_continue)
+    add("POST", "/admin/model/reload", admin_reload_model, expect_handler=expect_continue)
 
 
 def _authorise(request: web.Request) -> None:

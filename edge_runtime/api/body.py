@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -96,6 +97,14 @@ async def received_body(request: web.Request, limits: BodyLimits, budget: BodyBu
         yield b"".join(chunks)
     finally:
         budget.give(held)
+
+
+async def expect_continue(request: web.Request) -> None:
+    """`Expect: 100-continue` gets its interim answer; any other expectation is refused (417, JSON) by
+    _observe, so that answer is counted like every other (aiohttp's own handler fails on non-ASCII)."""
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
 
 
 def _reason(exc: Exception) -> str:

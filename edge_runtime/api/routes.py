@@ -9,14 +9,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web, web_response
-from aiohttp.http import HttpVersion11
+from aiohttp import web, web_response, web_urldispatcher
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_runtime import metrics
 from edge_runtime.api import errors
 from edge_runtime.api.admin import register_admin_routes
-from edge_runtime.api.body import BodyLimits, image_from_body, parse_json, received_body
+from edge_runtime.api.body import BodyLimits, expect_continue, image_from_body, parse_json, received_body
 from edge_runtime.api.client_errors import ClientErrorLog, quiet_aiohttp_server_log
 from edge_runtime.api.errors import ApiError
 from edge_runtime.api.schemas import CloudIds, ResponseIds, cloud_prediction_body, dumps, prediction_body
@@ -57,7 +56,7 @@ def register_routes(app: web.Application) -> None:
     app.middlewares.append(_observe)
     app.on_response_prepare.append(_server_header)
     router = app.router
-    router.add_get("/", banner)
+    router.add_get("/", banner, expect_handler=expect_continue)
     for kind, container, cloud in (
         ("image", predict_image, predict_image_cloud),
         ("url", predict_url, predict_url_cloud),
@@ -66,10 +65,10 @@ def register_routes(app: web.Application) -> None:
             router.add_post(path, container, expect_handler=expect_continue)
         for path in _cloud_paths(kind):
             router.add_post(path, cloud, expect_handler=expect_continue)
-    router.add_get("/health/live", health_live)
-    router.add_get("/health/ready", health_ready)
-    router.add_get("/metrics", metrics_endpoint)
-    router.add_get("/snapshots/{event_id}.jpg", snapshot)
+    router.add_get("/health/live", health_live, expect_handler=expect_continue)
+    router.add_get("/health/ready", health_ready, expect_handler=expect_continue)
+    router.add_get("/metrics", metrics_endpoint, expect_handler=expect_continue)
+    router.add_get("/snapshots/{event_id}.jpg", snapshot, expect_handler=expect_continue)
     register_admin_routes(app)
 
 
@@ -78,18 +77,14 @@ SERVER = "edge-runtime"
 # request line, say), before any app code runs; this module constant is where it reads it from.
 if hasattr(web_response, "SERVER_SOFTWARE"):
     web_response.SERVER_SOFTWARE = SERVER
+# Our routes name expect_continue; aiohttp's own answers for no route / wrong method use its default
+# handler, which fails (500) on an Expect value with non-UTF-8 bytes while building its error text.
+if hasattr(web_urldispatcher, "_default_expect_handler"):
+    web_urldispatcher._default_expect_handler = expect_continue
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER
-
-
-async def expect_continue(request: web.Request) -> None:
-    """`Expect: 100-continue` gets its interim answer; any other expectation is refused (417, JSON) by
-    _observe, so that answer is counted like every other (aiohttp's own handler fails on non-ASCII)."""
-    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
 
 
 @web.middleware
@@ -121,7 +116,7 @@ def _check_expect(request: web.Request) -> None:
     expect = request.headers.get("Expect")
     if expect is not None and expect.lower() != "100-continue":
         shown = expect.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")[:64]
-        raise ApiError(417, "ExpectationFailed", f"unsupported Expect header {shown!r}")
+        raise ApiError(417, "ExpectationFailed", f"unsupported Expect header '{shown}'")
 
 
 def _from_http_exception(exc: web.HTTPException) -> web.Response:
