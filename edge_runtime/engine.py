@@ -31,6 +31,7 @@ from edge_runtime.backends.providers import (
 )
 from edge_runtime.domain import PredictionResult, StageTimings
 from edge_runtime.errors import InferenceError, ModelLoadError
+from edge_runtime.model.export import export_folder
 from edge_runtime.model.imaging import ImageLimits, decode_image, image_from_bgr
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.postprocess import postprocess
@@ -110,17 +111,18 @@ class Predictor:
     ) -> Predictor:
         """Load an export, pick the device, build the backend and warm it up (ready to serve)."""
         options = options or PredictorOptions()
-        spec = load_spec(Path(path), options.load)
-        needs = ModelNeeds(spec.format, openvino_compatible=spec.postprocess is not Postprocess.ZIPMAP)
-        plan = select_provider(options.device, availability or detect_availability(), needs)
-        if plan.fallback_from:
-            log.warning("device %s unavailable, using %s: %s", plan.fallback_from, plan.device, plan.reason)
-        backend = create_backend(spec, plan, options.threads)
-        predictor = cls(spec, plan, backend, options.limits)
-        predictor.warm_up()
+        with export_folder(Path(path), options.load.extract_dir) as root:
+            spec = load_spec(root, options.load, source=Path(path))
+            needs = ModelNeeds(spec.format, openvino_compatible=spec.postprocess is not Postprocess.ZIPMAP)
+            plan = select_provider(options.device, availability or detect_availability(), needs)
+            if plan.fallback_from:
+                log.warning("device %s missing, using %s: %s", plan.fallback_from, plan.device, plan.reason)
+            backend = create_backend(spec, plan, options.threads)
+            predictor = cls(spec, plan, backend, options.limits)
+            predictor.warm_up()
         log.info(
             "model %s (%s, %s, %d labels) on %s (%s); warm-up %.1f ms",
-            spec.model_path,
+            spec.shown_path,
             spec.task.value,
             spec.postprocess.value,
             len(spec.labels),

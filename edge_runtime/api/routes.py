@@ -284,7 +284,7 @@ async def health_ready(request: web.Request) -> web.Response:
             "model": {
                 "id": spec.model_id,
                 "sha1": spec.sha1,
-                "path": str(spec.root),
+                "path": str(spec.shown_path),
                 "task": spec.task.value,
                 "domain": spec.domain,
                 "flavour": spec.flavour,

@@ -12,6 +12,8 @@ import logging
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,28 +67,57 @@ class ExportDescription:
 
 
 def open_export(path: Path, workdir: Path | None = None) -> Path:
-    """Return the folder holding the export; a .zip is extracted (safely) into `workdir` or a temp dir."""
+    """Return the folder holding the export; a .zip is extracted (safely) into a new folder in `workdir`
+    (kept: the caller owns it) or in a temp dir (see export_folder for one that is removed)."""
     path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(path, "no such file or folder")
+    _check_exists(path)
     if path.is_dir():
         return _find_root(path)
-    if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
-        return _find_root(_extract_zip(path, workdir))
-    if path.suffix.lower() in (".onnx", ".xml"):
-        raise ModelLoadError(
-            path, "give the export folder (or .zip) that holds this model file, not the file"
-        )
-    raise ModelLoadError(path, "not a folder or a .zip Custom Vision export")
-
-
-def _extract_zip(path: Path, workdir: Path | None) -> Path:
     if workdir is not None:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ModelLoadError(path, f"cannot create the extraction folder {workdir}: {exc}") from exc
     target = Path(tempfile.mkdtemp(prefix="edge-runtime-export-", dir=workdir))
+    return _find_root(_extract_zip(path, target))
+
+
+@contextmanager
+def export_folder(path: Path, workdir: Path | None = None) -> Iterator[Path]:
+    """The folder holding the export, for the duration of a load. A .zip given without a `workdir` is
+    extracted into a temp folder removed when the block ends (the backends hold the model in memory), and
+    errors name the zip and the entry in it, never the temp folder."""
+    path = Path(path)
+    if workdir is not None or not _is_zip(path):
+        yield open_export(path, workdir)
+        return
+    with tempfile.TemporaryDirectory(prefix="edge-runtime-export-") as temp:
+        try:
+            yield _find_root(_extract_zip(path, Path(temp)))
+        except ModelLoadError as exc:
+            inner = Path(exc.path)
+            if not inner.is_relative_to(temp):
+                raise
+            entry = inner.relative_to(temp).as_posix()
+            raise type(exc)(f"{path}" if entry == "." else f"{path}:{entry}", exc.problem) from exc
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise ModelLoadError(path, "no such file or folder")
+    if path.is_dir() or _is_zip(path):
+        return
+    if path.suffix.lower() in (".onnx", ".xml"):
+        raise ModelLoadError(path, "give the export folder (or .zip) holding this model file, not the file")
+    raise ModelLoadError(path, "not a folder or a .zip Custom Vision export")
+
+
+def _is_zip(path: Path) -> bool:
+    return path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path))
+
+
+def _extract_zip(path: Path, target: Path) -> Path:
+    _check_exists(path)
     try:
         with zipfile.ZipFile(path) as zf:
             total = sum(info.file_size for info in zf.infolist())
@@ -116,8 +147,17 @@ def _find_root(folder: Path) -> Path:
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise ModelLoadError(folder, f"no {MANIFEST}, model.onnx or model.xml found")
+        raise ModelLoadError(folder, f"no {MANIFEST}, model.onnx or model.xml found; {_contents(folder)}")
     raise ModelLoadError(folder, f"several exports found: {', '.join(str(h) for h in hits)}")
+
+
+def _contents(folder: Path, most: int = 12) -> str:
+    """What a folder (or an extracted zip) holds instead: the first few paths, so a wrong zip is obvious."""
+    entries = sorted(p.relative_to(folder).as_posix() + "/" * p.is_dir() for p in folder.rglob("*"))
+    if not entries:
+        return "it is empty"
+    shown = ", ".join(entries[:most])
+    return f"it holds {shown}" + (f" and {len(entries) - most} more" if len(entries) > most else "")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -43,7 +43,8 @@ class LoadOptions:
     extract_dir: Path | None = None  # where a .zip is unpacked (a temp dir by default)
 
 
-def load_spec(path: Path, options: LoadOptions = LoadOptions()) -> ModelSpec:
+def load_spec(path: Path, options: LoadOptions = LoadOptions(), source: Path | None = None) -> ModelSpec:
+    """`source`: what the user named, when `path` is where it was extracted to."""
     root = open_export(Path(path), options.extract_dir)
     desc = describe_export(root)
     model_path = _model_path(desc)
@@ -86,6 +87,7 @@ def load_spec(path: Path, options: LoadOptions = LoadOptions()) -> ModelSpec:
         exported_date=desc.manifest.exported_date if desc.manifest else "",
         metadata_props=dict(facts.metadata_props),
         notes=tuple(notes),
+        source=source,
     )
 
 

@@ -114,6 +114,11 @@ class ModelSpec:
     exported_date: str = ""
     metadata_props: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # what was ignored or assumed, shown by `inspect`
+    source: Path | None = None  # what the user named (a .zip is extracted to `root` only while loading)
+
+    @property
+    def shown_path(self) -> Path:
+        return self.source or self.root
 
     @property
     def input(self) -> TensorInfo:
