@@ -1,10 +1,14 @@
 """Events -> durable outbox -> one delivery loop per sink.
 
 `publish` stores the event for every sink in the outbox (one sqlite transaction) and returns; each
-sink's loop sends what waits for it in order, deleting a row only once the sink confirms it. A sink
+sink's loop sends what waits for it (order below), deleting a row only once the sink confirms it. A sink
 that is down or slow never blocks the cameras or the other sinks; its messages wait on disk, bounded
 by count and age (drops counted in edge_runtime_sink_dropped_total{reason}). A failed send is retried
 after a back-off (0.5 s doubling to 5 s), or at once when the sink reports that it has reconnected.
+
+Order: per (camera, ROI, tag) events go in the order they were stored. Across keys, events stored after
+the sink's last failed attempt (or after the start) go before the backlog that built up until then,
+so after an outage a live alarm does not queue behind every stored event (see Outbox.next_batch).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def failure_reason(exc: BaseException) -> str:
 class _Retry:
     delay: float
     failing: bool = False
+    fresh_after: int = 0  # outbox seq at the last failure (or start): later rows overtake the backlog
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,10 @@ class Dispatcher:
     async def _deliver(self, sink: Sink) -> None:
         bucket = TokenBucket(sink.delivery.rate_limit_per_minute)
         state = _Retry(self.RETRY_INITIAL_S)
+        try:  # what waits from before the start is backlog; events from now on are fresh
+            state.fresh_after = await self._outbox.last_seq(sink.name)
+        except sqlite3.Error as exc:
+            log.error("outbox error while delivering to %s: %s", sink.name, exc)
         while True:
             try:
                 await self._deliver_some(sink, bucket, state)
@@ -152,7 +161,7 @@ class Dispatcher:
 
     async def _deliver_some(self, sink: Sink, bucket: TokenBucket, state: _Retry) -> None:
         self._wakeups[sink.name].clear()
-        records = await self._outbox.peek(sink.name, self.BATCH)
+        records = await self._outbox.next_batch(sink.name, state.fresh_after, self.BATCH)
         if not records:
             if not self._wakeups[sink.name].is_set():  # nothing was stored while we looked
                 self._idle[sink.name].set()
@@ -171,6 +180,7 @@ class Dispatcher:
                 level = logging.DEBUG if state.failing else logging.WARNING
                 log.log(level, "sink %s: delivery failed (%s); will retry", sink.name, failure_reason(exc))
                 state.failing = True
+                state.fresh_after = await self._outbox.last_seq(sink.name)
                 await self._back_off(reconnected, state)
                 return
             bucket.take()

@@ -5,6 +5,11 @@ IoT Hub send completion), so delivery is at-least-once and survives restarts and
 (synchronous=FULL). Bounded by count and age per sink; what the bounds drop is returned to the
 caller to be counted, never dropped silently.
 
+Order: each row has an order key (an event's camera / ROI / tag; a summary's type). `next_batch` hands
+rows out so that within one key they always go in the order they were stored, while across keys rows
+stored after `fresh_after` (fresh: after the sink's last failure) go before the older backlog, so a
+live alarm does not wait for an outage's backlog to drain.
+
 All sqlite work runs on one private thread: the event loop never waits on disk, and one connection
 serialises every statement without locks.
 """
@@ -27,7 +32,7 @@ from edge_runtime.errors import ConfigError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA = """
+TABLE = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     sink     TEXT NOT NULL,
@@ -35,11 +40,26 @@ CREATE TABLE IF NOT EXISTS outbox (
     id       TEXT NOT NULL,
     created  REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    body     TEXT NOT NULL
+    body     TEXT NOT NULL,
+    key      TEXT
 );
+"""
+INDEXES = """
 CREATE INDEX IF NOT EXISTS outbox_sink_seq ON outbox (sink, seq);
 CREATE INDEX IF NOT EXISTS outbox_sink_created ON outbox (sink, created);
+CREATE INDEX IF NOT EXISTS outbox_sink_key_seq ON outbox (sink, key, seq);
 """
+SCHEMA = TABLE + INDEXES
+_COLUMNS = "seq, sink, type, id, created, attempts, body, key"
+Row = tuple[int, str, str, str, float, int, str, str | None]
+
+
+def order_key(type_: str, body: Mapping[str, Any]) -> str:
+    """Messages with one key must arrive in the order they were made: an event's camera, ROI and tag
+    (a fresh `ended` never before its stored `started`); every other type is ordered by its type."""
+    if type_ != "event":
+        return type_
+    return json.dumps([body.get("camera"), body.get("roi"), body.get("tag")], separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +123,14 @@ class Outbox:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
+        db.executescript(TABLE)
         # count(*) alone may be answered from the index: check every page, so damage shows here.
         verdict = db.execute("PRAGMA quick_check").fetchone()[0]
         if verdict != "ok":
             db.close()
             raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+        _add_order_keys(db)
+        db.executescript(INDEXES)
         rows = db.execute("SELECT sink, count(*) FROM outbox GROUP BY sink").fetchall()
         self._depth = {sink: int(count) for sink, count in rows}
         return db
@@ -127,6 +149,7 @@ class Outbox:
     ) -> dict[str, int]:
         """Store one message for each sink in one transaction; returns how many were dropped per sink."""
         text = json.dumps(body, separators=(",", ":"))
+        key = order_key(type_, body)
         now = time.time()
 
         def put() -> dict[str, int]:
@@ -135,8 +158,8 @@ class Outbox:
             with _transaction(db):
                 for sink in sinks:
                     db.execute(
-                        "INSERT INTO outbox (sink, type, id, created, body) VALUES (?, ?, ?, ?, ?)",
-                        (sink, type_, message_id, now, text),
+                        "INSERT INTO outbox (sink, type, id, created, body, key) VALUES (?, ?, ?, ?, ?, ?)",
+                        (sink, type_, message_id, now, text, key),
                     )
                     excess = self._depth.get(sink, 0) + 1 - max_per_sink
                     dropped[sink] = _drop_oldest(db, sink, excess)
@@ -147,15 +170,66 @@ class Outbox:
         return await self._run(put)
 
     async def peek(self, sink: str, limit: int) -> list[OutboxRecord]:
+        """The oldest `limit` rows of `sink`, oldest first."""
+
         def peek() -> list[OutboxRecord]:
             rows = self._conn.execute(
-                "SELECT seq, sink, type, id, created, attempts, body FROM outbox"
-                " WHERE sink = ? ORDER BY seq LIMIT ?",
-                (sink, limit),
+                f"SELECT {_COLUMNS} FROM outbox WHERE sink = ? ORDER BY seq LIMIT ?", (sink, limit)
             ).fetchall()
-            return [OutboxRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+            return [_record(r) for r in rows]
 
         return await self._run(peek)
+
+    async def next_batch(self, sink: str, fresh_after: int, limit: int) -> list[OutboxRecord]:
+        """Up to `limit` rows of `sink` in the order to send them: fresh rows (seq > fresh_after) whose
+        key has nothing in the backlog first; then, for the oldest fresh rows that do wait, the backlog
+        rows of their key (pushed forward) and after them those fresh rows; then the backlog, oldest
+        first. Every row comes after all older rows of its key, so sending any prefix of the list in
+        order never reorders a key."""
+
+        def plan() -> list[OutboxRecord]:
+            db = self._conn
+            select = f"SELECT {_COLUMNS} FROM outbox AS f WHERE sink = ?"
+            backlog: list[Row] = db.execute(
+                f"{select} AND seq <= ? ORDER BY seq LIMIT ?", (sink, fresh_after, limit)
+            ).fetchall()
+            fresh: list[Row] = db.execute(
+                f"{select} AND seq > ? ORDER BY seq LIMIT ?", (sink, fresh_after, limit)
+            ).fetchall()
+            if not (backlog and fresh):  # nothing to overtake: plain FIFO
+                return [_record(r) for r in backlog or fresh]
+            # However many older fresh rows wait for their keys, these need not (the key index).
+            order: list[Row] = db.execute(
+                f"{select} AND seq > ? AND NOT EXISTS (SELECT 1 FROM outbox AS o"
+                " WHERE o.sink = f.sink AND o.key = f.key AND o.seq <= ?) ORDER BY seq LIMIT ?",
+                (sink, fresh_after, fresh_after, limit),
+            ).fetchall()
+            for key in dict.fromkeys(row[7] for row in fresh):
+                older = db.execute(
+                    f"{select} AND key = ? AND seq <= ? ORDER BY seq LIMIT ?", (sink, key, fresh_after, limit)
+                ).fetchall()
+                if older:  # fresh rows that wait: their key's backlog goes first
+                    order += older
+                    if len(older) < limit:  # all of it is ahead now: the fresh ones may follow
+                        order += [row for row in fresh if row[7] == key]
+            order += backlog
+            batch: dict[int, Row] = {}  # by seq, in first-seen order: a row pushed forward once
+            for row in order:
+                batch.setdefault(row[0], row)
+                if len(batch) == limit:
+                    break
+            return [_record(row) for row in batch.values()]
+
+        return await self._run(plan)
+
+    async def last_seq(self, sink: str) -> int:
+        """The newest row's seq for `sink` (0 when it has none): rows stored later count as fresh."""
+
+        def last() -> int:
+            (seq,) = self._conn.execute("SELECT max(seq) FROM outbox WHERE sink = ?", (sink,)).fetchone()
+            return int(seq or 0)
+
+        return await self._run(last)
 
     async def ack(self, seq: int) -> None:
         def ack() -> None:
@@ -207,6 +281,29 @@ class Outbox:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+
+def _record(row: Row) -> OutboxRecord:
+    return OutboxRecord(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
+
+
+def _add_order_keys(db: sqlite3.Connection) -> None:
+    """A file from before order keys: add the column and fill it in from the stored bodies."""
+    if any(column[1] == "key" for column in db.execute("PRAGMA table_info(outbox)")):
+        return
+    with _transaction(db):
+        db.execute("ALTER TABLE outbox ADD COLUMN key TEXT")
+        rows = db.execute("SELECT seq, type, body FROM outbox").fetchall()
+        db.executemany(
+            "UPDATE outbox SET key = ? WHERE seq = ?", [(_key_of(t, b), seq) for seq, t, b in rows]
+        )
+
+
+def _key_of(type_: str, text: str) -> str:
+    try:
+        return order_key(type_, json.loads(text))
+    except (ValueError, AttributeError):  # not a JSON object: ordered with its type
+        return type_
 
 
 def _drop_oldest(db: sqlite3.Connection, sink: str, count: int) -> int:

@@ -6,6 +6,7 @@ and the process boundary is asserted.
 - a publish the broker never confirms is logged with its reason (no PUBACK within the timeout);
 - a broker that comes back is used at once: the backlog starts draining on the reconnect, not after the
   dispatcher's retry back-off;
+- after an outage a fresh event overtakes the stored backlog, yet per (camera, ROI, tag) the order holds;
 - `serve` on a port that is taken says so in one line and exits 2, shutting down what it started.
 """
 
@@ -279,3 +280,45 @@ async def test_delivery_resumes_on_reconnect_not_after_the_back_off(
     took = arrivals(observer)[event.id] - back
     # paho retries every 0.5 s; delivery follows the CONNACK instead of the remaining ~4.7 s back-off.
     assert took < 2.0, f"first event {took:.2f} s after the broker came back"
+
+
+# --------------------------------------------------------------------------------------------------
+# 19. After an outage a fresh alarm overtakes the backlog; per (camera, ROI, tag) the order holds
+
+BACKLOG = 3000
+
+
+async def test_a_fresh_alarm_overtakes_the_backlog_and_keys_keep_their_order(
+    broker: Broker, observer: Observer, runtime: Runtime
+) -> None:
+    await runtime.start()
+    stored = [
+        make_event(camera=f"cam-{i % 3}", tag=f"tag-{i % 2}", kind="started" if i % 4 < 2 else "ended")
+        for i in range(BACKLOG)
+    ]
+    for event in stored:  # the broker is down: all of them wait in the outbox
+        await runtime.dispatcher.publish(event)
+    await asyncio.to_thread(broker.start)
+    back = time.monotonic()
+    await observer.until(lambda: len(observer.received()) >= 100, 10, "the backlog draining")
+    alarm = make_event(camera="cam-9", tag="crack")  # nothing of its key is stored
+    ended = make_event(camera="cam-1", tag="tag-1", kind="ended")  # cam-1/tag-1 has ~500 stored rows
+    published = time.time()
+    await runtime.dispatcher.publish(alarm)
+    await runtime.dispatcher.publish(ended)
+    await observer.until(lambda: len(arrivals(observer)) >= BACKLOG + 2, 60, "every event")
+    drained = time.monotonic() - back
+    got = arrivals(observer)
+    alarm_after = got[alarm.id] - published
+    # Before: the alarm queued behind every stored event (about the whole drain time).
+    assert alarm_after < 0.1 * drained, f"alarm {alarm_after:.2f} s after publish; drain {drained:.1f} s"
+    order = [json.loads(m.payload) for m in observer.received()]
+    first_seen: dict[str, int] = {}
+    for position, body in enumerate(order):
+        first_seen.setdefault(body["id"], position)
+    for key in {(e.camera, e.tag) for e in stored}:
+        expected = [e.id for e in stored if (e.camera, e.tag) == key]
+        if key == ("cam-1", "tag-1"):
+            expected.append(ended.id)  # the fresh `ended` never before its stored `started`s
+        assert sorted(expected, key=first_seen.__getitem__) == expected, key
+    print(f"alarm {alarm_after:.3f} s after publish; {BACKLOG} stored events drained in {drained:.2f} s")

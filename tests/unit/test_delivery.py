@@ -1,6 +1,7 @@
 """Delivery from the outbox to the sinks: order, retries, ack only after confirmation, restarts,
 summaries, rate limits, housekeeping metrics, close; the IoT Hub sink against a fake hub client;
-faults: every logged failure names its reason, a reported reconnect ends the retry back-off."""
+faults: every logged failure names its reason, a reported reconnect ends the retry back-off, fresh
+events overtake an outage's backlog while each (camera, ROI, tag) keeps its order."""
 
 from __future__ import annotations
 
@@ -708,15 +709,15 @@ async def test_mqtt_sink_is_unavailable_before_it_connects() -> None:
 
 
 class FlakyOutbox(Outbox):
-    """An outbox whose next peek fails once, as sqlite does for a moment ('database is locked', I/O)."""
+    """An outbox whose next read fails once, as sqlite does for a moment ('database is locked', I/O)."""
 
     fail_next_peek = False
 
-    async def peek(self, sink: str, limit: int) -> list[OutboxRecord]:
+    async def next_batch(self, sink: str, fresh_after: int, limit: int) -> list[OutboxRecord]:
         if self.fail_next_peek:
             self.fail_next_peek = False
             raise sqlite3.OperationalError("database is locked")
-        return await super().peek(sink, limit)
+        return await super().next_batch(sink, fresh_after, limit)
 
 
 async def test_a_transient_outbox_error_does_not_stop_delivery(tmp_path: Path) -> None:
@@ -731,6 +732,7 @@ async def test_a_transient_outbox_error_does_not_stop_delivery(tmp_path: Path) -
         box.fail_next_peek = True
         await dispatcher.publish(make_event(1))
         await wait_for(lambda: len(sink.received) == 2, timeout=2.0)
+        assert not box.fail_next_peek, "the failure happened"
     finally:
         await dispatcher.close(drain_timeout=0.05)
         await box.close()
@@ -823,3 +825,51 @@ async def test_a_reported_reconnect_ends_the_retry_wait(
     assert sink.times[0] - reconnected_at < 0.5
     await dispatcher.close(drain_timeout=0.05)
     assert sink.listeners == [], "close unsubscribes"
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults: after an outage fresh events overtake the backlog; each (camera, ROI, tag) keeps its order
+
+
+class SlowSink(FakeSink):
+    """Takes `pause` per message once up: a backlog takes a while to drain."""
+
+    pause = 0.002
+
+    async def publish(self, record: OutboxRecord) -> None:
+        if not self.down:
+            await asyncio.sleep(self.pause)
+        await super().publish(record)
+
+
+async def test_fresh_events_overtake_the_backlog_but_not_their_own_key(
+    monkeypatch: pytest.MonkeyPatch, dispatcher_for: Callable[..., Dispatcher]
+) -> None:
+    monkeypatch.setattr(Dispatcher, "BATCH", 10)
+    sink = SlowSink(unique("fresh-first"))
+    sink.down = True
+    dispatcher = dispatcher_for(sink)
+    await dispatcher.start()
+    backlog = [
+        make_event(i, camera=f"cam-{i % 4}", kind=EventKind.STARTED if i % 8 < 4 else EventKind.ENDED)
+        for i in range(200)
+    ]
+    for event in backlog:
+        await dispatcher.publish(event)
+    await wait_for(lambda: len(sink.attempts) >= 2)
+    sink.down = False  # the outage ends: the backlog drains at ~2 ms per message
+    await wait_for(lambda: len(sink.received) >= 20)
+    at_publish = len(sink.received)
+    fresh_new = make_event(1000, camera="cam-new")  # a key with nothing stored
+    fresh_same = make_event(1001, camera="cam-1", kind=EventKind.ENDED)  # cam-1 has 50 rows waiting
+    await dispatcher.publish(fresh_new)
+    await dispatcher.publish(fresh_same)
+    await wait_for(lambda: len(sink.received) == 202)
+    order = sink.events
+    assert order.index(fresh_new.id) <= at_publish + 10 + 1, "within the next batch, not after 180 more"
+    assert order.index(fresh_new.id) < 100
+    cam_1 = [e.id for e in backlog if e.camera == "cam-1"] + [fresh_same.id]
+    assert [i for i in order if i in set(cam_1)] == cam_1, "its key's stored rows first, in order"
+    for camera in ("cam-0", "cam-2", "cam-3"):
+        stored = [e.id for e in backlog if e.camera == camera]
+        assert [i for i in order if i in set(stored)] == stored

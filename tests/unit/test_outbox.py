@@ -1,10 +1,14 @@
 """The durable outbox: order, per-sink independence, durability across close / reopen / a hard exit,
-the count and age bounds (reported, never silent), a damaged file moved aside, unusable paths."""
+the count and age bounds (reported, never silent), a damaged file moved aside, unusable paths; the
+delivery order of next_batch (fresh rows overtake the backlog, never a row of their own key) and a
+file from before order keys."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import random
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +20,7 @@ import pytest
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.events import outbox as outbox_module
-from edge_runtime.events.outbox import Backlog, Outbox, Trimmed
+from edge_runtime.events.outbox import Backlog, Outbox, Trimmed, order_key
 
 REPO = Path(__file__).resolve().parents[2]
 LARGE = 10**6
@@ -342,3 +346,154 @@ async def test_two_damaged_files_in_one_second_are_both_kept(
         path.unlink()
     kept = sorted(p.read_bytes()[:6] for p in tmp_path.glob("outbox.sqlite3.corrupt-*"))
     assert kept == [b"first ", b"second"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Delivery order: fresh rows overtake the backlog, a key's rows never overtake each other
+
+
+async def put_event(box: Outbox, message_id: str, camera: str, tag: str, roi: str = "full") -> int:
+    await box.put(["a"], "event", message_id, {"camera": camera, "roi": roi, "tag": tag}, LARGE)
+    return await box.last_seq("a")
+
+
+async def batch_ids(box: Outbox, fresh_after: int, limit: int = 50) -> list[str]:
+    return [r.id for r in await box.next_batch("a", fresh_after, limit)]
+
+
+def test_the_order_key_is_camera_roi_and_tag_for_events_and_the_type_otherwise() -> None:
+    body = {"camera": "c1", "roi": "left", "tag": "stain", "kind": "started", "id": "x"}
+    assert order_key("event", body) == '["c1","left","stain"]'
+    assert order_key("event", {**body, "kind": "ended", "id": "y"}) == order_key("event", body)
+    assert order_key("event", {**body, "roi": "right"}) != order_key("event", body)
+    assert order_key("summary", {"camera": "c1"}) == "summary"
+
+
+async def test_without_a_backlog_next_batch_is_first_in_first_out(outbox: Outbox) -> None:
+    assert await outbox.last_seq("a") == 0
+    for i in range(6):
+        await put_event(outbox, f"m{i}", f"cam-{i % 3}", "stain")
+    assert await batch_ids(outbox, 0) == [f"m{i}" for i in range(6)]
+    assert await batch_ids(outbox, 0, limit=2) == ["m0", "m1"]
+    everything_old = await outbox.last_seq("a")
+    assert await batch_ids(outbox, everything_old) == [f"m{i}" for i in range(6)], "all backlog: FIFO"
+
+
+async def test_fresh_rows_overtake_the_backlog_but_wait_for_their_own_key(outbox: Outbox) -> None:
+    await put_event(outbox, "old-a1", "cam-a", "stain")
+    await put_event(outbox, "old-b1", "cam-b", "stain")
+    await put_event(outbox, "old-a2", "cam-a", "stain")
+    await put_event(outbox, "old-c1", "cam-c", "stain")
+    fresh_after = await put_event(outbox, "old-d1", "cam-d", "stain")
+    await put_event(outbox, "new-x", "cam-x", "stain")  # nothing older with its key: first
+    await put_event(outbox, "new-a", "cam-a", "stain")  # after old-a1 and old-a2
+    await put_event(outbox, "new-c", "cam-c", "scratch")  # another tag: another key
+    await put_event(outbox, "new-x2", "cam-x", "stain")
+    assert await batch_ids(outbox, fresh_after) == [
+        "new-x",
+        "new-c",
+        "new-x2",
+        "old-a1",  # pushed forward for new-a
+        "old-a2",
+        "new-a",
+        "old-b1",  # then the backlog, oldest first
+        "old-c1",
+        "old-d1",
+    ]
+    assert await batch_ids(outbox, fresh_after, limit=4) == ["new-x", "new-c", "new-x2", "old-a1"]
+
+
+async def test_a_key_with_more_old_rows_than_a_batch_sends_them_first(outbox: Outbox) -> None:
+    for i in range(5):
+        await put_event(outbox, f"old-a{i}", "cam-a", "stain")
+    fresh_after = await put_event(outbox, "old-b", "cam-b", "stain")
+    await put_event(outbox, "new-a", "cam-a", "stain")
+    await put_event(outbox, "new-z", "cam-z", "stain")
+    # A batch of 3 cannot tell whether cam-a has more old rows: new-a waits for a later batch.
+    assert await batch_ids(outbox, fresh_after, limit=3) == ["new-z", "old-a0", "old-a1"]
+
+
+async def test_a_fresh_row_is_not_held_up_by_more_waiting_fresh_rows_than_a_batch(outbox: Outbox) -> None:
+    fresh_after = await put_event(outbox, "old-a", "cam-a", "stain")
+    for i in range(5):
+        await put_event(outbox, f"new-a{i}", "cam-a", "stain")  # all wait for old-a
+    await put_event(outbox, "new-z", "cam-z", "stain")
+    assert await batch_ids(outbox, fresh_after, limit=3) == ["new-z", "old-a", "new-a0"]
+
+
+async def test_summaries_keep_their_own_order(outbox: Outbox) -> None:
+    await outbox.put(["a"], "summary", "s1", {"type": "summary"}, LARGE)
+    fresh_after = await put_event(outbox, "old-e", "cam-1", "stain")
+    await outbox.put(["a"], "summary", "s2", {"type": "summary"}, LARGE)
+    assert await batch_ids(outbox, fresh_after) == ["s1", "s2", "old-e"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_random_deliveries_never_reorder_a_key_and_lose_nothing(outbox: Outbox, seed: int) -> None:
+    """Rows stored while batches are taken, partly sent (a failure stops a batch anywhere) and a new
+    fresh_after after each failure: every key arrives whole and in the order it was stored."""
+    rng = random.Random(seed)
+    stored: dict[str, list[str]] = {}
+    sent: list[tuple[str, str]] = []
+    fresh_after, n = 0, 0
+
+    async def store(count: int) -> None:
+        nonlocal n
+        for _ in range(count):
+            camera, tag = f"cam-{rng.randrange(3)}", f"tag-{rng.randrange(3)}"
+            await put_event(outbox, f"m{n}", camera, tag)
+            stored.setdefault(order_key("event", {"camera": camera, "roi": "full", "tag": tag}), []).append(
+                f"m{n}"
+            )
+            n += 1
+
+    await store(60)
+    for _ in range(40):
+        batch = await outbox.next_batch("a", fresh_after, rng.choice([1, 3, 7, 50]))
+        if not batch:
+            break
+        delivered = batch[: rng.randrange(len(batch) + 1)]
+        for record in delivered:
+            sent.append((order_key(record.type, record.body), record.id))
+            await outbox.ack(record.seq)
+        if len(delivered) < len(batch):  # a failure: what is stored from now on is fresh
+            fresh_after = await outbox.last_seq("a")
+        if rng.random() < 0.5:
+            await store(rng.randrange(6))
+    while batch := await outbox.next_batch("a", fresh_after, 50):
+        for record in batch:
+            sent.append((order_key(record.type, record.body), record.id))
+            await outbox.ack(record.seq)
+    for key, ids_in_order in stored.items():
+        assert [i for k, i in sent if k == key] == ids_in_order, key
+    assert len(sent) == n
+
+
+async def test_a_file_from_before_order_keys_gets_them_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL,
+                type TEXT NOT NULL, id TEXT NOT NULL, created REAL NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0, body TEXT NOT NULL);
+            CREATE INDEX outbox_sink_seq ON outbox (sink, seq);
+            CREATE INDEX outbox_sink_created ON outbox (sink, created);
+            """
+        )
+        for i, (camera, type_) in enumerate([("cam-a", "event"), ("cam-b", "event"), (None, "summary")]):
+            body = json.dumps({"camera": camera, "roi": "full", "tag": "stain"} if camera else {})
+            db.execute(
+                "INSERT INTO outbox (sink, type, id, created, body) VALUES ('a', ?, ?, 1.0, ?)",
+                (type_, f"old{i}", body),
+            )
+    box = Outbox(path)
+    await box.open()
+    try:
+        fresh_after = await box.last_seq("a")
+        await put_event(box, "new-b", "cam-b", "stain")
+        await put_event(box, "new-c", "cam-c", "stain")
+        assert await batch_ids(box, fresh_after) == ["new-c", "old1", "new-b", "old0", "old2"]
+        assert await box.pending_by_sink() == {"a": 5}
+    finally:
+        await box.close()
