@@ -76,7 +76,11 @@ def create_app(
     loader: Callable[[Path, PredictorOptions], Predictor] = Predictor.load,
 ) -> web.Application:
     """`model_path` defaults to settings.model.path (the CLI supplies the demo model when neither is set)."""
-    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    # Bodies are decompressed by api/body.py, bounded and with JSON errors; aiohttp's own decoder
+    # answers an unknown coding with plain text before any route runs.
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes, handler_args={"auto_decompress": False}
+    )
     capacity = capacity_for(settings)
     app[SETTINGS] = settings
     app[MODEL] = ModelSlot()

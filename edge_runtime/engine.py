@@ -174,7 +174,7 @@ class Predictor:
 
     def predict_bytes(self, data: bytes) -> PredictionResult:
         start = time.perf_counter()
-        image = decode_image(data, self.limits)
+        image = decode_image(data, self.limits, self._check_resize)
         return self.predict_image(image, decode_seconds=time.perf_counter() - start)
 
     def predict_frame(self, frame: NDArray[np.uint8]) -> PredictionResult:
@@ -182,8 +182,11 @@ class Predictor:
         image = image_from_bgr(frame)
         return self.predict_image(image, decode_seconds=time.perf_counter() - start)
 
+    def _check_resize(self, width: int, height: int) -> None:
+        check_resize(width, height, self.spec.preprocess, self.limits.max_resized_pixels)
+
     def predict_image(self, image: Image.Image, decode_seconds: float = 0.0) -> PredictionResult:
-        check_resize(*image.size, self.spec.preprocess, self.limits.max_resized_pixels)
+        self._check_resize(*image.size)
         t0 = time.perf_counter()
         tensor = preprocess(image, self.spec.preprocess)
         t1 = time.perf_counter()

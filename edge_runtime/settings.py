@@ -82,8 +82,8 @@ class ServerSettings(_Section):
         100, gt=0, description="400 for JPEGs with more scans (progressive scan bombs); decode-time bound"
     )
     image_formats: tuple[str, ...] = Field(
-        ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP"),
-        description="decoders an uploaded image may use (PIL format names); others get 400",
+        ("JPEG", "PNG", "BMP", "GIF", "WEBP"),
+        description="decoders an uploaded image may use (PIL names; TIFF possible); others get 400",
     )
     body_timeout_s: float = Field(60.0, gt=0, description="408 when a request body takes longer")
     body_idle_timeout_s: float = Field(10.0, gt=0, description="408 when a body sends nothing this long")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -59,36 +60,78 @@ class BodyBudget:
         self.held -= size
 
 
+class _Decoder:
+    """Undoes the body's Content-Encoding as it arrives, never making more than the limit allows (a gzip
+    bomb stops at the limit). Done here, not by aiohttp, so that every failure is our JSON answer."""
+
+    def __init__(self, header: str) -> None:
+        codings = [c.strip().lower() for c in header.split(",") if c.strip().lower() not in ("", "identity")]
+        if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
+            raise errors.unsupported_encoding(
+                f"Content-Encoding {header[:64]!r} is not supported: send gzip, deflate or identity"
+            )
+        self.coding = codings[0] if codings else None
+        self._z: Any = None
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """Decoded bytes of `data`; more than `room` of them means the body is over the limit."""
+        if self.coding is None:
+            return data
+        if self._z is None:
+            self._z = zlib.decompressobj(self._wbits(data))
+        try:
+            return bytes(self._z.decompress(data, room + 1))
+        except zlib.error as exc:
+            raise errors.bad_request(f"the body is not valid {self.coding} data: {exc}") from exc
+
+    def finish(self) -> None:
+        if self.coding is not None and (self._z is None or not self._z.eof):
+            raise errors.bad_request(f"the {self.coding} body is truncated")
+
+    def _wbits(self, first: bytes) -> int:
+        if self.coding != "deflate":
+            return 16 + zlib.MAX_WBITS  # gzip framing
+        # "deflate" is zlib-wrapped by the standard, raw in some clients: tell them apart by the header.
+        zlib_header = len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
+        return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+
+
 @asynccontextmanager
 async def received_body(request: web.Request, limits: BodyLimits, budget: BodyBudget) -> AsyncIterator[bytes]:
-    """The whole body, held against `budget` until the block ends (the request is answered)."""
+    """The whole body, decoded, held against `budget` until the block ends (the request is answered).
+    The application must leave decoding to us: `handler_args={"auto_decompress": False}`."""
     declared = request.content_length
     if declared is not None and declared > limits.max_bytes:
         raise errors.image_too_big(f"the body is {declared} bytes, more than {limits.max_bytes}")
+    decoder = _Decoder(request.headers.get("Content-Encoding", ""))
     held = 0
     try:
         chunks: list[bytes] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limits.timeout_s
+        received = 0
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise errors.body_timeout(f"the body took longer than {limits.timeout_s:g} s")
             try:
                 async with asyncio.timeout(min(limits.idle_timeout_s, remaining)):
-                    chunk = await request.content.readany()
+                    raw = await request.content.readany()
             except TimeoutError as exc:
                 raise errors.body_timeout(
                     f"the body stalled: nothing arrived for {limits.idle_timeout_s:g} s"
                     if remaining > limits.idle_timeout_s
                     else f"the body took longer than {limits.timeout_s:g} s"
                 ) from exc
-            except (RequestPayloadError, HttpProcessingError) as exc:
-                # Undecodable Content-Encoding, a broken chunked encoding, a connection cut mid-body.
+            except (RequestPayloadError, HttpProcessingError, ConnectionError) as exc:
+                # A broken chunked encoding, or the client gone mid-body (nobody will read this answer).
                 raise errors.bad_request(f"the body could not be read: {_reason(exc)}") from exc
-            if not chunk:
+            if not raw:
+                decoder.finish()
                 break
-            if held + len(chunk) > limits.max_bytes:
+            received += len(raw)
+            chunk = decoder.feed(raw, limits.max_bytes - held)
+            if received > limits.max_bytes or held + len(chunk) > limits.max_bytes:
                 raise errors.image_too_big(f"the body is more than {limits.max_bytes} bytes")
             if not budget.take(len(chunk)):
                 raise errors.busy(retry_after_s=1, what="request bodies held in memory are at their limit")
@@ -177,8 +220,12 @@ def _part(raw: bytes) -> tuple[bytes | None, bytes]:
         key, colon, value = line.partition(b":")
         if not colon or not key.strip():
             raise errors.bad_request("a multipart part has a header line without a name and colon")
-        if key.strip().lower() == b"content-disposition":
+        field = key.strip().lower()
+        if field == b"content-disposition":
             name = _disposition_name(value.decode("latin-1"))
+        elif field == b"content-type" and value.strip().lower().startswith(b"multipart/"):
+            # RFC 7578 4.3: nested multipart is not used in forms; what would its image be?
+            raise errors.bad_request("a multipart part is itself multipart: send the image as the part")
     return name, content
 
 

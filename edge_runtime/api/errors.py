@@ -53,6 +53,10 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 
 
+def unsupported_encoding(message: str) -> ApiError:
+    return ApiError(415, "UnsupportedMediaType", message)
+
+
 def body_timeout(message: str) -> ApiError:
     return ApiError(408, "RequestTimeout", message, {"Connection": "close"})
 

@@ -7,6 +7,7 @@ pixels either way (both use libjpeg-turbo), the resampler is what changes probab
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +22,10 @@ Image.MAX_IMAGE_PIXELS = None
 DEFAULT_MAX_PIXELS = 50_000_000  # ~ 8K x 6K: bigger than any line camera, smaller than a bomb
 DEFAULT_MAX_RESIZED_PIXELS = 16_000_000  # what a recipe's first resize may make (thin images)
 DEFAULT_MAX_JPEG_SCANS = 100  # progressive JPEGs have ~10; each scan is a pass over the whole image
-# Custom Vision takes JPEG, PNG, BMP and GIF; TIFF and WebP are common camera/archive formats. PIL's
-# other decoders (PSD, ICO, PCX, ...) are attack surface nobody on a line needs.
-DEFAULT_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
+# Custom Vision takes JPEG, PNG, BMP and GIF; WebP is common from cameras. PIL's other decoders (PSD,
+# ICO, PCX, ...) are attack surface nobody on a line needs. TIFF may be allowed in settings, but its
+# decoder (libtiff) prints its own errors on stderr, one line per broken file: no rate limit can hold it.
+DEFAULT_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
 
 # Modes PIL resizes natively in the way the container does (RGBA premultiplied, L as one channel).
 _KEPT_MODES = {"RGB", "RGBA", "L", "LA"}
@@ -37,8 +39,11 @@ class ImageLimits:
     formats: tuple[str, ...] = DEFAULT_FORMATS
 
 
-def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Every bound is checked before the decoder runs: C decoders cannot be interrupted once started."""
+def decode_image(
+    data: bytes, limits: ImageLimits = ImageLimits(), check_size: Callable[[int, int], None] | None = None
+) -> Image.Image:
+    """Every bound is checked before the decoder runs: C decoders cannot be interrupted once started.
+    `check_size(width, height)` adds the caller's own (the model's resize) to them."""
     if not data:
         raise ImageDecodeError("the image is empty (0 bytes)")
     try:
@@ -56,6 +61,8 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
             f"the image has {width}x{height} = {width * height} pixels, "
             f"more than the limit of {limits.max_pixels}"
         )
+    if check_size is not None:
+        check_size(width, height)
     if image.format in ("JPEG", "MPO"):
         scans = jpeg_scan_count(data)
         if scans > limits.max_jpeg_scans:

@@ -11,7 +11,7 @@ from synthetic import CLASSIFIER_LABELS, cpu_options, encode, pattern_image
 
 from edge_runtime.engine import Predictor
 from edge_runtime.errors import ImageDecodeError, ImageTooLargeError
-from edge_runtime.model.imaging import ImageLimits, decode_image, image_from_bgr
+from edge_runtime.model.imaging import DEFAULT_FORMATS, ImageLimits, decode_image, image_from_bgr
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -82,9 +82,15 @@ def test_image_modes_are_accepted(fmt: str, mode: str, decoded_mode: str) -> Non
         source.putalpha(Image.linear_gradient("L").resize(source.size))
     elif mode != "RGB":
         source = source.convert(mode)
-    image = decode_image(encode(source, fmt))
+    allowed = ImageLimits(formats=(*DEFAULT_FORMATS, "TIFF"))  # TIFF: off by default, allowed in settings
+    image = decode_image(encode(source, fmt), allowed)
     assert image.size == (48, 36)
     assert image.mode == decoded_mode
+
+
+def test_tiff_is_refused_unless_allowed() -> None:
+    with pytest.raises(ImageDecodeError, match="not a recognised image format"):
+        decode_image(encode(pattern_image(8, 8), "TIFF"))
 
 
 def test_palette_png_with_transparency_becomes_rgba() -> None:

@@ -213,7 +213,7 @@ class Server:
 async def server() -> AsyncIterator[Server]:
     srv = Server(BodyLimits(max_bytes=1000, timeout_s=5.0, idle_timeout_s=5.0), BodyBudget(10_000))
     srv.release.set()
-    app = web.Application()
+    app = web.Application(handler_args={"auto_decompress": False})  # as create_app: body.py decodes
     app.router.add_post("/", srv.handle)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
