@@ -72,7 +72,7 @@ class ModelSettings(_Section):
 
 class ServerSettings(_Section):
     host: str = "0.0.0.0"
-    port: int = Field(80, ge=0, le=65535)
+    port: int = Field(8080, ge=0, le=65535, description="the module image sets 80, the container's port")
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="413 above this (the container's 4 MiB)")
     max_image_pixels: int = Field(50_000_000, gt=0, description="400 above this many pixels (bombs)")
     max_resized_pixels: int = Field(
@@ -100,13 +100,18 @@ class ServerSettings(_Section):
     protect_metrics: bool = False
     shutdown_timeout_s: float = Field(5.0, gt=0)
     admin_key: SecretStr | None = Field(
-        None,
-        min_length=12,
-        description="enables /admin/* (config patch, model reload) for 'Authorization: Bearer <key>'",
+        None, description="enables /admin/* (config patch, model reload) for 'Authorization: Bearer <key>'"
     )
     response_id: str = ""
     response_project: str = ""
     response_iteration: str = ""
+
+    @field_validator("admin_key")
+    @classmethod
+    def _long_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 12:
+            raise ValueError("the admin key must be at least 12 characters long")
+        return value
 
     @field_validator("image_formats", mode="before")
     @classmethod
@@ -174,8 +179,8 @@ class CameraSettings(_Section):
     rules: tuple[RuleSettings, ...] = (RuleSettings(),)
     open_timeout_s: float = Field(5.0, gt=0)
     stall_timeout_s: float = Field(5.0, gt=0, description="no frame for this long -> stalled, reopen")
-    backoff_initial_s: float = Field(0.5, gt=0)
-    backoff_max_s: float = Field(30.0, gt=0)
+    backoff_initial_s: float = Field(0.5, gt=0, description="first reopen delay; doubles per failure")
+    backoff_max_s: float = Field(30.0, gt=0, description="longest reopen delay (x0.8..1.2 jitter)")
     enabled: bool = True
 
     @field_validator("rois", mode="before")
@@ -194,6 +199,15 @@ class CameraSettings(_Section):
         if not value.strip():
             raise ValueError("camera url is empty")
         return value
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> CameraSettings:
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError(
+                f"camera {self.id!r}: backoff_initial_s ({self.backoff_initial_s:g}) must not exceed"
+                f" backoff_max_s ({self.backoff_max_s:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> CameraSettings:

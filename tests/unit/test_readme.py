@@ -41,3 +41,10 @@ def test_the_example_config_loads() -> None:
     example = README.parent / "examples" / "config.yaml"
     settings = load_settings(example, env=MODULE_ENV)
     assert [camera.id for camera in settings.cameras] == ["bench", "line3-top"]
+
+
+def test_a_short_admin_key_is_refused_in_characters(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  admin_key: short\n")
+    with pytest.raises(ConfigError, match="at least 12 characters"):
+        load_settings(config, env={})
