@@ -1,5 +1,5 @@
-"""Every YAML example in the README loads as pasted, through the settings loader (which refuses duplicate
-keys: PyYAML would keep the last silently)."""
+"""Config files as users write them: every README YAML example and examples/config.yaml load as pasted; the
+loader refuses duplicate keys (PyYAML would keep the last silently) and says what is wrong in words."""
 
 from __future__ import annotations
 
