@@ -449,8 +449,47 @@ def _camera_ids(cameras: Any) -> list[str]:
     return []
 
 
+# Settings that hold secrets may instead name a file that holds them (`password_file: /run/secrets/mqtt`):
+# desired properties and a deployment's env are readable by anyone with access to them, a file on a
+# host bind mount is not. The file is read every time settings are built (a rotated secret applies).
+SECRET_FIELDS = ("password", "url", "connection_string", "prediction_key", "admin_key")
+
+
+def resolve_secret_files(data: Any, where: str = "") -> Any:
+    """`<field>_file: path` -> `<field>: <the file's first line>`, anywhere in the tree."""
+    if isinstance(data, list):
+        return [resolve_secret_files(item, f"{where}[{i}]") for i, item in enumerate(data)]
+    if not isinstance(data, Mapping):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        field = str(key).removesuffix("_file")
+        if str(key).endswith("_file") and field in SECRET_FIELDS:
+            if value is None:
+                continue
+            if data.get(field) is not None:
+                raise ConfigError(f"{name}: give {field} or {key}, not both")
+            out[field] = _read_secret(name, value)
+        else:
+            out[key] = resolve_secret_files(value, name)
+    return out
+
+
+def _read_secret(name: str, path: Any) -> str:
+    try:
+        lines = Path(str(path)).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"{name}: cannot read {path}: {reason}") from exc
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{name}: {path} is empty")
+    return lines[0].strip()
+
+
 def build_settings(data: Mapping[str, Any]) -> Settings:
     try:
+        data = resolve_secret_files(data)
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {describe_validation_error(exc, data)}") from exc

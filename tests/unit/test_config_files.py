@@ -48,3 +48,32 @@ def test_a_short_admin_key_is_refused_in_characters(tmp_path: Path) -> None:
     config.write_text("server:\n  admin_key: short\n")
     with pytest.raises(ConfigError, match="at least 12 characters"):
         load_settings(config, env={})
+
+
+def test_secrets_may_be_read_from_files(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret-from-a-file\n")
+    camera = tmp_path / "camera-url"
+    camera.write_text("rtsp://viewer:pw@10.0.0.21/stream1\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"sinks:\n  mqtt: {{host: broker, password_file: {secret}}}\n"
+        f"cameras:\n  - {{id: top, url_file: {camera}}}\n"
+    )
+    settings = load_settings(config, env={})
+    assert settings.sinks.mqtt is not None and settings.sinks.mqtt.password is not None
+    assert settings.sinks.mqtt.password.get_secret_value() == "s3cret-from-a-file"
+    assert settings.cameras[0].url == "rtsp://viewer:pw@10.0.0.21/stream1"
+
+
+def test_a_missing_or_doubled_secret_file_is_named_not_shown(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("sinks:\n  mqtt: {host: broker, password_file: /nonexistent/pw}\n")
+    with pytest.raises(ConfigError, match=r"sinks\.mqtt\.password_file: cannot read /nonexistent/pw"):
+        load_settings(config, env={})
+    secret = tmp_path / "pw"
+    secret.write_text("hidden-value\n")
+    config.write_text(f"sinks:\n  mqtt: {{host: broker, password: x, password_file: {secret}}}\n")
+    with pytest.raises(ConfigError, match="not both") as info:
+        load_settings(config, env={})
+    assert "hidden-value" not in str(info.value)
