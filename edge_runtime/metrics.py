@@ -77,6 +77,12 @@ CAMERA_RECONNECTS = Counter("edge_runtime_camera_reconnects_total", "Stream reop
 CAMERA_STALLS = Counter(
     "edge_runtime_camera_stalls_total", "Times the watchdog found no fresh frame", ["camera"]
 )
+CAMERA_FAILURES = Counter(
+    "edge_runtime_camera_failures_total",
+    "Stream failures by reason: open_failed, stream_ended (the source closed it: a server crash),"
+    " stalled (no frame within stall_timeout_s); each is followed by a reopen",
+    ["camera", "reason"],
+)
 CAMERA_SAMPLING_OVERRUNS = Counter(
     "edge_runtime_camera_sampling_overruns_total",
     "Sampling ticks that came late because the previous frame's inference took longer than 1/fps",

@@ -2,9 +2,18 @@
 
 States: connecting -> streaming; a failed open or a stream that ends -> backoff (capped exponential,
 jittered) -> connecting. The sampler calls `watchdog()`: a streaming camera with no frame for
-`stall_timeout_s` is declared stalled and told to reopen. OpenCV reads are bounded by a read timeout
-(the stall timeout); a read that runs into it is a stall too, and whatever frame FFmpeg hands back
-then is dropped as stale. So a hung server never blocks the thread for long and no thread is abandoned.
+`stall_timeout_s` is declared stalled and told to reopen; it shows `stalled` (not `backoff`) until
+the reopen starts. OpenCV reads are bounded by a read timeout (the stall timeout); a read that runs
+into it is a stall too, and whatever frame FFmpeg hands back then is dropped as stale. So a hung
+server never blocks the thread for long and no thread is abandoned.
+
+Every failure is counted with its reason (edge_runtime_camera_failures_total{reason}) and kept in the
+status (`last_failure`): states last from a fraction of a second, so a scraped gauge may miss them.
+
+Recovery after the source is back, worst case: the attempt under way when it returns (up to
+open_timeout_s if it times out; a refused connection fails at once) + the backoff wait (at most
+1.2 x backoff_max_s: the delay never exceeds backoff_max_s, the jitter is x0.8..1.2) + the successful
+open + the first frame (bounded by the read timeout).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from edge_runtime import metrics
@@ -37,6 +47,22 @@ class CameraState(StrEnum):
     STOPPED = "stopped"
 
 
+class FailureReason(StrEnum):
+    OPEN_FAILED = "open_failed"  # refused, timed out, unsupported codec, no such file
+    STREAM_ENDED = "stream_ended"  # the source closed the stream or a read failed (a server crash)
+    STALLED = "stalled"  # no frame within stall_timeout_s (a hung server or network)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    reason: FailureReason
+    at: float  # wall clock (time.time())
+
+    def to_dict(self) -> dict[str, object]:
+        at = datetime.fromtimestamp(self.at, UTC).isoformat(timespec="milliseconds")
+        return {"reason": self.reason.value, "at": at}
+
+
 @dataclass(frozen=True, slots=True)
 class CameraStatus:
     camera: str
@@ -48,6 +74,8 @@ class CameraStatus:
     stalls: int
     last_frame_age_s: float | None
     last_error: str | None
+    failures: int = 0
+    last_failure: Failure | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -57,8 +85,10 @@ class CameraStatus:
             "dropped": self.dropped,
             "reconnects": self.reconnects,
             "stalls": self.stalls,
+            "failures": self.failures,
             "last_frame_age_s": None if self.last_frame_age_s is None else round(self.last_frame_age_s, 3),
             "last_error": self.last_error,
+            "last_failure": None if self.last_failure is None else self.last_failure.to_dict(),
         }
 
 
@@ -74,6 +104,8 @@ class Capture:
         self._frames = 0
         self._reconnects = 0
         self._stalls = 0
+        self._failures = 0
+        self._last_failure: Failure | None = None
         self._last_frame_mono: float | None = None
         self._last_error: str | None = None
         self._url = redact_url(settings.url)
@@ -107,10 +139,16 @@ class Capture:
             return
         self._stalls += 1
         metrics.CAMERA_STALLS.labels(self.settings.id).inc()
-        self._last_error = reason
+        self._failed(FailureReason.STALLED, reason)
         log.warning("camera %s (%s) stalled: %s", self.settings.id, self._url, reason)
         self._set_state(CameraState.STALLED)
         self._reopen.set()
+
+    def _failed(self, reason: FailureReason, error: str) -> None:
+        self._failures += 1
+        self._last_failure = Failure(reason, time.time())
+        self._last_error = error
+        metrics.CAMERA_FAILURES.labels(self.settings.id, reason.value).inc()
 
     def status(self) -> CameraStatus:
         last = self._last_frame_mono
@@ -124,6 +162,8 @@ class Capture:
             stalls=self._stalls,
             last_frame_age_s=None if last is None else time.monotonic() - last,
             last_error=self._last_error,
+            failures=self._failures,
+            last_failure=self._last_failure,
         )
 
     @property
@@ -143,7 +183,7 @@ class Capture:
 
     def _run(self) -> None:
         s = self.settings
-        delay = s.backoff_initial_s
+        delay = min(s.backoff_initial_s, s.backoff_max_s)
         read_timeout = max(0.5, s.stall_timeout_s)
         sequence = 0
         while not self._stop.is_set():
@@ -152,8 +192,8 @@ class Capture:
             try:
                 reader = self._opener(s.url, s.open_timeout_s, read_timeout)
             except (SourceError, OSError, RuntimeError, ValueError) as exc:
-                self._last_error = str(exc)
-                log.warning("camera %s (%s): %s", s.id, self._url, exc)
+                self._failed(FailureReason.OPEN_FAILED, str(exc) or type(exc).__name__)
+                log.warning("camera %s (%s): %s", s.id, self._url, self._last_error)
                 self._backoff(delay)
                 delay = min(delay * 2, s.backoff_max_s)
                 continue
@@ -168,7 +208,7 @@ class Capture:
                         self._declare_stall(f"no frame for {waited:.1f} s")
                         break
                     if image is None:
-                        self._last_error = "the stream ended or a read timed out"
+                        self._failed(FailureReason.STREAM_ENDED, "the stream ended or a read failed")
                         break
                     if self._reopen.is_set():
                         break  # the watchdog gave up on this stream while we were blocked
@@ -179,7 +219,7 @@ class Capture:
                     metrics.CAMERA_FRAMES.labels(s.id).inc()
                     if self._state is not CameraState.STREAMING and not self._reopen.is_set():
                         self._set_state(CameraState.STREAMING)
-                        delay = s.backoff_initial_s
+                        delay = min(s.backoff_initial_s, s.backoff_max_s)
             finally:
                 reader.release()
             if self._stop.is_set():
@@ -192,5 +232,6 @@ class Capture:
         self._set_state(CameraState.STOPPED)
 
     def _backoff(self, delay: float) -> None:
-        self._set_state(CameraState.BACKOFF)
+        if self._state is not CameraState.STALLED:  # a stall stays visible until the reopen starts
+            self._set_state(CameraState.BACKOFF)
         self._stop.wait(delay * random.uniform(0.8, 1.2))  # jitter: cameras on one switch don't retry in step

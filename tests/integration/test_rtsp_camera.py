@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:
@@ -109,6 +110,16 @@ def native_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def down_failures(camera_id: str) -> list[tuple[str, float]]:
+    """(reason, count) of edge_runtime_camera_failures_total for one camera."""
+    labels = ("open_failed", "stream_ended", "stalled")
+    values = [
+        REGISTRY.get_sample_value("edge_runtime_camera_failures_total", {"camera": camera_id, "reason": r})
+        for r in labels
+    ]
+    return [(reason, value) for reason, value in zip(labels, values, strict=True) if value]
+
+
 def fresh_age_ms(camera: Capture, timeout: float = 3.0) -> int:
     """Age of the next frame a consumer takes, decoded from the server's stamp."""
     camera.slot.take_newest()
@@ -171,7 +182,7 @@ def test_killed_server_is_reconnected_after_restart_on_the_same_port(
     start_server: StartServer, open_camera: OpenCamera
 ) -> None:
     server = start_server()
-    camera = open_camera(server.url)
+    camera = open_camera(server.url, id="killed-crash")
     assert wait_streaming(camera, 15) is not None, camera.status()
     thread, port, frames_before = camera.thread, server.port, camera.status().frames
 
@@ -181,6 +192,11 @@ def test_killed_server_is_reconnected_after_restart_on_the_same_port(
     time.sleep(1.0)  # a few refused reopens while it is down
     down = camera.status()
     assert down.state in NOT_STREAMING and down.last_error, down
+
+    # The crash is counted with its reason (the stream ended, or no frame came), then refused reopens.
+    counted = dict(down_failures(camera.settings.id))
+    assert counted.get("stream_ended", 0) + counted.get("stalled", 0) >= 1, (counted, down)
+    assert down.failures >= 1 and down.last_failure is not None, down
 
     server.restart()
     assert server.port == port
@@ -200,7 +216,8 @@ def test_killed_server_is_reconnected_after_restart_on_the_same_port(
 def test_hung_server_is_reported_as_a_stall(start_server: StartServer, open_camera: OpenCamera) -> None:
     stall_timeout = 3.0
     server = start_server()
-    camera = open_camera(server.url, stall_timeout_s=stall_timeout)
+    # The first reopen waits 0.6 x 0.8..1.2 s: `stalled` stays visible that long, longer than a tick.
+    camera = open_camera(server.url, id="hung-stall", stall_timeout_s=stall_timeout, backoff_initial_s=0.6)
     assert wait_streaming(camera, 15) is not None, camera.status()
     time.sleep(0.5)
 
@@ -230,6 +247,12 @@ def test_hung_server_is_reported_as_a_stall(start_server: StartServer, open_came
         problems.append(f"frames from before the hang published as new, stamped {stale} ms before capture")
     assert not problems, f"{problems}; {status}"
     assert status.state is not CameraState.STREAMING, status
+    for _ in range(3):  # the state shows it too, until the reopen starts
+        tick()
+        time.sleep(WATCHDOG_EVERY / 2)
+    assert CameraState.STALLED in states, f"states seen: {states}"
+    assert status.last_failure is not None and status.last_failure.reason.value == "stalled", status
+    assert dict(down_failures(camera.settings.id)).get("stalled", 0) >= 1, down_failures(camera.settings.id)
 
 
 def test_hung_server_is_left_and_reconnected_after_sigcont(
