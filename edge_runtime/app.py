@@ -186,6 +186,8 @@ async def cameras_ctx(app: web.Application) -> AsyncIterator[None]:
     pipeline = app[PIPELINE]
     for camera in app[SETTINGS].cameras:
         if camera.enabled:
+            if not camera.rules:
+                log.warning("camera %s has no rules: it is sampled but produces no events", camera.id)
             pipeline.start_camera(camera, app[MODEL], app[EXECUTOR])
     yield
     await pipeline.stop_cameras()

@@ -36,7 +36,7 @@ from edge_runtime.model_slot import ModelSlot
 from edge_runtime.model_updates import Loader, ModelState, ModelUpdater, OptionsFor, in_daemon_thread
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.redact import scrub, scrub_tree
-from edge_runtime.settings import Settings, build_settings, merge_tree
+from edge_runtime.settings import Settings, build_settings, merge_tree, rule_tag_problem
 from edge_runtime.sinks.build import build_sinks
 
 if TYPE_CHECKING:
@@ -154,6 +154,11 @@ class Controller:
         new = build_settings(merge_tree(self._base, sections))  # a null turns a base value off
         if new.events.outbox_path != self.settings.events.outbox_path:
             raise ConfigError("events.outbox_path cannot change at run time")
+        serving = self._model.predictor
+        if serving is not None and new.model == self.settings.model:  # a new model is checked when loaded
+            problem = rule_tag_problem(new, serving.spec.labels)
+            if problem:
+                raise ConfigError(problem)
         # Construct (not start) every sink: unreadable certificates etc. reject the patch here.
         build_sinks(new, lambda: {}, None, self._pipeline.hub)
         return new

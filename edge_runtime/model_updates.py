@@ -25,7 +25,7 @@ from edge_runtime.model.download import DownloadRequest, download_model
 from edge_runtime.model.loader import LoadOptions
 from edge_runtime.model_slot import ModelSlot
 from edge_runtime.redact import redact_url, scrub
-from edge_runtime.settings import ModelSettings, Settings
+from edge_runtime.settings import ModelSettings, Settings, rule_tag_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -167,6 +167,10 @@ class ModelUpdater:
             # A thread of its own: loading must not take an inference worker away from requests,
             # and a daemon one: a long compile must not hold up the process exit after SIGTERM.
             predictor = await in_daemon_thread(self._loader, path, options)
+            problem = rule_tag_problem(settings, predictor.spec.labels)
+            if problem:
+                predictor.close()
+                raise ConfigError(problem)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure: the old model keeps serving, the error is reported

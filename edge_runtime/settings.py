@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,8 @@ class CameraSettings(_Section):
     url: str = Field(description="rtsp://..., a local video file (loops), or synthetic://conveyor")
     fps: float = Field(2.0, gt=0, le=60, description="sampling rate for inference")
     rois: tuple[RoiSettings, ...] = ()
-    rules: tuple[RuleSettings, ...] = (RuleSettings(),)
+    # No rules, no events: an implicit catch-all would alarm on the OK class too.
+    rules: tuple[RuleSettings, ...] = ()
     open_timeout_s: float = Field(5.0, gt=0)
     stall_timeout_s: float = Field(5.0, gt=0, description="no frame for this long -> stalled, reopen")
     backoff_initial_s: float = Field(0.5, gt=0, description="first reopen delay; doubles per failure")
@@ -447,6 +448,18 @@ def _camera_ids(cameras: Any) -> list[str]:
     if isinstance(cameras, list | tuple):
         return [str(c.get("id", i)) if isinstance(c, Mapping) else str(i) for i, c in enumerate(cameras)]
     return []
+
+
+def rule_tag_problem(settings: Settings, labels: Sequence[str]) -> str | None:
+    """A rule naming a tag the model does not have would never fire: say so, with the labels."""
+    for camera in settings.cameras:
+        for rule in camera.rules:
+            if rule.tag != "*" and rule.tag not in labels:
+                return (
+                    f"camera {camera.id!r}: rule tag {rule.tag!r} is not one of the model's labels "
+                    f"({', '.join(labels)})"
+                )
+    return None
 
 
 # Settings that hold secrets may instead name a file that holds them (`password_file: /run/secrets/mqtt`):

@@ -651,7 +651,7 @@ def test_a_valid_camera_builds() -> None:
     first = settings.cameras[0]
     assert first.rois[0].x + first.rois[0].width == 1.0
     assert [r.tag for r in first.rules] == ["scratch", "*"]
-    assert [r.tag for r in settings.cameras[1].rules] == ["*"]  # the default rule
+    assert settings.cameras[1].rules == ()  # no implicit rule: no rules, no events
 
 
 @pytest.mark.parametrize(

@@ -234,7 +234,7 @@ def test_cameras_rules_and_rois_as_mappings() -> None:
     line1 = settings.cameras[0]
     assert [(r.tag, r.k) for r in line1.rules] == [("scratch", 3), ("*", 2)]
     assert [(r.name, r.x) for r in line1.rois] == [("station-a", 0.5)]
-    assert [r.tag for r in settings.cameras[1].rules] == ["*"]  # the default rule
+    assert settings.cameras[1].rules == ()  # no implicit rule: no rules, no events
     as_list = build_settings(
         {
             "cameras": [
