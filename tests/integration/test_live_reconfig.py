@@ -106,7 +106,7 @@ def test_cameras_and_sinks_change_live(tmp_path: Path, start_server: Any) -> Non
             "PATCH",
             "/admin/desired",
             {
-                "cameras": {"second": {"url": "synthetic://conveyor", "fps": 5}},
+                "cameras": {"second": {"url": "synthetic://conveyor", "fps": 5, "rules": {"*": {}}}},
                 "events": None,
                 "sinks": {"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": "live"}},
             },
