@@ -7,8 +7,9 @@ by count and age (drops counted in edge_runtime_sink_dropped_total{reason}). A f
 after a back-off (0.5 s doubling to 5 s), or at once when the sink reports that it has reconnected.
 
 Order: per (camera, ROI, tag) events go in the order they were stored. Across keys, events stored after
-the sink's last failed attempt (or after the start) go before the backlog that built up until then,
-so after an outage a live alarm does not queue behind every stored event (see Outbox.next_batch).
+delivery (re)started (the start, or the first confirmed send after a failure) go before the backlog
+stored until then, so after an outage a live alarm does not queue behind every stored event (see
+Outbox.next_batch); a batch of backlog is cut short when something new is stored.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def failure_reason(exc: BaseException) -> str:
 class _Retry:
     delay: float
     failing: bool = False
-    fresh_after: int = 0  # outbox seq at the last failure (or start): later rows overtake the backlog
+    fresh_after: int = 0  # outbox seq when delivery last (re)started: later rows overtake the backlog
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,9 @@ class Dispatcher:
             if isinstance(sink, ConnectionWatch):
                 self._unwatch.append(sink.watch_connection(functools.partial(self._connection, sink.name)))
             await sink.start()
-            self._tasks.append(asyncio.create_task(self._deliver(sink), name=f"deliver-{sink.name}"))
+            backlog_until = await self._outbox.last_seq(sink.name)  # stored before the start: backlog
+            deliver = self._deliver(sink, backlog_until)
+            self._tasks.append(asyncio.create_task(deliver, name=f"deliver-{sink.name}"))
             if sink.name in self._summaries:
                 self._tasks.append(asyncio.create_task(self._summarise(sink), name=f"summary-{sink.name}"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="outbox-housekeeping"))
@@ -142,13 +145,9 @@ class Dispatcher:
         if connected:
             self._reconnected[sink_name].set()
 
-    async def _deliver(self, sink: Sink) -> None:
+    async def _deliver(self, sink: Sink, fresh_after: int) -> None:
         bucket = TokenBucket(sink.delivery.rate_limit_per_minute)
-        state = _Retry(self.RETRY_INITIAL_S)
-        try:  # what waits from before the start is backlog; events from now on are fresh
-            state.fresh_after = await self._outbox.last_seq(sink.name)
-        except sqlite3.Error as exc:
-            log.error("outbox error while delivering to %s: %s", sink.name, exc)
+        state = _Retry(self.RETRY_INITIAL_S, fresh_after=fresh_after)
         while True:
             try:
                 await self._deliver_some(sink, bucket, state)
@@ -167,9 +166,11 @@ class Dispatcher:
                 self._idle[sink.name].set()
             await self._wakeups[sink.name].wait()
             return
-        for record in records:
+        for index, record in enumerate(records):
             if (wait := bucket.wait_time()) > 0:
                 await asyncio.sleep(wait)
+            if index and record.seq <= state.fresh_after and self._wakeups[sink.name].is_set():
+                return  # something new was stored: plan again, it need not wait for this backlog
             reconnected = self._reconnected[sink.name]
             reconnected.clear()  # from here on a reconnect counts: it may come while publish fails
             try:
@@ -180,7 +181,6 @@ class Dispatcher:
                 level = logging.DEBUG if state.failing else logging.WARNING
                 log.log(level, "sink %s: delivery failed (%s); will retry", sink.name, failure_reason(exc))
                 state.failing = True
-                state.fresh_after = await self._outbox.last_seq(sink.name)
                 await self._back_off(reconnected, state)
                 return
             bucket.take()
@@ -189,6 +189,7 @@ class Dispatcher:
             if state.failing:
                 log.info("sink %s: delivering again", sink.name)
                 state.failing = False
+                state.fresh_after = await self._outbox.last_seq(sink.name)  # the outage's backlog
             state.delay = self.RETRY_INITIAL_S
 
     async def _back_off(self, reconnected: asyncio.Event, state: _Retry) -> None:

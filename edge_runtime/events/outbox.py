@@ -7,8 +7,8 @@ caller to be counted, never dropped silently.
 
 Order: each row has an order key (an event's camera / ROI / tag; a summary's type). `next_batch` hands
 rows out so that within one key they always go in the order they were stored, while across keys rows
-stored after `fresh_after` (fresh: after the sink's last failure) go before the older backlog, so a
-live alarm does not wait for an outage's backlog to drain.
+stored after `fresh_after` (fresh: after delivery resumed) go before the older backlog, so a live
+alarm does not wait for an outage's backlog to drain.
 
 All sqlite work runs on one private thread: the event loop never waits on disk, and one connection
 serialises every statement without locks.

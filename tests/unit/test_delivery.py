@@ -873,3 +873,23 @@ async def test_fresh_events_overtake_the_backlog_but_not_their_own_key(
     for camera in ("cam-0", "cam-2", "cam-3"):
         stored = [e.id for e in backlog if e.camera == camera]
         assert [i for i in order if i in set(stored)] == stored
+
+
+async def test_a_fresh_event_does_not_wait_for_a_rate_limited_batch_of_backlog(
+    monkeypatch: pytest.MonkeyPatch, dispatcher_for: Callable[..., Dispatcher]
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "TokenBucket", lambda rate: TokenBucket(rate, burst=1))
+    sink = FakeSink(unique("limited-fresh"), DeliverySettings(rate_limit_per_minute=1200))  # 20/s
+    sink.down = True
+    dispatcher = dispatcher_for(sink)
+    await dispatcher.start()
+    for i in range(40):  # 2 s of sending at the limit
+        await dispatcher.publish(make_event(i, camera=f"cam-{i % 2}"))
+    await wait_for(lambda: len(sink.attempts) >= 1)
+    sink.down = False  # what is stored when delivery resumes is the backlog
+    await wait_for(lambda: len(sink.received) >= 3)
+    alarm = make_event(100, camera="cam-alarm")
+    await dispatcher.publish(alarm)
+    sent_before = len(sink.received)
+    await wait_for(lambda: alarm.id in sink.events, timeout=3.0)
+    assert sink.events.index(alarm.id) <= sent_before + 1, "next but one, not after the batch"
