@@ -7,6 +7,11 @@ SchemaStore schemas (tests/schemas/iotedge, draft-04), then converted to the gen
 edgeHub 1.2. What the schemas cannot say is checked here: routes name existing modules and the output the
 code really uses, the module twin is valid for the runtime's own settings model, and the Dockerfiles agree
 with the manifest (port, user, health check, volume path).
+
+Secrets: the twin and the module's environment live in desired properties (readable by anyone with access
+to them), so neither holds one: the twin names files (`<secret>_file`) inside a read-only host bind mount.
+The settings tests create those files under tmp_path (as the operator does on the device) and point the
+twin's `*_file` references there: the runtime's own reader (`resolve_secret_files`) reads them unpatched.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from unittest import mock
 
@@ -28,7 +33,14 @@ from referencing.jsonschema import DRAFT4
 
 import edge_runtime
 from edge_runtime.errors import ConfigError
-from edge_runtime.settings import ENV_PREFIX, IotHubSettings, Settings, build_settings, load_settings
+from edge_runtime.settings import (
+    ENV_PREFIX,
+    SECRET_FIELDS,
+    IotHubSettings,
+    Settings,
+    build_settings,
+    load_settings,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "tests" / "schemas" / "iotedge"
@@ -36,7 +48,39 @@ MODULE = "edgeRuntime"
 MODULE_DIR = REPO / "modules" / MODULE
 DOTENV = REPO / ".env.template"
 # template -> the module.json platform whose image ${MODULES.edgeRuntime} becomes
-TEMPLATES = {"deployment.template.json": "amd64", "deployment.cuda.template.json": "amd64.cuda"}
+TEMPLATES = {
+    "deployment.template.json": "amd64",
+    "deployment.intelgpu.template.json": "amd64",
+    "deployment.cuda.template.json": "amd64.cuda",
+}
+# template -> the accelerator its createOptions hand to the container (None: no device at all)
+ACCELERATORS = {
+    "deployment.template.json": None,
+    "deployment.intelgpu.template.json": "intelgpu",
+    "deployment.cuda.template.json": "cuda",
+}
+# template -> model.device in its twin (the only twin difference between the templates)
+TWIN_DEVICES = {
+    "deployment.template.json": "auto",
+    "deployment.intelgpu.template.json": "openvino:GPU",
+    "deployment.cuda.template.json": "cuda",
+}
+# .env names no template uses: iotedgedev's own
+DOTENV_FOR_TOOLS = {"DEPLOYMENT_CONFIG_TEMPLATE_FILE", "DEFAULT_PLATFORM"}
+# What the operator writes into the secret files on the device (file name -> first line), for the tests.
+SECRET_FILES = {
+    "model-url": "https://mystorage.blob.core.windows.net/models/export.zip?sv=2024-11-04&sr=b&sp=r&sig=t3st",
+    "camera-line1-url": "rtsp://viewer:t3st@10.0.0.21:554/stream1",
+    "mqtt-password": "t3st-password",
+}
+# The twin's secret references every template carries (dotted path -> file in the secrets mount).
+SECRETS_TARGET = "/run/secrets/edge-runtime"
+TWIN_SECRET_FILES = {
+    "model.url_file": f"{SECRETS_TARGET}/model-url",
+    "cameras.line1-top.url_file": f"{SECRETS_TARGET}/camera-line1-url",
+    "sinks.mqtt.password_file": f"{SECRETS_TARGET}/mqtt-password",
+}
+MODELS_TARGET = "/models"
 # What the twin may set (the rest is the module's environment); cameras/rules/rois are keyed objects.
 TWIN_SECTIONS = {"model", "cameras", "sinks", "events", "log_level"}
 VOLUME_TARGET = "/app/var"
@@ -48,6 +92,9 @@ ROUTE_FROM_OUTPUT = re.compile(r"\bFROM\s+/messages/modules/([^/\s]+)/outputs/([
 ROUTE_FROM_ANY = re.compile(r"\bFROM\s+(\S+)", re.IGNORECASE)
 BROKERED = re.compile(r'BrokeredEndpoint\(\s*"/modules/([^/"]+)/inputs/([^/"]+)"\s*\)', re.IGNORECASE)
 LEGAL_DOLLAR_WORDS = {"$upstream", "$edgeAgent", "$edgeHub", "$schema", "$version"}
+URL_USERINFO = re.compile(r"\b[a-z][a-z0-9+.-]*://[^/?#@\s]+@", re.IGNORECASE)
+URL_SAS = re.compile(r"[?&]sig=", re.IGNORECASE)
+CONNECTION_STRING_KEY = re.compile(r"SharedAccess(Key|Signature)\b", re.IGNORECASE)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -219,6 +266,128 @@ def code_outputs(doc: Mapping[str, Any]) -> dict[str, set[str]]:
     return {MODULE: {iothub.output} if iothub is not None else set()}
 
 
+# --- secrets and mounts
+def walk(tree: Any, where: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(dotted path, key, value) for every key of nested objects (list items as [i])."""
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            name = f"{where}.{key}" if where else str(key)
+            yield name, str(key), value
+            yield from walk(value, name)
+    elif isinstance(tree, list):
+        for i, item in enumerate(tree):
+            yield from walk(item, f"{where}[{i}]")
+
+
+def is_secret_file_key(key: str) -> bool:
+    """`<secret>_file`: the runtime reads the file's first line as <secret> when settings are built."""
+    return key.endswith("_file") and key.removesuffix("_file") in SECRET_FIELDS
+
+
+def file_references(sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Host files the twin names: every `*_file` (secrets, CAs, client keys) and a local `model.path`."""
+    refs = {name: value for name, key, value in walk(sections) if key.endswith("_file") and value is not None}
+    model = sections.get("model")
+    if isinstance(model, Mapping) and model.get("path") is not None:
+        refs["model.path"] = model["path"]
+    return refs
+
+
+def bind_mounts(doc: Mapping[str, Any], module: str = MODULE) -> list[tuple[str, str, set[str]]]:
+    """(source, target, options) of HostConfig.Binds: `src:dst[:opt,opt]`."""
+    mounts = []
+    for bind in create_options(doc, module).get("HostConfig", {}).get("Binds", []):
+        source, target, *rest = bind.split(":")
+        mounts.append((source, target, set(rest[0].split(",")) if rest else set()))
+    return mounts
+
+
+def read_only_host_mounts(doc: Mapping[str, Any], module: str = MODULE) -> dict[str, str]:
+    """container target -> host folder, for bind mounts of a host path (not a named volume) with `ro`."""
+    return {t: s for s, t, options in bind_mounts(doc, module) if s.startswith("/") and "ro" in options}
+
+
+def mounted_in(path: str, targets: Mapping[str, str]) -> str | None:
+    """The read-only mount target that holds `path` (absolute, no `..`), or None."""
+    pure = PurePosixPath(path)
+    if not pure.is_absolute() or ".." in pure.parts or str(pure) != path:
+        return None
+    return next((t for t in targets if pure != PurePosixPath(t) and pure.is_relative_to(t)), None)
+
+
+def mount_errors(doc: Mapping[str, Any]) -> list[str]:
+    """Every file the twin names must come from a read-only host bind mount of the module."""
+    targets = read_only_host_mounts(doc)
+    return [
+        f"{name}: {value!r} is not inside a read-only host bind mount ({sorted(targets)})"
+        for name, value in file_references(twin_sections(doc)).items()
+        if not isinstance(value, str) or mounted_in(value, targets) is None
+    ]
+
+
+def looks_secret(name: str, key: str, value: Any) -> list[str]:
+    errors = []
+    field = key.lower()
+    if value not in (None, "") and (
+        field in {"password", "connection_string"} or field.endswith("_key") or field == "key"
+    ):
+        errors.append(f"{name}: a secret value (name a file instead: {field}_file)")
+    if isinstance(value, str):
+        if URL_USERINFO.search(value):
+            errors.append(f"{name}: a URL with a login (user:password@)")
+        if URL_SAS.search(value):
+            errors.append(f"{name}: a URL with a SAS signature (sig=)")
+        if CONNECTION_STRING_KEY.search(value):
+            errors.append(f"{name}: a connection string key")
+    return errors
+
+
+def secret_errors(doc: Mapping[str, Any]) -> list[str]:
+    """Values in the twin or a module's environment (both in desired properties) that look like secrets."""
+    errors = []
+    for name, key, value in walk(twin_sections(doc)):
+        errors += looks_secret(f"twin {name}", key, value)
+    for module in agent(doc)["modules"]:
+        env = dict(module_env(doc, module))
+        for item in create_options(doc, module).get("Env", []):
+            env_name, _, env_value = str(item).partition("=")
+            env[env_name] = env_value
+        for env_name, env_value in env.items():
+            field = env_name.removeprefix(ENV_PREFIX).split("__")[-1]
+            errors += looks_secret(f"{module} env {env_name}", field, env_value)
+    return errors
+
+
+def with_secret_files(doc: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """The device's side, under `root`: each read-only host mount's folder holds the secret files the twin
+    names (SECRET_FILES), and the twin's `<secret>_file` paths point there (the container's view)."""
+    out = copy.deepcopy(dict(doc))
+    targets = read_only_host_mounts(out)
+
+    def rewrite(tree: Any) -> None:
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+        for key, value in list(items):
+            if isinstance(key, str) and is_secret_file_key(key) and isinstance(value, str):
+                target = mounted_in(value, targets)
+                if target is None:
+                    continue  # mount_errors reports it; reading it fails like on the device
+                file = root / target.lstrip("/") / PurePosixPath(value).relative_to(target)
+                if file.name not in SECRET_FILES:
+                    pytest.fail(f"{value}: add the example content of {file.name!r} to SECRET_FILES")
+                file.parent.mkdir(parents=True, exist_ok=True)
+                file.write_text(SECRET_FILES[file.name] + "\n", encoding="utf-8")
+                tree[key] = str(file)
+            else:
+                rewrite(value)
+
+    rewrite(twin(out))
+    return out
+
+
+def load_mounted(template: str, root: Path) -> dict[str, Any]:
+    return with_secret_files(load_expanded(template), root)
+
+
 # --- Dockerfiles
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
@@ -303,7 +472,8 @@ def dockerfile_errors(text: str, context: Path) -> list[str]:
 
 
 def build_context() -> Path:
-    return (MODULE_DIR / module_json()["image"]["contextPath"]).resolve()
+    context: str = module_json()["image"]["contextPath"]
+    return (MODULE_DIR / context).resolve()
 
 
 def platforms() -> dict[str, str]:
@@ -337,8 +507,8 @@ def test_generated_manifest_validates_against_edge_agent_1_1_and_edge_hub_1_2(te
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
-def test_routes_name_existing_modules_and_the_output_the_code_sends_on(template: str) -> None:
-    doc = load_expanded(template)
+def test_routes_name_existing_modules_and_the_output_the_code_sends_on(template: str, tmp_path: Path) -> None:
+    doc = load_mounted(template, tmp_path)
     outputs = code_outputs(doc)
     assert outputs[MODULE] == {IotHubSettings().output} == {"defects"}
     assert route_errors(doc, outputs) == []
@@ -353,8 +523,31 @@ def test_routes_name_existing_modules_and_the_output_the_code_sends_on(template:
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
-def test_module_twin_validates_against_the_runtime_settings_model(template: str) -> None:
+def test_templates_deploy_only_this_module(template: str) -> None:
+    """No placeholder modules (a route to another module is a README example, added with that module)."""
     doc = load_expanded(template)
+    assert set(agent(doc)["modules"]) == {MODULE}
+    assert set(agent(doc)["systemModules"]) == {"edgeAgent", "edgeHub"}
+
+
+def test_templates_differ_only_in_the_accelerator() -> None:
+    """Same twin (but model.device), routes and environment: the variants cannot drift apart."""
+    assert set(TEMPLATES) == set(ACCELERATORS) == set(TWIN_DEVICES)
+    assert set(TEMPLATES) == {p.name for p in REPO.glob("deployment*.template.json")}
+    docs = {name: load_expanded(name) for name in TEMPLATES}
+    for name, doc in docs.items():
+        assert twin_sections(doc)["model"].pop("device") == TWIN_DEVICES[name]
+    base = docs["deployment.template.json"]
+    for name, doc in docs.items():
+        assert twin_sections(doc) == twin_sections(base), name
+        assert hub(doc) == hub(base), name
+        assert module_env(doc) == module_env(base), name
+        assert bind_mounts(doc) == bind_mounts(base), name
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_module_twin_validates_against_the_runtime_settings_model(template: str, tmp_path: Path) -> None:
+    doc = load_mounted(template, tmp_path)
     sections = twin_sections(doc)
     assert set(sections) <= TWIN_SECTIONS
     settings = build_settings(sections)  # the twin on its own, over the defaults
@@ -367,9 +560,10 @@ def test_module_twin_validates_against_the_runtime_settings_model(template: str)
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
-def test_effective_settings_of_the_module(template: str) -> None:
-    """Environment + IoT Edge + twin, as the module will run: hub on, iothub sink on `defects`, port 80."""
-    doc = load_expanded(template)
+def test_effective_settings_of_the_module(template: str, tmp_path: Path) -> None:
+    """Environment + IoT Edge + twin, as the module will run: hub on, iothub sink on `defects`, port 80,
+    and the secrets read from the files the twin names."""
+    doc = load_mounted(template, tmp_path)
     settings = effective_settings(doc)
     assert settings.hub_enabled
     assert settings.sinks.iothub is not None and settings.sinks.iothub.output == "defects"
@@ -378,6 +572,120 @@ def test_effective_settings_of_the_module(template: str) -> None:
     assert {c.id for c in settings.cameras} == set(twin_sections(doc)["cameras"])
     for name in module_env(doc):
         assert name.startswith(ENV_PREFIX), f"{name}: the runtime reads only {ENV_PREFIX}* variables"
+    assert settings.model.url is not None
+    assert settings.model.url.get_secret_value() == SECRET_FILES["model-url"]
+    camera = next(c for c in settings.cameras if c.id == "line1-top")
+    assert camera.url == SECRET_FILES["camera-line1-url"]
+    assert settings.sinks.mqtt is not None and settings.sinks.mqtt.password is not None
+    assert settings.sinks.mqtt.password.get_secret_value() == SECRET_FILES["mqtt-password"]
+
+
+# ------------------------------------------------------------------------------------------------ secrets
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_twin_reads_its_secrets_from_files_in_a_read_only_bind_mount(template: str) -> None:
+    doc = load_expanded(template)
+    refs = file_references(twin_sections(doc))
+    secret_refs = {name: value for name, value in refs.items() if is_secret_file_key(name.split(".")[-1])}
+    assert secret_refs == TWIN_SECRET_FILES
+    assert mount_errors(doc) == []
+    mounts = read_only_host_mounts(doc)
+    assert {SECRETS_TARGET, MODELS_TARGET} <= set(mounts)
+    assert mounts[SECRETS_TARGET] != mounts[MODELS_TARGET]
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_no_secret_in_the_twin_or_the_environment(template: str) -> None:
+    assert secret_errors(load_expanded(template)) == []
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_local_model_from_the_models_mount(template: str, tmp_path: Path) -> None:
+    """The README's alternative to model.url_file: an export copied to the host's models folder."""
+    doc = load_expanded(template)
+    local = {"path": f"{MODELS_TARGET}/export.zip", "device": twin(doc)["model"]["device"]}
+    twin(doc)["model"] = local
+    assert mount_errors(doc) == []
+    settings = build_settings(twin_sections(with_secret_files(doc, tmp_path)))
+    assert settings.model.path == Path(local["path"]) and settings.model.url is None
+    assert settings.model.sha256 is None  # only a download is hashed: sha256sum is the operator's check
+
+
+SECRET_MUTATIONS: dict[str, tuple[Any, str]] = {
+    "password-back-in-twin": (
+        lambda d: twin(d)["sinks"]["mqtt"].__setitem__("password", "hunter2"),
+        "twin sinks.mqtt.password: a secret value",
+    ),
+    "camera-login-in-twin": (
+        lambda d: twin(d)["cameras"]["line1-top"].__setitem__("url", "rtsp://viewer:pw@10.0.0.21/s"),
+        "twin cameras.line1-top.url: a URL with a login",
+    ),
+    "sas-url-in-twin": (
+        lambda d: twin(d)["model"].__setitem__("url", "https://a.blob.core.windows.net/m/x.zip?sv=1&sig=abc"),
+        "twin model.url: a URL with a SAS signature",
+    ),
+    "admin-key-in-twin": (
+        lambda d: twin(d).__setitem__("server", {"admin_key": "0123456789abcdef"}),
+        "twin server.admin_key: a secret value",
+    ),
+    "password-in-env": (
+        lambda d: agent(d)["modules"][MODULE]["env"].__setitem__(
+            "EDGE_RUNTIME_SINKS__MQTT__PASSWORD", {"value": "hunter2"}
+        ),
+        f"{MODULE} env EDGE_RUNTIME_SINKS__MQTT__PASSWORD: a secret value",
+    ),
+    "connection-string-in-create-options": (
+        lambda d: create_options(d).__setitem__(
+            "Env", ["EDGE_RUNTIME_HUB__CONNECTION_STRING=HostName=h;DeviceId=d;SharedAccessKey=abc"]
+        ),
+        f"{MODULE} env EDGE_RUNTIME_HUB__CONNECTION_STRING: a secret value",
+    ),
+}
+
+
+@pytest.mark.parametrize(("mutate", "message"), SECRET_MUTATIONS.values(), ids=SECRET_MUTATIONS.keys())
+def test_secret_checks_can_fail(mutate: Any, message: str) -> None:
+    doc = load_expanded("deployment.template.json")
+    mutate(doc)
+    assert message in "\n".join(secret_errors(doc))
+
+
+MOUNT_MUTATIONS: dict[str, tuple[Any, str]] = {
+    "file-outside-mounts": (
+        lambda d: twin(d)["sinks"]["mqtt"].__setitem__("password_file", "/etc/edge-runtime/mqtt-password"),
+        "sinks.mqtt.password_file: '/etc/edge-runtime/mqtt-password' is not inside",
+    ),
+    "file-escapes-mount": (
+        lambda d: twin(d)["model"].__setitem__("url_file", f"{SECRETS_TARGET}/../../../etc/shadow"),
+        "model.url_file: '/run/secrets/edge-runtime/../../../etc/shadow' is not inside",
+    ),
+    "relative-file": (
+        lambda d: twin(d)["model"].__setitem__("url_file", "secrets/model-url"),
+        "model.url_file: 'secrets/model-url' is not inside",
+    ),
+    "mount-writable": (
+        lambda d: create_options(d)["HostConfig"].__setitem__(
+            "Binds", [b.removesuffix(":ro") for b in create_options(d)["HostConfig"]["Binds"]]
+        ),
+        "cameras.line1-top.url_file: '/run/secrets/edge-runtime/camera-line1-url' is not inside",
+    ),
+    "named-volume-not-host": (
+        lambda d: create_options(d)["HostConfig"].__setitem__(
+            "Binds", ["edgeRuntimeVar:/app/var", f"secrets:{SECRETS_TARGET}:ro"]
+        ),
+        "sinks.mqtt.password_file: '/run/secrets/edge-runtime/mqtt-password' is not inside",
+    ),
+    "local-model-outside-mounts": (
+        lambda d: twin(d).__setitem__("model", {"path": "/app/var/export.zip"}),
+        "model.path: '/app/var/export.zip' is not inside",
+    ),
+}
+
+
+@pytest.mark.parametrize(("mutate", "message"), MOUNT_MUTATIONS.values(), ids=MOUNT_MUTATIONS.keys())
+def test_mount_checks_can_fail(mutate: Any, message: str) -> None:
+    doc = load_expanded("deployment.template.json")
+    mutate(doc)
+    assert message in "\n".join(mount_errors(doc))
 
 
 @pytest.mark.parametrize(
@@ -395,6 +703,14 @@ def test_effective_settings_of_the_module(template: str) -> None:
         ),
         (lambda t: t["model"].pop("sha256"), "needs model.sha256"),
         (lambda t: t["sinks"].__setitem__("kafka", {"host": "x"}), "unknown sink"),
+        (
+            lambda t: t["sinks"]["mqtt"].__setitem__("password", "hunter2"),
+            "give password or password_file, not both",
+        ),
+        (
+            lambda t: t["sinks"]["mqtt"].__setitem__("password_file", "/nonexistent/mqtt-password"),
+            "sinks.mqtt.password_file: cannot read /nonexistent/mqtt-password",
+        ),
     ],
     ids=[
         "negative-fps",
@@ -403,16 +719,18 @@ def test_effective_settings_of_the_module(template: str) -> None:
         "roi-outside",
         "url-without-sha256",
         "unknown-sink",
+        "password-and-password-file",
+        "secret-file-missing",
     ],
 )
-def test_broken_twin_is_rejected(mutate: Any, message: str) -> None:
-    sections = twin_sections(load_expanded("deployment.template.json"))
+def test_broken_twin_is_rejected(mutate: Any, message: str, tmp_path: Path) -> None:
+    sections = twin_sections(load_mounted("deployment.template.json", tmp_path))
     mutate(sections)
     with pytest.raises(ConfigError, match=re.escape(message)):
         build_settings(sections)
 
 
-def test_broken_template_is_caught() -> None:
+def test_broken_template_is_caught(tmp_path: Path) -> None:
     """The checks can fail: bad restartPolicy, missing schemaVersion, a route to a module that does not
     exist, an invalid route name and an output the code never uses are all reported."""
     doc = load_expanded("deployment.template.json")
@@ -438,7 +756,7 @@ def test_broken_template_is_caught() -> None:
     )
     assert "sometimes" in manifest
 
-    extra = "\n".join(route_errors(doc, code_outputs(load_expanded("deployment.template.json"))))
+    extra = "\n".join(route_errors(doc, code_outputs(load_mounted("deployment.template.json", tmp_path))))
     assert "route name 'bad.name'" in extra
     assert "target module 'ghost' is not in modules" in extra
     assert "source module 'ghost' is not in modules" in extra
@@ -465,33 +783,50 @@ def test_create_options_agree_with_the_image(template: str) -> None:
     volumes = [b.split(":") for b in host["Binds"]]
     assert [(s, t) for s, t, *_ in volumes if t == VOLUME_TARGET and not s.startswith("/")], volumes
     assert host["Sysctls"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
-    if TEMPLATES[template] == "amd64.cuda":
+    accelerator = ACCELERATORS[template]
+    if accelerator == "cuda":
+        assert TEMPLATES[template] == "amd64.cuda"
         assert host["DeviceRequests"] == [{"Count": -1, "Capabilities": [["gpu"]]}]
-        assert "Devices" not in host
     else:
-        assert {d["PathOnHost"] for d in host["Devices"]} == {"/dev/dri"}
-        assert all(g.isdigit() for g in host["GroupAdd"]), "GroupAdd: the host's numeric render gid"
         assert "DeviceRequests" not in host
+    if accelerator == "intelgpu":
+        assert TEMPLATES[template] == "amd64", "the amd64 image has OpenVINO's GPU plugin and OpenCL"
+        assert host["Devices"] == [
+            {"PathOnHost": "/dev/dri", "PathInContainer": "/dev/dri", "CgroupPermissions": "rwm"}
+        ]
+        assert host["GroupAdd"] and all(g.isdigit() for g in host["GroupAdd"]), (
+            "GroupAdd: the host's numeric render gid"
+        )
+    else:
+        # A device that is missing on the host keeps the container from starting: none by default.
+        assert "Devices" not in host and "GroupAdd" not in host
 
 
 def test_template_and_dotenv_keep_secrets_out_of_the_template() -> None:
     dotenv = read_dotenv(DOTENV)
+    used_anywhere: set[str] = set()
     for template in TEMPLATES:
         raw = (REPO / template).read_text(encoding="utf-8")
         assert not re.search(r"://[^/\s\"$]+:[^@\s\"$]+@", raw), f"{template}: credentials in a URL"
         doc = json.loads(raw)
-        secrets = [
-            agent(doc)["runtime"]["settings"]["registryCredentials"]["registry"]["password"],
-            twin(doc)["sinks"]["mqtt"]["password"],
-            twin(doc)["model"]["url"],
-            *(c["url"] for c in twin(doc)["cameras"].values()),
-        ]
-        assert all(re.fullmatch(r"\$\{[A-Z0-9_]+\}", s) for s in secrets), secrets
+        # edgeAgent's registry login is the one secret the deployment must carry: from .env, never inline.
+        password = agent(doc)["runtime"]["settings"]["registryCredentials"]["registry"]["password"]
+        assert re.fullmatch(r"\$\{[A-Z0-9_]+\}", password), password
+        assert secret_errors(doc) == [], template
         used = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", raw))
         assert used <= set(dotenv), f"{template}: no example value for {sorted(used - set(dotenv))}"
+        used_anywhere |= used
+    unused = set(dotenv) - used_anywhere - DOTENV_FOR_TOOLS
+    assert not unused, f".env.template: {sorted(unused)} used by no template"
     for key, value in dotenv.items():
         assert not key.startswith(ENV_PREFIX), f"{key}: the runtime would read it as a setting"
         assert '"' not in value and "\\" not in value, f"{key}: pasted into JSON verbatim"
+        if key != "CONTAINER_REGISTRY_PASSWORD":
+            words = set(key.split("_"))
+            assert (
+                not words & {"PASSWORD", "SECRET", "TOKEN", "KEY", "SAS"} and "CONNECTION_STRING" not in key
+            ), f"{key}: secrets are files on the device, not .env values"
+            assert looks_secret(key, key.lower(), value) == [], f"{key}: {value!r} looks like a secret"
 
 
 # ------------------------------------------------------------------------------------ module.json / images
@@ -499,7 +834,7 @@ def test_module_json() -> None:
     data = module_json()
     assert data["$schema-version"] == "0.0.1"
     image = data["image"]
-    assert image["repository"] == "${CONTAINER_REGISTRY_ADDRESS}/edge-runtime"
+    assert image["repository"] == "${CONTAINER_REGISTRY_SERVER}/edge-runtime"
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     assert image["tag"]["version"] == pyproject["project"]["version"] == edge_runtime.__version__
     assert set(platforms()) == {"amd64", "arm64v8", "amd64.cuda"}
