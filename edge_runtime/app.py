@@ -148,6 +148,7 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
     out; whatever is left stays in the outbox and goes out after the next start."""
     settings = app[SETTINGS]
     pipeline = app[PIPELINE]
+    log.info("%s", where_events_go(settings))
     pipeline.outbox = Outbox(settings.events.outbox_path)
     await pipeline.outbox.open()
     try:
@@ -158,6 +159,22 @@ async def events_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await pipeline.dispatcher.close()
     await pipeline.outbox.close()
+
+
+def where_events_go(settings: Settings) -> str:
+    """For the startup log: a newcomer's first question is where the events and snapshots appear."""
+    events = settings.events
+    sinks = [f"JSONL {events.jsonl_path.resolve()}"] if events.jsonl_path else []
+    sinks += [name for name, on in (("MQTT", settings.sinks.mqtt), ("IoT Hub", settings.sinks.iothub)) if on]
+    snapshots = (
+        f"{events.snapshot_dir.resolve()} (served at /snapshots/<event id>.jpg)"
+        if events.snapshot_dir
+        else "nowhere (events.snapshot_dir is off)"
+    )
+    return (
+        f"events go to {', '.join(sinks) or 'no sink'}; snapshots to {snapshots}; "
+        f"undelivered events wait in {events.outbox_path.resolve()}"
+    )
 
 
 async def start_dispatcher(settings: Settings, pipeline: Pipeline) -> Dispatcher:
