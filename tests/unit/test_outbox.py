@@ -421,6 +421,19 @@ async def test_a_fresh_row_is_not_held_up_by_more_waiting_fresh_rows_than_a_batc
     assert await batch_ids(outbox, fresh_after, limit=3) == ["new-z", "old-a", "new-a0"]
 
 
+async def test_the_search_for_free_fresh_rows_is_bounded(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "FRESH_SCAN", 3)  # 2000 in service
+    fresh_after = await put_event(outbox, "old-a", "cam-a", "stain")
+    for i in range(3):
+        await put_event(outbox, f"new-a{i}", "cam-a", "stain")
+    await put_event(outbox, "new-z", "cam-z", "stain")  # 4th fresh row: beyond the search
+    assert await batch_ids(outbox, fresh_after, limit=2) == ["old-a", "new-a0"]
+    monkeypatch.setattr(outbox_module, "FRESH_SCAN", 4)
+    assert await batch_ids(outbox, fresh_after, limit=2) == ["new-z", "old-a"]
+
+
 async def test_summaries_keep_their_own_order(outbox: Outbox) -> None:
     await outbox.put(["a"], "summary", "s1", {"type": "summary"}, LARGE)
     fresh_after = await put_event(outbox, "old-e", "cam-1", "stain")
