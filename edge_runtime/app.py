@@ -184,7 +184,12 @@ async def start_dispatcher(settings: Settings, pipeline: Pipeline) -> Dispatcher
     pipeline.snapshots = (
         None
         if events.snapshot_dir is None
-        else SnapshotStore(events.snapshot_dir, events.snapshot_max_count, events.snapshot_max_bytes)
+        else SnapshotStore(
+            events.snapshot_dir,
+            events.snapshot_max_count,
+            events.snapshot_max_bytes,
+            settings.server.public_url,
+        )
     )
     sinks = build_sinks(settings, pipeline.camera_statuses, pipeline.snapshots, pipeline.hub)
     dispatcher = Dispatcher(

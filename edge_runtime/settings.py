@@ -102,6 +102,11 @@ class ServerSettings(_Section):
     admin_key: SecretStr | None = Field(
         None, description="enables /admin/* (config patch, model reload) for 'Authorization: Bearer <key>'"
     )
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s?#]+$",
+        description="how others reach this server; events link snapshots",
+    )
     response_id: str = ""
     response_project: str = ""
     response_iteration: str = ""

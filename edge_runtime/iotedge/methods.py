@@ -62,9 +62,9 @@ class Methods:
         if frame is None:
             return 409, {"error": f"camera {camera!r} has no frame yet", "state": sampler.capture.state.value}
         snapshot_id = new_event_id()
-        await asyncio.to_thread(store.save, snapshot_id, frame.image, (), "")
+        await asyncio.to_thread(store.save, snapshot_id, frame.image)
         return 200, {
             "id": snapshot_id,
-            "path": f"/snapshots/{snapshot_id}.jpg",
+            "path": store.url_for(snapshot_id),
             "captured_at": datetime.fromtimestamp(frame.captured_at, UTC).isoformat(timespec="milliseconds"),
         }

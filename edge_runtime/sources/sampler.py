@@ -13,11 +13,11 @@ from concurrent.futures import Executor
 from typing import Protocol
 
 from edge_runtime import metrics
-from edge_runtime.domain import FULL_FRAME, Event, Frame, Prediction, Roi
+from edge_runtime.domain import FULL_FRAME, BoundingBox, Event, EventKind, Frame, Prediction, Roi
 from edge_runtime.engine import Predictor
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.rules import Decision, RuleEngine
-from edge_runtime.events.snapshots import SnapshotStore
+from edge_runtime.events.snapshots import Drawing, SnapshotStore
 from edge_runtime.model_slot import ModelSlot
 from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.capture import Capture
@@ -127,6 +127,18 @@ class CameraSampler:
                 )
                 await self._outlet.publish(event)
 
+    def _drawing(self, decision: Decision) -> Drawing:
+        roi = next((r for r in self._rois if r.name == decision.roi), None)
+        return Drawing(
+            kind=decision.kind.value,
+            tag=decision.tag,
+            probability=decision.probability,
+            # An `ended` snapshot shows the frame now: the boxes are those of the defect that left.
+            boxes=() if decision.kind is EventKind.ENDED else decision.boxes,
+            roi=None if roi in (None, FULL_FRAME) else BoundingBox(roi.x, roi.y, roi.width, roi.height),
+            roi_name=decision.roi,
+        )
+
     async def _event(self, decision: Decision, frame: Frame, predictor: Predictor) -> Event:
         event_id = new_event_id()
         snapshot = None
@@ -135,9 +147,9 @@ class CameraSampler:
             loop = asyncio.get_running_loop()
             try:
                 await loop.run_in_executor(
-                    self._executor, snapshots.save, event_id, frame.image, decision.boxes, decision.tag
+                    self._executor, snapshots.save, event_id, frame.image, self._drawing(decision)
                 )
-                snapshot = f"/snapshots/{event_id}.jpg"
+                snapshot = snapshots.url_for(event_id)
             except OSError as exc:
                 log.warning("snapshot for event %s failed: %s", event_id, exc)
         spec = predictor.spec

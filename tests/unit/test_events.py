@@ -34,7 +34,7 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits
 from edge_runtime.events.ids import EVENT_ID_PATTERN, new_event_id
 from edge_runtime.events.outbox import Outbox, OutboxRecord
-from edge_runtime.events.snapshots import SnapshotStore
+from edge_runtime.events.snapshots import Drawing, SnapshotStore, merge_overlapping
 from edge_runtime.model.imaging import ImageLimits
 from edge_runtime.model.loader import LoadOptions
 from edge_runtime.settings import DeliverySettings, RoiSettings, RuleSettings, build_settings
@@ -114,6 +114,9 @@ def test_event_id_encodes_the_millisecond() -> None:
 # Snapshots
 
 
+STARTED = Drawing("started", "stain", 0.9)
+
+
 def grey_frame(width: int = 200, height: int = 100, value: int = 128) -> NDArray[np.uint8]:
     return np.full((height, width, 3), value, np.uint8)
 
@@ -136,7 +139,9 @@ def test_snapshot_is_a_jpeg_with_the_box_drawn_in_red(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path / "snaps", max_count=10, max_bytes=10_000_000)
     event_id = new_event_id()
     # 200 x 100 frame, box from (50, 20) to (150, 80) in pixels.
-    path = store.save(event_id, grey_frame(), [BoundingBox(0.25, 0.2, 0.5, 0.6)], "stain")
+    path = store.save(
+        event_id, grey_frame(), Drawing("started", "stain", 0.9, (BoundingBox(0.25, 0.2, 0.5, 0.6),))
+    )
     assert path == tmp_path / "snaps" / f"{event_id}.jpg"
     assert path.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG SOI marker
     image = decode(path)
@@ -145,22 +150,48 @@ def test_snapshot_is_a_jpeg_with_the_box_drawn_in_red(tmp_path: Path) -> None:
     assert all(is_red(image[y, 150]) for y in range(35, 75, 5)), "right edge"
     assert all(is_red(image[80, x]) for x in range(60, 140, 10)), "bottom edge"
     assert not is_red(image[50, 100]) and abs(int(image[50, 100, 2]) - 128) < 12, "inside stays grey"
-    assert not is_red(image[5, 5]), "outside stays grey"
+    assert not is_red(image[95, 195]), "outside stays grey"
     assert list((tmp_path / "snaps").iterdir()) == [path], "no temporary file left behind"
 
 
-def test_snapshot_without_boxes_is_the_plain_frame(tmp_path: Path) -> None:
+def test_an_ended_snapshot_is_the_current_frame_with_a_banner_only(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path, max_count=10, max_bytes=10_000_000)
-    image = decode(store.save(new_event_id(), grey_frame(64, 48, 90), [], "stain"))
-    assert image.shape == (48, 64, 3)
-    assert np.abs(image.astype(int) - 90).max() < 6
+    image = decode(store.save(new_event_id(), grey_frame(640, 480, 90), Drawing("ended", "stain", 0.1)))
+    assert image.shape == (480, 640, 3)
+    below_banner = image[60:]
+    assert np.abs(below_banner.astype(int) - 90).max() < 6, "no stale boxes: the frame as it is"
+    assert np.abs(image[:30, :100].astype(int) - 90).max() > 50, "the banner says what ended"
+
+
+def test_overlapping_boxes_are_drawn_as_one(tmp_path: Path) -> None:
+    cells = [BoundingBox(0.30 + 0.05 * i, 0.4, 0.06, 0.1) for i in range(4)]  # a detector's neighbours
+    assert merge_overlapping(cells) == [BoundingBox(0.30, 0.4, pytest.approx(0.21), pytest.approx(0.1))]
+    apart = [BoundingBox(0.1, 0.1, 0.1, 0.1), BoundingBox(0.6, 0.6, 0.1, 0.1)]
+    assert merge_overlapping(apart) == apart
+
+
+def test_the_roi_is_outlined(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, max_count=10, max_bytes=10_000_000)
+    roi = BoundingBox(0.5, 0.5, 0.25, 0.25)
+    image = decode(
+        store.save(new_event_id(), grey_frame(400, 400, 90), Drawing("started", "x", 0.9, (), roi))
+    )
+    b, g, r = (int(v) for v in image[280, 201])  # left edge of the ROI, below its name
+    assert b > 200 and g > 150 and r < 80, (b, g, r)
+    assert np.abs(image[350, 250].astype(int) - 90).max() < 6, "inside the ROI stays as it was"
+
+
+def test_the_event_link_is_absolute_with_a_public_url(tmp_path: Path) -> None:
+    assert SnapshotStore(tmp_path, 1, 1).url_for("E1") == "/snapshots/E1.jpg"
+    store = SnapshotStore(tmp_path, 1, 1, "https://edge-3.plant/")
+    assert store.url_for("E1") == "https://edge-3.plant/snapshots/E1.jpg"
 
 
 def test_snapshot_count_cap_removes_the_oldest_first(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path, max_count=3, max_bytes=10_000_000)
     ids = [new_event_id(T0 + i) for i in range(6)]
     for event_id in ids:
-        store.save(event_id, grey_frame(), [], "stain")
+        store.save(event_id, grey_frame(), Drawing("started", "stain", 0.9))
     assert sorted(p.stem for p in tmp_path.glob("*.jpg")) == ids[3:]
     assert store.path_for(ids[0]) is None
     assert store.path_for(ids[5]) == tmp_path / f"{ids[5]}.jpg"
@@ -168,11 +199,13 @@ def test_snapshot_count_cap_removes_the_oldest_first(tmp_path: Path) -> None:
 
 def test_snapshot_byte_cap_removes_the_oldest_first(tmp_path: Path) -> None:
     probe = SnapshotStore(tmp_path / "probe", max_count=10, max_bytes=10_000_000)
-    size = probe.save(new_event_id(), grey_frame(), [], "stain").stat().st_size  # same frame: same size
+    size = (
+        probe.save(new_event_id(), grey_frame(), Drawing("started", "stain", 0.9)).stat().st_size
+    )  # same frame: same size
     store = SnapshotStore(tmp_path / "snaps", max_count=100, max_bytes=2 * size + size // 2)
     ids = [new_event_id(T0 + i) for i in range(5)]
     for event_id in ids:
-        store.save(event_id, grey_frame(), [], "stain")
+        store.save(event_id, grey_frame(), Drawing("started", "stain", 0.9))
     kept = sorted((tmp_path / "snaps").glob("*.jpg"))
     assert [p.stem for p in kept] == ids[3:]
     assert sum(p.stat().st_size for p in kept) <= store.max_bytes
@@ -185,7 +218,9 @@ def test_snapshot_caps_hold_under_concurrent_saves(tmp_path: Path) -> None:
     def worker(offset: int) -> None:
         try:
             for i in range(10):
-                store.save(new_event_id(T0 + offset * 100 + i), grey_frame(), [], "stain")
+                store.save(
+                    new_event_id(T0 + offset * 100 + i), grey_frame(), Drawing("started", "stain", 0.9)
+                )
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
