@@ -20,6 +20,7 @@ from edge_runtime.backends.providers import detect_availability
 from edge_runtime.engine import Predictor
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.model.spec import Resize
+from edge_runtime.redact import ScrubFilter
 from edge_runtime.settings import Settings, load_settings
 
 log = logging.getLogger("edge_runtime")
@@ -100,7 +101,7 @@ def model_card(predictor: Predictor) -> dict[str, object]:
     spec, plan = predictor.spec, predictor.plan
     available = detect_availability()
     return {
-        "model": str(spec.model_path),
+        "model": str(spec.shown_path),
         "format": spec.format.value,
         "task": spec.task.value,
         "domain": spec.domain,
@@ -179,6 +180,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, path)
     host, port = settings.server.host, settings.server.port
     log.info("starting on http://%s:%d", host, port)
+
+    def serving(_: object) -> None:  # run_app prints once its sockets listen
+        log.info("serving on http://%s:%d", host, port)
+
     code = 0
     try:
         web.run_app(
@@ -187,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=port,
             shutdown_timeout=settings.server.shutdown_timeout_s,
             access_log=None,
-            print=None,
+            print=serving,
         )
     # run_app has shut down whatever startup began (cameras, sinks, outbox) before any of these arrive.
     except OSError as exc:
@@ -261,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:  # credentials in any URL a library logs are masked
+        handler.addFilter(ScrubFilter())
     try:
         return int(args.func(args))
     except EdgeRuntimeError as exc:

@@ -69,7 +69,7 @@ class CameraStatus:
     url: str  # redacted
     state: CameraState
     frames: int
-    dropped: int
+    superseded: int  # frames a newer one replaced before anyone sampled them: by design, not a fault
     reconnects: int
     stalls: int
     last_frame_age_s: float | None
@@ -82,7 +82,7 @@ class CameraStatus:
             "url": self.url,
             "state": self.state.value,
             "frames": self.frames,
-            "dropped": self.dropped,
+            "superseded": self.superseded,
             "reconnects": self.reconnects,
             "stalls": self.stalls,
             "failures": self.failures,
@@ -157,7 +157,7 @@ class Capture:
             url=self._url,
             state=self._state,
             frames=self._frames,
-            dropped=self.slot.dropped,
+            superseded=self.slot.dropped,
             reconnects=self._reconnects,
             stalls=self._stalls,
             last_frame_age_s=None if last is None else time.monotonic() - last,
