@@ -218,6 +218,7 @@ class Received:
     qos: int
     retain: bool
     at: float = field(compare=False)
+    dup: bool = field(default=False, compare=False)  # the broker's own redelivery (DUP flag)
 
 
 class Observer:
@@ -280,7 +281,7 @@ class Observer:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
             self.messages.append(
-                Received(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.time())
+                Received(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.time(), bool(msg.dup))
             )
             self._cond.notify_all()
 

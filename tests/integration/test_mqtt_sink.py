@@ -364,7 +364,12 @@ async def test_no_event_lost_across_broker_kill_and_runtime_restart(tmp_path, br
         assert message.topic == f"{PREFIX}/{body['camera']}/events"
     ids = [json.loads(m.payload)["id"] for m in received]
     assert set(ids) == set(expected)  # none lost, nothing foreign; at-least-once may repeat a few
-    assert len(ids) - len(set(ids)) <= 5, f"{len(ids) - len(set(ids))} duplicates"
+    # Repeats come from two places: the broker redelivering to the persistent observer what was in its
+    # in-flight window (mosquitto's max_inflight_messages, 20) when it was killed, and ours: one
+    # unconfirmed message per runtime and outage. Ours are bounded tightly, the broker's by its window.
+    ours = [json.loads(m.payload)["id"] for m in received if not m.dup]
+    assert len(ours) - len(set(ours)) <= 2, f"{len(ours) - len(set(ours))} repeated by the runtime"
+    assert len(ids) - len(set(ids)) <= 20 + 2, f"{len(ids) - len(set(ids))} duplicates"
 
     assert await second.backlog() == 0
     await second.close()
