@@ -18,10 +18,12 @@ from edge_runtime.api.schemas import ResponseIds, dumps, prediction_body
 from edge_runtime.app import predictor_options
 from edge_runtime.backends.providers import detect_availability
 from edge_runtime.engine import Predictor
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.model.export import export_folder
+from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.spec import Resize
 from edge_runtime.redact import ScrubFilter
-from edge_runtime.settings import Settings, load_settings
+from edge_runtime.settings import Settings, load_settings, rule_tag_problem
 
 log = logging.getLogger("edge_runtime")
 
@@ -157,6 +159,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_rule_tags(settings: Settings, path: Path) -> None:
+    """A rule naming a tag the model does not have is a configuration error: said before serving, from
+    the export's labels alone (the model itself loads in the background)."""
+    with export_folder(path, settings.model.download_dir) as root:
+        labels = load_spec(root, LoadOptions(verify_sha1=False)).labels
+    problem = rule_tag_problem(settings, labels)
+    if problem:
+        raise ConfigError(problem)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -177,6 +189,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         path = model_path(settings)
     elif settings.model.url is None:
         path = model_path(settings)
+    if path is not None:
+        check_rule_tags(settings, path)
     app = create_app(settings, path)
     host, port = settings.server.host, settings.server.port
     log.info("starting on http://%s:%d", host, port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -409,6 +410,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: the keys written here override the merged ones
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if not isinstance(key, Hashable):
@@ -458,7 +461,7 @@ def _camera_ids(cameras: Any) -> list[str]:
 def rule_tag_problem(settings: Settings, labels: Sequence[str]) -> str | None:
     """A rule naming a tag the model does not have would never fire: say so, with the labels."""
     for camera in settings.cameras:
-        for rule in camera.rules:
+        for rule in camera.rules if camera.enabled else ():
             if rule.tag != "*" and rule.tag not in labels:
                 return (
                     f"camera {camera.id!r}: rule tag {rule.tag!r} is not one of the model's labels "
@@ -488,13 +491,17 @@ def resolve_secret_files(data: Any, where: str = "") -> Any:
                 continue
             if data.get(field) is not None:
                 raise ConfigError(f"{name}: give {field} or {key}, not both")
-            out[field] = _read_secret(name, value)
+            out[field] = _read_secret(name, value, url=field == "url")
+        elif key in SECRET_FIELDS and value is None and data.get(f"{key}_file") is not None:
+            continue  # a null beside its file (a twin clearing the inline value) must not hide the file's
         else:
             out[key] = resolve_secret_files(value, name)
     return out
 
 
-def _read_secret(name: str, path: Any) -> str:
+def _read_secret(name: str, path: Any, url: bool = False) -> str:
+    """The file's first line. A `url` must look like one: camera URLs are shown (redacted) in status, so
+    any other first line of any file would be shown as it is."""
     try:
         lines = Path(str(path)).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -502,7 +509,10 @@ def _read_secret(name: str, path: Any) -> str:
         raise ConfigError(f"{name}: cannot read {path}: {reason}") from exc
     if not lines or not lines[0].strip():
         raise ConfigError(f"{name}: {path} is empty")
-    return lines[0].strip()
+    value = lines[0].strip()
+    if url and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$", value):
+        raise ConfigError(f"{name}: the first line of {path} is not a URL (scheme://...)")
+    return value
 
 
 def build_settings(data: Mapping[str, Any]) -> Settings:

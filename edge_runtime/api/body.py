@@ -32,8 +32,10 @@ from edge_runtime.api import errors
 IMAGE_FIELD = b"imageData"
 MAX_PART_HEADER_BYTES = 8192
 MAX_PARTS = 64
-# RFC 2046 5.1.1: 1-70 characters of this set, not ending in a space.
-_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
+# RFC 2046 allows 70 characters of a small set; clients in the field send more (Android's "*****",
+# "Boundary_#123"), so any printable ASCII up to 200 characters, not ending in a space (as werkzeug).
+_BOUNDARY = re.compile(r"^[ -~]{0,199}[!-~]$")
+MAX_DISPOSITION_CHARS = 1024  # parsing it is Python work on the event loop: keep it small
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,17 +74,27 @@ class _Decoder:
             )
         self.coding = codings[0] if codings else None
         self._z: Any = None
+        self._head = b""
 
     def feed(self, data: bytes, room: int) -> bytes:
         """Decoded bytes of `data`; more than `room` of them means the body is over the limit."""
         if self.coding is None:
             return data
         if self._z is None:
+            self._head += data
+            if len(self._head) < 2:  # the framing is told apart by the first two bytes
+                return b""
+            data, self._head = self._head, b""
             self._z = zlib.decompressobj(self._wbits(data))
+        if self._z.eof:
+            raise errors.bad_request(f"data after the end of the {self.coding} body")
         try:
-            return bytes(self._z.decompress(data, room + 1))
+            out = bytes(self._z.decompress(data, room + 1))
         except zlib.error as exc:
             raise errors.bad_request(f"the body is not valid {self.coding} data: {exc}") from exc
+        if self._z.eof and self._z.unused_data:  # another gzip member, or junk: neither is an image's
+            raise errors.bad_request(f"data after the end of the {self.coding} body")
+        return out
 
     def finish(self) -> None:
         if self.coding is not None and (self._z is None or not self._z.eof):
@@ -137,7 +149,9 @@ async def received_body(request: web.Request, limits: BodyLimits, budget: BodyBu
                 raise errors.busy(retry_after_s=1, what="request bodies held in memory are at their limit")
             held += len(chunk)
             chunks.append(chunk)
-        yield b"".join(chunks)
+        body = b"".join(chunks)
+        chunks.clear()  # one copy held while the request runs, the one the budget counts
+        yield body
     finally:
         budget.give(held)
 
@@ -180,7 +194,7 @@ def _content_type(header: str) -> tuple[str, dict[str, str]]:
 def _multipart_image(body: bytes, boundary: str | None) -> bytes:
     """The raw bytes of the first non-empty `imageData` part (file or plain field, any content type)."""
     if not boundary or not _BOUNDARY.match(boundary):
-        raise errors.bad_request("the multipart body has no valid boundary (RFC 2046: 1-70 characters)")
+        raise errors.bad_request("the multipart body has no valid boundary (1-200 printable characters)")
     delimiter = b"--" + boundary.encode("latin-1")
     start = 0 if body.startswith(delimiter) else body.find(b"\r\n" + delimiter)
     if start < 0:
@@ -230,9 +244,14 @@ def _part(raw: bytes) -> tuple[bytes | None, bytes]:
 
 
 def _disposition_name(value: str) -> bytes | None:
+    if len(value) > MAX_DISPOSITION_CHARS:
+        raise errors.bad_request(f"a part's Content-Disposition is longer than {MAX_DISPOSITION_CHARS}")
     message = Message()
-    message["content-disposition"] = value
-    name = message.get_param("name", header="content-disposition")
+    try:
+        message["content-disposition"] = value
+        name = message.get_param("name", header="content-disposition")
+    except (ValueError, TypeError, IndexError) as exc:  # RFC 2231 continuations the parser cannot sort
+        raise errors.bad_request("a part's Content-Disposition cannot be parsed") from exc
     if isinstance(name, tuple):  # RFC 2231 form: (charset, language, value)
         name = name[2]
     return name.encode("latin-1", "replace") if isinstance(name, str) else None

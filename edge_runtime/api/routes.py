@@ -159,6 +159,7 @@ def _body_limits(request: web.Request) -> BodyLimits:
 
 
 ImageOf = Callable[[web.Request, bytes], Awaitable[bytes]]
+HELD_BYTES = web.RequestKey("held_bytes", int)  # bytes of a /url download counted in the body budget
 
 
 async def _predict(request: web.Request, image_of: ImageOf, cloud: bool = False) -> web.Response:
@@ -168,11 +169,14 @@ async def _predict(request: web.Request, image_of: ImageOf, cloud: bool = False)
     _predictor(request)  # refuse early while loading: no point reading a body
     admission = request.app[ADMISSION]
     start = time.perf_counter()
-    async with received_body(request, _body_limits(request), admission.bodies) as body:
-        data = await image_of(request, body)
-        async with admission.slot(status=429 if cloud else 503):
-            predictor = _predictor(request)  # one reference per request: a swap can't cut it short
-            result = await _run(request, predictor, data)
+    try:
+        async with received_body(request, _body_limits(request), admission.bodies) as body:
+            data = await image_of(request, body)
+            async with admission.slot(status=429 if cloud else 503):
+                predictor = _predictor(request)  # one reference per request: a swap can't cut it short
+                result = await _run(request, predictor, data)
+    finally:
+        admission.bodies.give(request.get(HELD_BYTES, 0))
     metrics.observe_prediction("http", result.timings)
     resource = request.match_info.route.resource
     metrics.HTTP_REQUEST_SECONDS.labels(resource.canonical if resource else "").observe(
@@ -213,6 +217,13 @@ async def _image_at_url(request: web.Request, body: bytes) -> bytes:
     if not isinstance(url, str) or not url:
         raise errors.bad_url('the body must be JSON with a "url" string')
     fetch = settings.url_fetch
+    budget = request.app[ADMISSION].bodies
+
+    def hold(size: int) -> None:  # downloaded images count like bodies, until the request is answered
+        if not budget.take(size):
+            raise errors.busy(retry_after_s=1, what="request bodies held in memory are at their limit")
+        request[HELD_BYTES] = request.get(HELD_BYTES, 0) + size
+
     try:
         return await fetch_image(
             url,
@@ -221,6 +232,7 @@ async def _image_at_url(request: web.Request, body: bytes) -> bytes:
             fetch.connect_timeout_s,
             fetch.read_timeout_s,
             fetch.max_redirects,
+            hold,
         )
     except TooLarge as exc:
         raise errors.image_too_big(str(exc)) from exc
@@ -269,10 +281,11 @@ async def health_ready(request: web.Request) -> web.Response:
         return _json({"status": status, "error": slot.error, "cameras": cameras, "sinks": sinks}, status=503)
     spec = predictor.spec
     failed, judged = predictor.health.recent_failures
-    failing = predictor.health.failing
+    # "degraded" still answers 200: clients choose the inputs, and a few odd ones must not take the
+    # runtime out of its orchestrator's rotation (where nothing would ever bring it back).
     return _json(
         {
-            "status": "failing" if failing else "ready",
+            "status": "degraded" if predictor.health.failing else "ready",
             "inference": {
                 "recent_failed": failed,
                 "recent_judged": judged,
@@ -296,7 +309,6 @@ async def health_ready(request: web.Request) -> web.Response:
                 "warmup_ms": round(predictor.warmup_seconds * 1000, 2),
             },
         },
-        status=503 if failing else 200,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -116,7 +117,9 @@ async def fetch_image(
     connect_timeout: float,
     read_timeout: float,
     max_redirects: int,
+    hold: Callable[[int], None] | None = None,
 ) -> bytes:
+    """`hold(n)` is told of every n bytes downloaded before they are kept (a memory budget may refuse)."""
     timeout = aiohttp.ClientTimeout(
         total=connect_timeout + read_timeout, sock_connect=connect_timeout, sock_read=read_timeout
     )
@@ -131,7 +134,7 @@ async def fetch_image(
                         continue
                     if response.status != 200:
                         raise UrlRefused(f"the image URL answered HTTP {response.status}")
-                    return await _read_limited(response, max_bytes)
+                    return await _read_limited(response, max_bytes, hold)
             except aiohttp.ClientConnectorError as exc:
                 if isinstance(exc.os_error, _AddressRefused):
                     raise UrlRefused(str(exc.os_error)) from exc
@@ -152,7 +155,7 @@ def _redirect_target(url: str, location: str) -> str:
         raise UrlRefused(f"the image URL redirected to an invalid location: {exc}") from exc
 
 
-async def _read_limited(response: Any, max_bytes: int) -> bytes:
+async def _read_limited(response: Any, max_bytes: int, hold: Callable[[int], None] | None) -> bytes:
     declared = response.content_length
     if declared is not None and declared > max_bytes:
         raise TooLarge(f"the image is {declared} bytes, more than the limit of {max_bytes}")
@@ -162,5 +165,7 @@ async def _read_limited(response: Any, max_bytes: int) -> bytes:
         size += len(chunk)
         if size > max_bytes:
             raise TooLarge(f"the image is more than the limit of {max_bytes} bytes")
+        if hold is not None:
+            hold(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)

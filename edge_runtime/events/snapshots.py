@@ -53,6 +53,7 @@ def merge_overlapping(boxes: Sequence[BoundingBox]) -> list[BoundingBox]:
                 bottom = max(a.top + a.height, b.top + b.height)
                 merged[i] = BoundingBox(left, top, right - left, bottom - top)
                 del merged[j]
+                i = 0  # the union may now touch a box already passed over
                 break
         else:
             i += 1  # nothing touches this one any more

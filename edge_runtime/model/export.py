@@ -84,14 +84,19 @@ def open_export(path: Path, workdir: Path | None = None) -> Path:
 
 @contextmanager
 def export_folder(path: Path, workdir: Path | None = None) -> Iterator[Path]:
-    """The folder holding the export, for the duration of a load. A .zip given without a `workdir` is
-    extracted into a temp folder removed when the block ends (the backends hold the model in memory), and
-    errors name the zip and the entry in it, never the temp folder."""
+    """The folder holding the export, for the duration of a load. A .zip is extracted into a temp folder
+    (inside `workdir` when given: a device's /tmp may be small) removed when the block ends (the backends
+    hold the model in memory), and errors name the zip and the entry in it, never the temp folder."""
     path = Path(path)
-    if workdir is not None or not _is_zip(path):
-        yield open_export(path, workdir)
+    if not _is_zip(path):
+        yield open_export(path)
         return
-    with tempfile.TemporaryDirectory(prefix="edge-runtime-export-") as temp:
+    if workdir is not None:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelLoadError(path, f"cannot create the extraction folder {workdir}: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="edge-runtime-export-", dir=workdir) as temp:
         try:
             yield _find_root(_extract_zip(path, Path(temp)))
         except ModelLoadError as exc:
@@ -148,7 +153,8 @@ def _find_root(folder: Path) -> Path:
         return hits[0]
     if not hits:
         raise ModelLoadError(folder, f"no {MANIFEST}, model.onnx or model.xml found; {_contents(folder)}")
-    raise ModelLoadError(folder, f"several exports found: {', '.join(str(h) for h in hits)}")
+    found = ", ".join(h.relative_to(folder).as_posix() or "." for h in hits)
+    raise ModelLoadError(folder, f"several exports found: {found}")
 
 
 def _contents(folder: Path, most: int = 12) -> str:
