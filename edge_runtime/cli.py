@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -191,8 +192,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         path = model_path(settings)
     if path is not None:
         check_rule_tags(settings, path)
-    app = create_app(settings, path)
     host, port = settings.server.host, settings.server.port
+    if port and not port_is_free(host, port):
+        # Before anything starts: a second instance must not connect to the broker with the first's client
+        # id (kicking it off and publishing its retained "offline") only to find the port taken.
+        print(f"error: cannot listen on {host}:{port}: address already in use", file=sys.stderr)
+        return 2
+    app = create_app(settings, path)
     log.info("starting on http://%s:%d", host, port)
 
     def serving(_: object) -> None:  # run_app prints once its sockets listen
@@ -229,6 +235,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """A bind probe (SO_REUSEADDR, like aiohttp's own); any failure other than EADDRINUSE is left for
+    the real bind to report."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return True
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return False
+    return True
 
 
 def _listen_error(exc: OSError) -> bool:

@@ -33,6 +33,11 @@ CONFIG_ENV = "EDGE_RUNTIME_CONFIG"
 # Set by the IoT Edge runtime (or by the dev tools' fallback): their presence means "we run as a module".
 IOT_EDGE_ENV = ("IOTEDGE_MODULEID", "EdgeHubConnectionString")
 
+# Settings that hold secrets may instead name a file that holds them (`password_file: /run/secrets/mqtt`):
+# desired properties and a deployment's env are readable by anyone with access to them, a file on a
+# host bind mount is not. The file is read every time settings are built (a rotated secret applies).
+SECRET_FIELDS = ("password", "url", "connection_string", "prediction_key", "admin_key")
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -433,7 +438,28 @@ def _from_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    return data
+    resolved: dict[str, Any] = _paths_from(data, path.resolve().parent)
+    return resolved
+
+
+# Settings naming files or folders. In a config file they are relative to the file's folder (like
+# docker-compose, like any config a person writes beside their model), not to where `serve` runs.
+PATH_KEYS = frozenset(
+    {"path", "download_dir", "download_ca_file", "jsonl_path", "snapshot_dir", "outbox_path"}
+    | {"ca_file", "cert_file", "key_file"}
+    | {f"{name}_file" for name in SECRET_FIELDS}
+)
+
+
+def _paths_from(tree: Any, base: Path, key: str = "") -> Any:
+    if isinstance(tree, dict):
+        return {k: _paths_from(v, base, str(k)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_paths_from(item, base, key) for item in tree]
+    is_path = key in PATH_KEYS or (key == "url" and isinstance(tree, str) and "://" not in tree)
+    if is_path and isinstance(tree, str) and tree and not Path(tree).expanduser().is_absolute():
+        return str(base / tree)
+    return tree
 
 
 def describe_validation_error(exc: ValidationError, data: Mapping[str, Any] | None = None) -> str:
@@ -468,12 +494,6 @@ def rule_tag_problem(settings: Settings, labels: Sequence[str]) -> str | None:
                     f"({', '.join(labels)})"
                 )
     return None
-
-
-# Settings that hold secrets may instead name a file that holds them (`password_file: /run/secrets/mqtt`):
-# desired properties and a deployment's env are readable by anyone with access to them, a file on a
-# host bind mount is not. The file is read every time settings are built (a rotated secret applies).
-SECRET_FIELDS = ("password", "url", "connection_string", "prediction_key", "admin_key")
 
 
 def resolve_secret_files(data: Any, where: str = "") -> Any:

@@ -10,10 +10,11 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-# FFmpeg options for OpenCV's RTSP client: TCP (no UDP loss on busy plants), and no probe buffering
-# (the first frame would otherwise be ~1 s old). Read by OpenCV at open; only set when the operator
-# has not set their own.
-os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|fflags;nobuffer|flags;low_delay")
+# FFmpeg options for OpenCV's RTSP client: TCP (no UDP loss on busy plants). Read by OpenCV at every
+# open, files included: `fflags;nobuffer` made the first second of an mp4v file decode as grey smears
+# (and raise a false event), so it is not set; the capture thread reads continuously anyway, so buffered
+# frames are superseded within a second. Only set when the operator has not set their own.
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
 
 
 class SourceError(Exception):

@@ -77,3 +77,19 @@ def test_a_missing_or_doubled_secret_file_is_named_not_shown(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="not both") as info:
         load_settings(config, env={})
     assert "hidden-value" not in str(info.value)
+
+
+def test_paths_in_a_config_file_are_relative_to_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "line3"
+    folder.mkdir()
+    (folder / "line.yaml").write_text(
+        "model: {path: export.zip}\n"
+        "cameras:\n  - {id: bench, url: recordings/a.mp4}\n  - {id: top, url: rtsp://10.0.0.21/s}\n"
+        "events: {jsonl_path: out/events.jsonl, outbox_path: /var/lib/edge/outbox.sqlite3}\n"
+    )
+    settings = load_settings(folder / "line.yaml", env={})
+    assert settings.model.path == folder / "export.zip"
+    assert [c.url for c in settings.cameras] == [str(folder / "recordings/a.mp4"), "rtsp://10.0.0.21/s"]
+    assert settings.events.jsonl_path == folder / "out/events.jsonl"
+    assert str(settings.events.outbox_path) == "/var/lib/edge/outbox.sqlite3"  # absolute stays
+    assert str(settings.events.snapshot_dir) == "var/snapshots"  # a default stays where serve runs
