@@ -23,11 +23,11 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_runtime.api.body import expect_continue
+from edge_runtime.api.body import BodyLimits, expect_continue, received_body
 from edge_runtime.api.errors import ApiError
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.redact import scrub
-from edge_runtime.state import CONTROLLER, SETTINGS
+from edge_runtime.state import ADMISSION, CONTROLLER, SETTINGS
 
 MAX_DEPTH = 32  # a desired document is about 6 levels deep; deeper ones would strain recursion later
 
@@ -56,7 +56,14 @@ def _authorise(request: web.Request) -> None:
 
 
 async def _object_body(request: web.Request, what: str) -> dict[str, Any]:
-    raw = await request.read()
+    # Read like every body: bounded in size and time, decoded (gzip/deflate), within the shared budget.
+    async with received_body(
+        request, BodyLimits.of(request.app[SETTINGS].server), request.app[ADMISSION].bodies
+    ) as raw:
+        return _json_object(raw, what)
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         # ValueError covers JSONDecodeError, UnicodeDecodeError and int("1" * 100_000) (digit limit).
         body = json.loads(raw.decode("utf-8"))

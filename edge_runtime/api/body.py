@@ -28,6 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from edge_runtime.api import errors
+from edge_runtime.settings import ServerSettings
 
 IMAGE_FIELD = b"imageData"
 MAX_PART_HEADER_BYTES = 8192
@@ -43,6 +44,10 @@ class BodyLimits:
     max_bytes: int
     timeout_s: float
     idle_timeout_s: float
+
+    @classmethod
+    def of(cls, server: ServerSettings) -> BodyLimits:
+        return cls(server.max_body_bytes, server.body_timeout_s, server.body_idle_timeout_s)
 
 
 class BodyBudget:

@@ -153,11 +153,6 @@ def _predictor(request: web.Request) -> Predictor:
     return slot.predictor
 
 
-def _body_limits(request: web.Request) -> BodyLimits:
-    server = request.app[SETTINGS].server
-    return BodyLimits(server.max_body_bytes, server.body_timeout_s, server.body_idle_timeout_s)
-
-
 ImageOf = Callable[[web.Request, bytes], Awaitable[bytes]]
 HELD_BYTES = web.RequestKey("held_bytes", int)  # bytes of a /url download counted in the body budget
 
@@ -170,7 +165,9 @@ async def _predict(request: web.Request, image_of: ImageOf, cloud: bool = False)
     admission = request.app[ADMISSION]
     start = time.perf_counter()
     try:
-        async with received_body(request, _body_limits(request), admission.bodies) as body:
+        async with received_body(
+            request, BodyLimits.of(request.app[SETTINGS].server), admission.bodies
+        ) as body:
             data = await image_of(request, body)
             async with admission.slot(status=429 if cloud else 503):
                 predictor = _predictor(request)  # one reference per request: a swap can't cut it short
