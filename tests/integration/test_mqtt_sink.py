@@ -522,7 +522,10 @@ async def test_sink_recovers_after_the_broker_refused_its_tls_client(
     # TLS 1.3: the broker's "certificate required" alert arrives after the handshake, on paho's first
     # read; paho 1.6 lets that SSLError escape its network thread, which must survive it and say why.
     await eventually(lambda: runtime.sink.status()["last_error"], 5, "the refusal in the sink status")
-    assert "certificate required" in str(runtime.sink.status()["last_error"]).lower(), runtime.sink.status()
+    # Under load the broker may close the socket before paho reads the alert: an SSL EOF, still a TLS
+    # reason (seen once in 22 loaded runs).
+    reason = str(runtime.sink.status()["last_error"]).lower()
+    assert "certificate required" in reason or "sslerror" in reason or "ssleoferror" in reason, reason
     assert runtime.sink.status()["connected"] is False
     await asyncio.to_thread(strict.stop)
     # The broker comes back on the same port without requiring client certificates.
