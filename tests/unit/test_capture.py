@@ -107,8 +107,10 @@ def watch_states(capture: Capture, seconds: float, changes: int) -> list[tuple[f
     seen: list[tuple[float, CameraState]] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and len(seen) < changes:
-        if not seen or seen[-1][1] is not capture.state:
-            seen.append((time.monotonic(), capture.state))
+        state = capture.state
+        started = seen or state is not CameraState.STOPPED  # the thread may not have begun yet
+        if started and (not seen or seen[-1][1] is not state):
+            seen.append((time.monotonic(), state))
         time.sleep(0.005)
     return seen
 
