@@ -163,7 +163,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def check_rule_tags(settings: Settings, path: Path) -> None:
     """A rule naming a tag the model does not have is a configuration error: said before serving, from
     the export's labels alone (the model itself loads in the background)."""
-    with export_folder(path, settings.model.download_dir) as root:
+    with export_folder(path) as root:  # a zip goes to a temp folder: nothing is left behind
         labels = load_spec(root, LoadOptions(verify_sha1=False)).labels
     problem = rule_tag_problem(settings, labels)
     if problem:

@@ -221,7 +221,7 @@ def _preprocess(
     sidecar_range = desc.sidecar.get("Image.NominalPixelRange")
     if sidecar_fmt or sidecar_range:
         notes.append(
-            f"{desc.root.name}/metadata_properties.json Image.* keys ({sidecar_fmt}, {sidecar_range}) "
+            f"metadata_properties.json Image.* keys ({sidecar_fmt}, {sidecar_range}) "
             "are not used: colour order and range come from the model's metadata_props or the domain default"
         )
     resize = options.resize or desc.resize
