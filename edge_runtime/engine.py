@@ -174,8 +174,8 @@ class Predictor:
 
     def predict_bytes(self, data: bytes) -> PredictionResult:
         start = time.perf_counter()
-        image = decode_image(data, self.limits, self._check_resize)
-        return self.predict_image(image, decode_seconds=time.perf_counter() - start)
+        image = decode_image(data, self.limits, self._check_resize)  # checked from the header already
+        return self._infer(image, decode_seconds=time.perf_counter() - start)
 
     def predict_frame(self, frame: NDArray[np.uint8]) -> PredictionResult:
         start = time.perf_counter()
@@ -187,6 +187,9 @@ class Predictor:
 
     def predict_image(self, image: Image.Image, decode_seconds: float = 0.0) -> PredictionResult:
         self._check_resize(*image.size)
+        return self._infer(image, decode_seconds)
+
+    def _infer(self, image: Image.Image, decode_seconds: float) -> PredictionResult:
         t0 = time.perf_counter()
         tensor = preprocess(image, self.spec.preprocess)
         t1 = time.perf_counter()

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_runtime.api.body import BodyLimits, expect_continue, received_body
+from edge_runtime.api.body import BodyLimits, expect_continue, parse_json, received_body
 from edge_runtime.api.errors import ApiError
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.redact import scrub
@@ -65,11 +65,9 @@ async def _object_body(request: web.Request, what: str) -> dict[str, Any]:
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        # ValueError covers JSONDecodeError, UnicodeDecodeError and int("1" * 100_000) (digit limit).
-        body = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
-        raise ApiError(400, "BadRequest", f"body is not a JSON document: {reason}") from exc
+        body = parse_json(raw)
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", str(exc)[:200]) from exc
     if not isinstance(body, dict):
         raise ApiError(400, "BadRequest", f"body must be a JSON object: {what}")
     if _depth_exceeds(body, MAX_DEPTH):
