@@ -32,10 +32,10 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
 import edge_runtime
+from edge_runtime.config_files import SECRET_FIELDS
 from edge_runtime.errors import ConfigError
 from edge_runtime.settings import (
     ENV_PREFIX,
-    SECRET_FIELDS,
     IotHubSettings,
     Settings,
     build_settings,
