@@ -53,6 +53,7 @@ def _cloud_paths(kind: str) -> list[str]:
 
 def register_routes(app: web.Application) -> None:
     quiet_aiohttp_server_log()
+    _aiohttp_own_answers()
     app.middlewares.append(_observe)
     app.on_response_prepare.append(_server_header)
     router = app.router
@@ -73,14 +74,18 @@ def register_routes(app: web.Application) -> None:
 
 
 SERVER = "edge-runtime"
-# aiohttp puts its version and Python's into the Server header of the answers it makes itself (a malformed
-# request line, say), before any app code runs; this module constant is where it reads it from.
-if hasattr(web_response, "SERVER_SOFTWARE"):
-    web_response.SERVER_SOFTWARE = SERVER
-# Our routes name expect_continue; aiohttp's own answers for no route / wrong method use its default
-# handler, which fails (500) on an Expect value with non-UTF-8 bytes while building its error text.
-if hasattr(web_urldispatcher, "_default_expect_handler"):
-    web_urldispatcher._default_expect_handler = expect_continue
+
+
+def _aiohttp_own_answers() -> None:
+    """aiohttp has no hook for the answers it makes itself, before any app code runs; set its defaults."""
+    # The Server header of those answers (a malformed request line, say) names aiohttp's and Python's
+    # versions; this module constant is where it reads it from.
+    if hasattr(web_response, "SERVER_SOFTWARE"):
+        web_response.SERVER_SOFTWARE = SERVER
+    # Our routes name expect_continue; its own answers for no route / wrong method use its default
+    # handler, which fails (500) on an Expect value with non-UTF-8 bytes while building its error text.
+    if hasattr(web_urldispatcher, "_default_expect_handler"):
+        web_urldispatcher._default_expect_handler = expect_continue
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
