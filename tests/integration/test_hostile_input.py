@@ -24,12 +24,9 @@ import os
 import random
 import re
 import resource
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +38,7 @@ import pytest
 from aiohttp import web
 from hostile import Header, http_request
 from PIL import Image
+from processes import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -287,12 +285,6 @@ def status_file(pid: int) -> dict[str, int]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --------------------------------------------------------------------------------------------------
 # The server
 
@@ -375,20 +367,6 @@ class Server:
         return total
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"serve exited early:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(url + "/health/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"serve did not become ready:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(meter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("hostile")
@@ -420,7 +398,7 @@ def server(meter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         )
     try:
         resource.prlimit(proc.pid, resource.RLIMIT_AS, (SERVER_ADDRESS_SPACE, SERVER_ADDRESS_SPACE))
-        _wait_ready(f"http://127.0.0.1:{port}", proc, log)
+        wait_ready(f"http://127.0.0.1:{port}", proc, log)
         srv = Server(proc, port, log, (meter_dir / METER_IMAGE).read_bytes())
 
         async def warm_up() -> None:

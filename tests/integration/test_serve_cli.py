@@ -19,17 +19,12 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from processes import free_port
 
 pytestmark = pytest.mark.slow
 
 REQUESTS = 8
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def events_env(tmp_path: Path) -> dict[str, str]:

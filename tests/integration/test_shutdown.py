@@ -20,7 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mosquitto import Broker, Observer, free_port, mosquitto_available
+from mosquitto import Broker, Observer, mosquitto_available
+from processes import free_port, wait_ready
 
 from edge_runtime.demo.model import build_demo_export
 
@@ -63,20 +64,6 @@ def mqtt_env(mqtt_port: int) -> dict[str, str]:
         "EDGE_RUNTIME_SINKS__MQTT__RECONNECT_MAX_S": "2",
         "EDGE_RUNTIME_SERVER__INFERENCE_WORKERS": "2",
     }
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "serve exited early"
-        try:
-            with urllib.request.urlopen(url + "/health/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError("serve did not become ready")
 
 
 def jsonl_ids(path: Path) -> list[str]:
