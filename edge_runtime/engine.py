@@ -19,10 +19,9 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from edge_runtime import metrics
-from edge_runtime.backends.base import Backend
+from edge_runtime.backends.base import BACKENDS, Backend
 from edge_runtime.backends.providers import (
     Availability,
-    BackendKind,
     DeviceRequest,
     ExecutionPlan,
     ModelNeeds,
@@ -86,13 +85,8 @@ class PredictorOptions:
 
 
 def create_backend(spec: ModelSpec, plan: ExecutionPlan, threads: int) -> Backend:
-    if plan.backend is BackendKind.OPENVINO:
-        from edge_runtime.backends.openvino import OpenVinoBackend
-
-        return OpenVinoBackend(spec.model_path, plan, threads)
-    from edge_runtime.backends.onnx import OnnxBackend
-
-    return OnnxBackend(spec.model_path, plan, threads)
+    """The backend for the plan's runtime, from backends/base.BACKENDS."""
+    return BACKENDS[plan.backend](spec.model_path, plan, threads)
 
 
 class Predictor:

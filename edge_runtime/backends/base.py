@@ -1,12 +1,20 @@
-"""The one protocol every backend implements."""
+"""The one protocol every backend implements, and `BACKENDS`: how to build the backend a plan names.
+
+Which runtimes can run a model format is the format table's business (model/formats.py); this table
+only knows, per runtime, which module builds its backend. Each entry imports its runtime when called,
+so a machine without OpenVINO never imports it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+from edge_runtime.backends.providers import BackendKind, ExecutionPlan
 
 
 class Backend(Protocol):
@@ -19,3 +27,24 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the session / compiled model."""
+
+
+BackendFactory = Callable[[Path, ExecutionPlan, int], Backend]  # (model file, plan, threads)
+
+
+def _onnxruntime(model_path: Path, plan: ExecutionPlan, threads: int) -> Backend:
+    from edge_runtime.backends.onnx import OnnxBackend
+
+    return OnnxBackend(model_path, plan, threads)
+
+
+def _openvino(model_path: Path, plan: ExecutionPlan, threads: int) -> Backend:
+    from edge_runtime.backends.openvino import OpenVinoBackend
+
+    return OpenVinoBackend(model_path, plan, threads)
+
+
+BACKENDS: dict[BackendKind, BackendFactory] = {
+    BackendKind.ONNXRUNTIME: _onnxruntime,
+    BackendKind.OPENVINO: _openvino,
+}

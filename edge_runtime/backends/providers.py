@@ -2,24 +2,36 @@
 
 Never falls back silently: a requested device that is missing raises DeviceUnavailableError unless
 fallback is allowed, and then the plan records `fallback_from` so it is logged, exported and shown.
+
+Which runtimes can run a model comes from its format's row in the format table (model/formats.py):
+nothing here branches on a ModelFormat.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, replace
 
 from edge_runtime.errors import ConfigError, DeviceUnavailableError
+from edge_runtime.model.formats import FORMATS, BackendKind, FormatSupport
 from edge_runtime.model.spec import ModelFormat
+
+__all__ = [
+    "CPU_EP",
+    "CUDA_EP",
+    "OPENVINO_EP",
+    "Availability",
+    "BackendKind",  # defined beside the format table (model/formats.py), which names the runtimes
+    "DeviceRequest",
+    "ExecutionPlan",
+    "ModelNeeds",
+    "detect_availability",
+    "parse_device",
+    "select_provider",
+]
 
 CUDA_EP = "CUDAExecutionProvider"
 OPENVINO_EP = "OpenVINOExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
-
-
-class BackendKind(StrEnum):
-    ONNXRUNTIME = "onnxruntime"
-    OPENVINO = "openvino"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,13 @@ class ModelNeeds:
     format: ModelFormat
     openvino_compatible: bool = True  # False for ZipMap (ai.onnx.ml) models
 
+    @property
+    def support(self) -> FormatSupport:
+        return FORMATS[self.format]
+
+    def runs_on(self, runtime: BackendKind) -> bool:
+        return runtime in self.support.runtimes
+
 
 @dataclass(frozen=True, slots=True)
 class ExecutionPlan:
@@ -82,26 +101,47 @@ def _accelerator(available: Availability) -> str | None:
     return None
 
 
+# What each runtime runs a model on, as refusals name it.
+_DEVICES_OF = {BackendKind.ONNXRUNTIME: "onnxruntime providers", BackendKind.OPENVINO: "OpenVINO devices"}
+
+# How each runtime runs a model on a plain CPU.
+_CPU_PLANS = {
+    BackendKind.ONNXRUNTIME: ExecutionPlan(BackendKind.ONNXRUNTIME, "cpu", ort_providers=(CPU_EP,)),
+    BackendKind.OPENVINO: ExecutionPlan(BackendKind.OPENVINO, "openvino:CPU", openvino_device="CPU"),
+}
+
+
 def _cpu(model: ModelNeeds, reason: str) -> ExecutionPlan:
-    if model.format is ModelFormat.OPENVINO:
-        return ExecutionPlan(BackendKind.OPENVINO, "openvino:CPU", openvino_device="CPU", reason=reason)
-    return ExecutionPlan(BackendKind.ONNXRUNTIME, "cpu", ort_providers=(CPU_EP,), reason=reason)
+    return replace(_CPU_PLANS[model.support.runtimes[0]], reason=reason)
+
+
+def _reaches_openvino(model: ModelNeeds, available: Availability) -> bool:
+    """The OpenVINO runtime runs the model's format, or onnxruntime does and has its OpenVINO provider."""
+    return model.runs_on(BackendKind.OPENVINO) or (
+        model.runs_on(BackendKind.ONNXRUNTIME) and OPENVINO_EP in available.ort_providers
+    )
 
 
 def _openvino(device: str, available: Availability, model: ModelNeeds, reason: str) -> ExecutionPlan:
-    if model.format is ModelFormat.ONNX and OPENVINO_EP in available.ort_providers:
+    """Through onnxruntime's OpenVINO provider where the model runs on onnxruntime and it is installed,
+    else on the OpenVINO runtime itself."""
+    if model.runs_on(BackendKind.ONNXRUNTIME) and OPENVINO_EP in available.ort_providers:
         return ExecutionPlan(
             BackendKind.ONNXRUNTIME, f"openvino:{device}", (OPENVINO_EP, CPU_EP), device, reason
         )
+    if not model.runs_on(BackendKind.OPENVINO):
+        raise DeviceUnavailableError(f"openvino:{device}: {model.support.title} does not run on OpenVINO")
     return ExecutionPlan(BackendKind.OPENVINO, f"openvino:{device}", openvino_device=device, reason=reason)
 
 
 def _auto(available: Availability, model: ModelNeeds) -> ExecutionPlan:
-    if model.format is ModelFormat.ONNX and CUDA_EP in available.ort_providers:
+    if model.runs_on(BackendKind.ONNXRUNTIME) and CUDA_EP in available.ort_providers:
         return ExecutionPlan(
             BackendKind.ONNXRUNTIME, "cuda", (CUDA_EP, CPU_EP), reason="auto: CUDA is available"
         )
     accel = _accelerator(available)
+    if accel and not _reaches_openvino(model, available):
+        return _cpu(model, f"auto: Intel {accel} found but {model.support.title} does not run on OpenVINO")
     if accel and model.openvino_compatible:
         return _openvino(accel, available, model, f"auto: Intel {accel} found by OpenVINO")
     if accel:
@@ -115,8 +155,9 @@ def _requested(request: DeviceRequest, available: Availability, model: ModelNeed
     if request.kind == "cpu":
         return _cpu(model, "requested cpu")
     if request.kind == "cuda":
-        if model.format is ModelFormat.OPENVINO:
-            raise DeviceUnavailableError("cuda: an OpenVINO IR model runs only on OpenVINO devices")
+        if not model.runs_on(BackendKind.ONNXRUNTIME):
+            devices = " or ".join(_DEVICES_OF[runtime] for runtime in model.support.runtimes)
+            raise DeviceUnavailableError(f"cuda: {model.support.title} runs only on {devices}")
         if CUDA_EP not in available.ort_providers:
             raise DeviceUnavailableError(
                 "cuda: onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu, "

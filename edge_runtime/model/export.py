@@ -20,6 +20,8 @@ from typing import Any
 
 from edge_runtime.domain import Task
 from edge_runtime.errors import ModelLoadError, UnsupportedModelError
+from edge_runtime.model.formats import FORMATS, model_file_names
+from edge_runtime.model.modelfile import ONNX10_ADVICE
 from edge_runtime.model.spec import Postprocess, Resize
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "cvexport.manifest"
 SIDECAR = "metadata_properties.json"
 LABELS = "labels.txt"
-MODEL_CANDIDATES = ("model.onnx", "model.xml")
+MODEL_CANDIDATES = model_file_names()  # from the format table: "model.onnx", "model.xml"
 MAX_ZIP_BYTES = 2 * 1024**3  # refuse zip bombs: total uncompressed size
 
 
@@ -112,7 +114,7 @@ def _check_exists(path: Path) -> None:
         raise ModelLoadError(path, "no such file or folder")
     if path.is_dir() or _is_zip(path):
         return
-    if path.suffix.lower() in (".onnx", ".xml"):
+    if any(path.suffix.lower() in row.suffixes for row in FORMATS.values()):
         raise ModelLoadError(path, "give the export folder (or .zip) holding this model file, not the file")
     raise ModelLoadError(path, "not a folder or a .zip Custom Vision export")
 
@@ -152,9 +154,14 @@ def _find_root(folder: Path) -> Path:
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise ModelLoadError(folder, f"no {MANIFEST}, model.onnx or model.xml found; {_contents(folder)}")
+        raise ModelLoadError(folder, f"no {either(MANIFEST, *MODEL_CANDIDATES)} found; {_contents(folder)}")
     found = ", ".join(h.relative_to(folder).as_posix() or "." for h in hits)
     raise ModelLoadError(folder, f"several exports found: {found}")
+
+
+def either(*names: str) -> str:
+    """'a, b or c', for messages that list what was looked for."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _contents(folder: Path, most: int = 12) -> str:
@@ -306,13 +313,6 @@ def describe_export(root: Path) -> ExportDescription:
     return described(
         postprocess, "General (compact)", Resize.SHORTER_SIDE_TO_INPUT, target or (256, 256), crop
     )
-
-
-ONNX10_ADVICE = (
-    "a 2018 'ONNX 1.0' (WinMLTools, opset 1) Custom Vision export; its legacy operators cannot run in "
-    "current onnxruntime or OpenVINO. Re-export the iteration from Custom Vision as ONNX "
-    "(Export -> ONNX) and load that instead"
-)
 
 
 def sha1_of(path: Path) -> str:

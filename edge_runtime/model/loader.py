@@ -14,11 +14,13 @@ from edge_runtime.model.export import (
     MODEL_CANDIDATES,
     ExportDescription,
     describe_export,
+    either,
     number,
     open_export,
     sha1_of,
 )
-from edge_runtime.model.modelfile import ModelFacts, inspect_model
+from edge_runtime.model.formats import FORMATS, inspect_model
+from edge_runtime.model.modelfile import ModelFacts
 from edge_runtime.model.spec import (
     DEFAULT_YOLO_ANCHORS,
     DetectionParams,
@@ -103,7 +105,7 @@ def _model_path(desc: ExportDescription) -> Path:
     for name in MODEL_CANDIDATES:
         if (desc.root / name).is_file():
             return desc.root / name
-    raise ModelLoadError(desc.root, "no model.onnx or model.xml in the export")
+    raise ModelLoadError(desc.root, f"no {either(*MODEL_CANDIDATES)} in the export")
 
 
 def _postprocess(desc: ExportDescription, facts: ModelFacts) -> Postprocess:
@@ -161,20 +163,10 @@ def _check_label_count(
             )
 
 
-# Colour order and value range when the model's own metadata does not say (see README "Preprocessing").
-_DEFAULT_BGR_255 = {
-    Postprocess.YOLO: (True, 1.0),  # the export's object_detection.py feeds BGR 0..255
-    Postprocess.SSD: (False, 1.0),  # [S1] detection: RGB 0..255
-    Postprocess.ZIPMAP: (True, 1.0),  # 2018 ONNX 1.2: Bgr8, raw 0..255 (ImageScaler scale=1)
-}
-
-
 def _colour_and_range(facts: ModelFacts, postprocess: Postprocess) -> tuple[bool, float]:
-    if facts.format is ModelFormat.OPENVINO:
-        bgr, scale = False, 1 / 255  # the official OpenVINO samples: "RGB[0-1] NCHW"
-    else:
-        # The official ONNX samples' rule: RGB and 0..1 unless the model says otherwise.
-        bgr, scale = _DEFAULT_BGR_255.get(postprocess, (False, 1 / 255))
+    """The model's metadata_props decide, else its format's default (formats.py, README "Preprocessing")."""
+    default = FORMATS[facts.format].default_pixels(postprocess)
+    bgr, scale = default.bgr, default.scale
     fmt = facts.metadata_props.get("Image.BitmapPixelFormat", "").lower()
     if fmt in ("bgr8", "bgra8"):
         bgr = True

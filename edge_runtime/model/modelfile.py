@@ -1,7 +1,8 @@
 """What the model file itself says: tensors, opset, embedded metadata and labels.
 
 Read with the `onnx` parser (or OpenVINO's reader for IR) *before* any session is created, so a broken
-or legacy file gets a precise message naming it instead of a backend stack trace.
+or legacy file gets a precise message naming it instead of a backend stack trace. Which function reads
+which file is decided by the format table (`formats.py`), which also checks that the file is there.
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import ModelLoadError, UnsupportedModelError
-from edge_runtime.model.export import ONNX10_ADVICE
 from edge_runtime.model.spec import ModelFormat, TensorInfo
 
 # Oldest default-domain opset onnxruntime still runs; the 2018 "ONNX 1.0" exports use opset 1.
 MIN_OPSET = 7
+
+# Said both when the manifest names the flavour (export.py) and when the file's opset shows it (here).
+ONNX10_ADVICE = (
+    "a 2018 'ONNX 1.0' (WinMLTools, opset 1) Custom Vision export; its legacy operators cannot run in "
+    "current onnxruntime or OpenVINO. Re-export the iteration from Custom Vision as ONNX "
+    "(Export -> ONNX) and load that instead"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,16 +34,6 @@ class ModelFacts:
     opset: int | None = None
     zipmap_labels: tuple[str, ...] | None = None
     region_yolo_anchors: tuple[tuple[float, float], ...] | None = None
-
-
-def inspect_model(path: Path) -> ModelFacts:
-    if not path.is_file():
-        raise ModelLoadError(path, "model file is missing")
-    if path.stat().st_size == 0:
-        raise ModelLoadError(path, "model file is empty")
-    if path.suffix.lower() == ".xml":
-        return _inspect_openvino(path)
-    return _inspect_onnx(path)
 
 
 def _onnx_type(type_proto: Any) -> tuple[str, tuple[int | str | None, ...]]:
@@ -65,7 +62,7 @@ def _onnx_type(type_proto: Any) -> tuple[str, tuple[int | str | None, ...]]:
     return str(kind), ()
 
 
-def _inspect_onnx(path: Path) -> ModelFacts:
+def inspect_onnx(path: Path) -> ModelFacts:
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -114,7 +111,7 @@ def _swap(pair: tuple[str, tuple[int | str | None, ...]]) -> tuple[tuple[int | s
     return shape, dtype
 
 
-def _inspect_openvino(path: Path) -> ModelFacts:
+def inspect_openvino(path: Path) -> ModelFacts:
     import openvino as ov
 
     if not path.with_suffix(".bin").is_file():
