@@ -4,7 +4,8 @@
 sink's loop sends what waits for it (order below), deleting a row only once the sink confirms it. A sink
 that is down or slow never blocks the cameras or the other sinks; its messages wait on disk, bounded
 by count and age (drops counted in edge_runtime_sink_dropped_total{reason}). A failed send is retried
-after a back-off (0.5 s doubling to 5 s), or at once when the sink reports that it has reconnected.
+after a back-off (`retry`, by default 0.5 s doubling to 5 s), or at once when the sink reports that it has
+reconnected.
 
 Order: per (camera, ROI, tag) events go in the order they were stored. Across keys, events stored after
 delivery (re)started (the start, or the first confirmed send after a failure) go before the backlog
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from edge_runtime import metrics
+from edge_runtime.backoff import Backoff
 from edge_runtime.domain import Event
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.outbox import Outbox, OutboxRecord
@@ -64,9 +66,21 @@ def failure_reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def default_retry() -> Backoff:
+    """0.5 s doubling to 5 s, no jitter: a sink that is down fails fast, so retrying often is cheap, and
+    each sink's retries are its own (the broker's reconnect pace is the client's, not ours)."""
+    return Backoff(0.5, 5.0, jitter=0.0)
+
+
+def default_bucket(delivery: DeliverySettings) -> TokenBucket:
+    return TokenBucket(delivery.rate_limit_per_minute)
+
+
 @dataclass(slots=True)
-class _Retry:
-    delay: float
+class _Delivering:
+    """One sink's delivery loop state."""
+
+    backoff: Backoff
     failing: bool = False
     fresh_after: int = 0  # outbox seq when delivery last (re)started: later rows overtake the backlog
 
@@ -78,21 +92,36 @@ class OutboxLimits:
 
 
 class Dispatcher:
-    BATCH = 50
-    RETRY_INITIAL_S = 0.5
-    RETRY_MAX_S = 5.0  # a sink that is down fails fast, so retrying often is cheap
-    HOUSEKEEPING_S = 1.0
+    """`retry` makes each sink's back-off policy, `bucket_for` its rate limit; `clock` (wall time) dates
+    summaries and outbox ages; `housekeeping_s` paces the bounds and depth metrics; `batch` is how many
+    rows one look at the outbox plans."""
 
-    def __init__(self, outbox: Outbox, sinks: Sequence[Sink], limits: OutboxLimits = OutboxLimits()) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        sinks: Sequence[Sink],
+        limits: OutboxLimits = OutboxLimits(),
+        *,
+        retry: Callable[[], Backoff] = default_retry,
+        bucket_for: Callable[[DeliverySettings], TokenBucket] = default_bucket,
+        clock: Callable[[], float] = time.time,
+        housekeeping_s: float = 1.0,
+        batch: int = 50,
+    ) -> None:
         self._outbox = outbox
         self._sinks = tuple(sinks)
         self._limits = limits
+        self._retry = retry
+        self._bucket_for = bucket_for
+        self._clock = clock
+        self._housekeeping_s = housekeeping_s
+        self._batch = batch
         self._wakeups = {s.name: asyncio.Event() for s in sinks}
         self._idle = {s.name: asyncio.Event() for s in sinks}
         self._reconnected = {s.name: asyncio.Event() for s in sinks}
         self._unwatch: list[Callable[[], None]] = []
         self._summaries = {
-            s.name: SummaryCounter(time.time()) for s in sinks if s.delivery.summary_interval_s > 0
+            s.name: SummaryCounter(clock()) for s in sinks if s.delivery.summary_interval_s > 0
         }
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -146,21 +175,21 @@ class Dispatcher:
             self._reconnected[sink_name].set()
 
     async def _deliver(self, sink: Sink, fresh_after: int) -> None:
-        bucket = TokenBucket(sink.delivery.rate_limit_per_minute)
-        state = _Retry(self.RETRY_INITIAL_S, fresh_after=fresh_after)
+        bucket = self._bucket_for(sink.delivery)
+        state = _Delivering(self._retry(), fresh_after=fresh_after)
         while True:
             try:
                 await self._deliver_some(sink, bucket, state)
             except sqlite3.Error as exc:  # the disk, not the sink: back off and carry on
                 log.error("outbox error while delivering to %s: %s", sink.name, exc)
-                await asyncio.sleep(self.RETRY_MAX_S)
+                await asyncio.sleep(state.backoff.maximum)
             except Exception:  # anything else must not end this sink's delivery either
                 log.exception("delivery loop of %s failed; carrying on", sink.name)
-                await asyncio.sleep(self.RETRY_MAX_S)
+                await asyncio.sleep(state.backoff.maximum)
 
-    async def _deliver_some(self, sink: Sink, bucket: TokenBucket, state: _Retry) -> None:
+    async def _deliver_some(self, sink: Sink, bucket: TokenBucket, state: _Delivering) -> None:
         self._wakeups[sink.name].clear()
-        records = await self._outbox.next_batch(sink.name, state.fresh_after, self.BATCH)
+        records = await self._outbox.next_batch(sink.name, state.fresh_after, self._batch)
         if not records:
             if not self._wakeups[sink.name].is_set():  # nothing was stored while we looked
                 self._idle[sink.name].set()
@@ -190,17 +219,17 @@ class Dispatcher:
                 log.info("sink %s: delivering again", sink.name)
                 state.failing = False
                 state.fresh_after = await self._outbox.last_seq(sink.name)  # the outage's backlog
-            state.delay = self.RETRY_INITIAL_S
+            state.backoff.reset()
 
-    async def _back_off(self, reconnected: asyncio.Event, state: _Retry) -> None:
+    async def _back_off(self, reconnected: asyncio.Event, state: _Delivering) -> None:
         """Wait the retry delay, or less: a sink that reconnects meanwhile is tried again at once."""
         try:
-            async with asyncio.timeout(state.delay):
+            async with asyncio.timeout(state.backoff.next_delay()):
                 await reconnected.wait()
         except TimeoutError:
-            state.delay = min(state.delay * 2, self.RETRY_MAX_S)
+            pass  # the next wait is longer
         else:
-            state.delay = self.RETRY_INITIAL_S
+            state.backoff.reset()
 
     async def _summarise(self, sink: Sink) -> None:
         counter = self._summaries[sink.name]
@@ -208,7 +237,7 @@ class Dispatcher:
             await asyncio.sleep(sink.delivery.summary_interval_s)
             summary_id = new_event_id()
             try:
-                await self._store([sink.name], "summary", summary_id, counter.take(summary_id, time.time()))
+                await self._store([sink.name], "summary", summary_id, counter.take(summary_id, self._clock()))
             except Exception:  # one lost summary must not end the heartbeat
                 log.exception("summary for %s could not be stored", sink.name)
 
@@ -218,7 +247,7 @@ class Dispatcher:
                 await self._keep_house()
             except Exception:
                 log.exception("outbox housekeeping failed; carrying on")
-            await asyncio.sleep(self.HOUSEKEEPING_S)
+            await asyncio.sleep(self._housekeeping_s)
 
     async def _keep_house(self) -> None:
         configured = {s.name for s in self._sinks}
@@ -237,7 +266,7 @@ class Dispatcher:
                 metrics.SINK_DROPPED.labels(sink.name, "full").inc(trimmed.full)
             backlog = await self._outbox.backlog(sink.name)
             metrics.OUTBOX_DEPTH.labels(sink.name).set(backlog.depth)
-            age = 0.0 if backlog.oldest_created is None else max(0.0, time.time() - backlog.oldest_created)
+            age = 0.0 if backlog.oldest_created is None else max(0.0, self._clock() - backlog.oldest_created)
             metrics.OUTBOX_OLDEST_AGE.labels(sink.name).set(age)
 
     async def backlog(self) -> dict[str, int]:

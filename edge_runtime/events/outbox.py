@@ -91,8 +91,15 @@ class Backlog:
 
 
 class Outbox:
-    def __init__(self, path: Path) -> None:
+    """`clock` (wall time) dates rows for the age bound and names a damaged file moved aside;
+    `fresh_scan` bounds next_batch's search for fresh rows free to overtake the backlog."""
+
+    def __init__(
+        self, path: Path, clock: Callable[[], float] = time.time, fresh_scan: int = FRESH_SCAN
+    ) -> None:
         self.path = path
+        self.fresh_scan = fresh_scan
+        self._clock = clock
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
         self._db: sqlite3.Connection | None = None
         # Rows per sink, kept by the outbox thread alongside its own writes: during a long outage the
@@ -110,7 +117,7 @@ class Outbox:
             if not self.path.exists() or isinstance(exc, sqlite3.OperationalError):
                 raise ConfigError(f"events.outbox_path: cannot open {self.path}: {exc}") from exc
             # A damaged file must not stop the line: keep it for forensics and start a new one.
-            stem = f"{self.path.name}.corrupt-{int(time.time())}"
+            stem = f"{self.path.name}.corrupt-{int(self._clock())}"
             aside = self.path.with_name(stem)
             for n in range(1, 1000):  # never overwrite an earlier forensic copy
                 if not aside.exists():
@@ -153,7 +160,7 @@ class Outbox:
         """Store one message for each sink in one transaction; returns how many were dropped per sink."""
         text = json.dumps(body, separators=(",", ":"))
         key = order_key(type_, body)
-        now = time.time()
+        now = self._clock()
 
         def put() -> dict[str, int]:
             db = self._conn
@@ -202,12 +209,12 @@ class Outbox:
             if not (backlog and fresh):  # nothing to overtake: plain FIFO
                 return [_record(r) for r in backlog or fresh]
             # Fresh rows whose key has no backlog, however many older fresh rows wait (the key index);
-            # among the oldest FRESH_SCAN only, so a batch costs at most that many index probes.
+            # among the oldest `fresh_scan` only, so a batch costs at most that many index probes.
             order: list[Row] = db.execute(
                 f"SELECT {_COLUMNS} FROM ({select} AND seq > ? ORDER BY seq LIMIT ?) AS f"
                 " WHERE NOT EXISTS (SELECT 1 FROM outbox AS o"
                 " WHERE o.sink = f.sink AND o.key = f.key AND o.seq <= ?) ORDER BY seq LIMIT ?",
-                (sink, fresh_after, FRESH_SCAN, fresh_after, limit),
+                (sink, fresh_after, self.fresh_scan, fresh_after, limit),
             ).fetchall()
             for key in dict.fromkeys(row[7] for row in fresh):
                 older = db.execute(
@@ -254,7 +261,7 @@ class Outbox:
             db = self._conn
             with _transaction(db):
                 expired = db.execute(
-                    "DELETE FROM outbox WHERE sink = ? AND created < ?", (sink, time.time() - max_age_s)
+                    "DELETE FROM outbox WHERE sink = ? AND created < ?", (sink, self._clock() - max_age_s)
                 ).rowcount
                 full = _drop_oldest(db, sink, self._depth.get(sink, 0) - expired - max_events)
             self._depth[sink] = self._depth.get(sink, 0) - expired - full
@@ -277,6 +284,13 @@ class Outbox:
             return {sink: count for sink, count in self._depth.items() if count > 0}
 
         return await self._run(pending)
+
+    async def pragma(self, name: str) -> object:
+        """A PRAGMA's value on the outbox's own connection (`synchronous` is per connection: another
+        connection to the file cannot see what this one runs with)."""
+        if not name.isidentifier():
+            raise ValueError(f"not a pragma name: {name!r}")
+        return await self._run(lambda: self._conn.execute(f"PRAGMA {name}").fetchone()[0])
 
     @property
     def _conn(self) -> sqlite3.Connection:

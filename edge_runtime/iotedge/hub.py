@@ -17,6 +17,7 @@ from typing import Any
 from azure.iot.device import Message, MethodResponse
 from azure.iot.device.aio import IoTHubModuleClient
 
+from edge_runtime.backoff import Backoff
 from edge_runtime.errors import ConfigError
 from edge_runtime.settings import HubSettings
 
@@ -28,9 +29,9 @@ logging.getLogger("azure.iot.device").setLevel(logging.WARNING)
 class HubClient:
     CLOSE_TIMEOUT_S = 3.0
 
-    def __init__(self, client: Any, retry_max_s: float = 30.0) -> None:
+    def __init__(self, client: Any, retry: Backoff | None = None) -> None:
         self.sdk = client
-        self._retry_max_s = retry_max_s
+        self._retry = retry if retry is not None else Backoff(1.0, 30.0)  # the first connect's retries
         self._connect_task: asyncio.Task[None] | None = None
         self.connected_once = asyncio.Event()
         self.last_error: str | None = None
@@ -42,7 +43,7 @@ class HubClient:
                 client = IoTHubModuleClient.create_from_edge_environment()
             except Exception as exc:  # the SDK raises OSError/ValueError/its own errors here
                 raise ConfigError(f"hub: cannot use the IoT Edge environment: {exc}") from exc
-            return cls(client, hub.connect_retry_max_s)
+            return cls(client, _connect_retry(hub))
         fields = dict(
             part.partition("=")[::2] for part in hub.connection_string.get_secret_value().split(";")
         )
@@ -62,7 +63,7 @@ class HubClient:
         except (ValueError, TypeError) as exc:
             # The SDK's message may quote the string: name the problem, never the secret.
             raise ConfigError("hub.connection_string: not a valid module connection string") from exc
-        return cls(client, hub.connect_retry_max_s)
+        return cls(client, _connect_retry(hub))
 
     @property
     def connected(self) -> bool:
@@ -72,17 +73,17 @@ class HubClient:
         self._connect_task = asyncio.create_task(self._connect(), name="hub-connect")
 
     async def _connect(self) -> None:
-        delay = 1.0
         while True:
             try:
                 await self.sdk.connect()
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("hub: cannot connect (%s); retrying in %.0f s", self.last_error, delay)
+                delay = self._retry.next_delay()
+                log.warning("hub: cannot connect (%s); retrying in %.1f s", self.last_error, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max_s)
                 continue
             log.info("hub: connected")
+            self._retry.reset()
             self.last_error = None
             self.connected_once.set()
             return
@@ -136,3 +137,8 @@ class HubClient:
             log.warning("hub: the SDK did not shut down within %.0f s; leaving it", self.CLOSE_TIMEOUT_S)
         except Exception as exc:
             log.warning("hub: shutdown: %s", exc)
+
+
+def _connect_retry(hub: HubSettings) -> Backoff:
+    """1 s doubling up to hub.connect_retry_max_s, jittered: modules restarted together spread out."""
+    return Backoff(1.0, hub.connect_retry_max_s)

@@ -26,8 +26,9 @@ from typing import Any
 import pytest
 from mosquitto import Broker, Observer, mosquitto_available
 
+from edge_runtime.backoff import Backoff
 from edge_runtime.domain import Event, EventKind
-from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits
+from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, default_retry
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.outbox import Outbox
 from edge_runtime.settings import MqttSettings
@@ -127,10 +128,10 @@ def observer(broker: Broker) -> Iterator[Observer]:
 class Runtime:
     """What events_ctx builds: an outbox file, the MQTT sink, the dispatcher between them."""
 
-    def __init__(self, outbox_path: Path, settings: MqttSettings) -> None:
+    def __init__(self, outbox_path: Path, settings: MqttSettings, retry: Callable[[], Backoff]) -> None:
         self.outbox = Outbox(outbox_path)
         self.sink = MqttSink(settings)
-        self.dispatcher = Dispatcher(self.outbox, [self.sink], OutboxLimits(1_000_000, 3600.0))
+        self.dispatcher = Dispatcher(self.outbox, [self.sink], OutboxLimits(1_000_000, 3600.0), retry=retry)
 
     async def start(self) -> Runtime:
         await self.outbox.open()
@@ -143,13 +144,26 @@ class Runtime:
 
 
 @pytest.fixture
-async def runtime(tmp_path: Path, broker: Broker, observer: Observer) -> AsyncIterator[Runtime]:
-    """Not started yet: a test may patch the dispatcher's timings first."""
-    made = Runtime(
-        tmp_path / "outbox.sqlite3", mqtt_settings(broker.port, reconnect_min_s=0.5, reconnect_max_s=0.5)
-    )
-    yield made
-    await made.close()
+async def runtime_with(
+    tmp_path: Path, broker: Broker, observer: Observer
+) -> AsyncIterator[Callable[[Callable[[], Backoff]], Runtime]]:
+    """Makes the runtime (not started yet) with the dispatcher's retry policy a test chooses."""
+    made: list[Runtime] = []
+
+    def make(retry: Callable[[], Backoff] = default_retry) -> Runtime:
+        settings = mqtt_settings(broker.port, reconnect_min_s=0.5, reconnect_max_s=0.5)
+        made.append(Runtime(tmp_path / "outbox.sqlite3", settings, retry))
+        return made[-1]
+
+    yield make
+    for runtime in made:
+        await runtime.close()
+
+
+@pytest.fixture
+def runtime(runtime_with: Callable[[Callable[[], Backoff]], Runtime]) -> Runtime:
+    """Not started yet, with the dispatcher's own retry policy."""
+    return runtime_with(default_retry)
 
 
 def arrivals(observer: Observer) -> dict[str, float]:
@@ -266,10 +280,10 @@ async def test_a_publish_never_confirmed_is_logged_as_a_missing_puback(
 
 
 async def test_delivery_resumes_on_reconnect_not_after_the_back_off(
-    monkeypatch: pytest.MonkeyPatch, broker: Broker, observer: Observer, runtime: Runtime
+    broker: Broker, observer: Observer, runtime_with: Callable[[Callable[[], Backoff]], Runtime]
 ) -> None:
     # A retry back-off of 5 s (the dispatcher's maximum) from the first failure on.
-    monkeypatch.setattr(Dispatcher, "RETRY_INITIAL_S", 5.0)
+    runtime = runtime_with(lambda: Backoff(5.0, 5.0, jitter=0.0))
     await runtime.start()
     event = make_event()
     await runtime.dispatcher.publish(event)

@@ -11,7 +11,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from edge_runtime.backoff import Backoff
 from edge_runtime.domain import BoundingBox, Event, EventKind
 from edge_runtime.errors import SinkUnavailableError
-from edge_runtime.events import dispatcher as dispatcher_module
-from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, failure_reason
+from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, Sink, failure_reason
 from edge_runtime.events.ids import EVENT_ID_PATTERN, new_event_id
 from edge_runtime.events.outbox import Outbox, OutboxRecord
 from edge_runtime.events.ratelimit import TokenBucket
@@ -111,11 +111,20 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Dispatcher, "RETRY_INITIAL_S", 0.01)
-    monkeypatch.setattr(Dispatcher, "RETRY_MAX_S", 0.02)
-    monkeypatch.setattr(Dispatcher, "HOUSEKEEPING_S", 0.02)
+def retry_policy(initial: float, maximum: float) -> Callable[[], Backoff]:
+    return lambda: Backoff(initial, maximum, jitter=0.0)
+
+
+FAST_RETRY = retry_policy(0.01, 0.02)
+
+
+def fast_dispatcher(
+    outbox: Outbox, sinks: Sequence[Sink], limits: OutboxLimits = DEFAULT_LIMITS, **options: Any
+) -> Dispatcher:
+    """Retries after 10-20 ms and housekeeping every 20 ms, unless the test says otherwise."""
+    options.setdefault("retry", FAST_RETRY)
+    options.setdefault("housekeeping_s", 0.02)
+    return Dispatcher(outbox, sinks, limits, **options)
 
 
 @pytest.fixture
@@ -129,8 +138,8 @@ async def dispatchers() -> AsyncIterator[list[Dispatcher]]:
 
 @pytest.fixture
 def dispatcher_for(outbox: Outbox, dispatchers: list[Dispatcher]) -> Callable[..., Dispatcher]:
-    def make(*sinks: FakeSink, limits: OutboxLimits = DEFAULT_LIMITS) -> Dispatcher:
-        dispatcher = Dispatcher(outbox, list(sinks), limits)
+    def make(*sinks: FakeSink, limits: OutboxLimits = DEFAULT_LIMITS, **options: Any) -> Dispatcher:
+        dispatcher = fast_dispatcher(outbox, list(sinks), limits, **options)
         dispatchers.append(dispatcher)
         return dispatcher
 
@@ -211,11 +220,7 @@ async def test_a_failing_sink_is_retried_without_loss_or_reordering_and_others_g
     assert sample("edge_runtime_sink_sent_total", sink=down.name) == 5
 
 
-async def test_retries_back_off_up_to_the_maximum(
-    monkeypatch: pytest.MonkeyPatch, dispatcher_for: Callable[..., Dispatcher]
-) -> None:
-    monkeypatch.setattr(Dispatcher, "RETRY_INITIAL_S", 0.02)
-    monkeypatch.setattr(Dispatcher, "RETRY_MAX_S", 0.08)
+async def test_retries_back_off_up_to_the_maximum(dispatcher_for: Callable[..., Dispatcher]) -> None:
     sink = FakeSink(unique("backoff"))
     sink.down = True
     stamps: list[float] = []
@@ -226,7 +231,7 @@ async def test_retries_back_off_up_to_the_maximum(
         await original(record)
 
     sink.publish = publish  # type: ignore[method-assign]
-    dispatcher = dispatcher_for(sink)
+    dispatcher = dispatcher_for(sink, retry=retry_policy(0.02, 0.08))
     await dispatcher.start()
     await dispatcher.publish(make_event(0))
     await wait_for(lambda: len(stamps) >= 6)
@@ -260,7 +265,7 @@ async def test_a_sink_failing_midway_leaves_the_rest_in_the_outbox_and_close_kee
     sink = FakeSink(unique("midway"))
     events = [make_event(i) for i in range(4)]
     sink.refuse = {events[1].id}
-    dispatcher = Dispatcher(outbox, [sink])
+    dispatcher = fast_dispatcher(outbox, [sink])
     await dispatcher.start()
     for event in events:
         await dispatcher.publish(event)
@@ -280,7 +285,7 @@ async def test_a_sink_failing_midway_leaves_the_rest_in_the_outbox_and_close_kee
 
 async def test_close_drains_what_can_go_out(outbox: Outbox) -> None:
     sink = FakeSink(unique("drain"))
-    dispatcher = Dispatcher(outbox, [sink])
+    dispatcher = fast_dispatcher(outbox, [sink])
     events = [make_event(i) for i in range(5)]
     for event in events:
         await dispatcher.publish(event)  # before start: stored, waiting
@@ -299,7 +304,7 @@ async def test_close_closes_every_sink_even_when_one_fails(
             raise OSError("stuck")
 
     bad, good = BadClose(unique("bad-close")), FakeSink(unique("good-close"))
-    dispatcher = Dispatcher(outbox, [bad, good])
+    dispatcher = fast_dispatcher(outbox, [bad, good])
     await dispatcher.start()
     with caplog.at_level(logging.ERROR, logger="edge_runtime.events.dispatcher"):
         await dispatcher.close(drain_timeout=0.1)
@@ -315,7 +320,7 @@ async def test_messages_from_a_previous_run_are_delivered_after_start(tmp_path: 
     await first.open()
     down = FakeSink(name)
     down.down = True
-    dispatcher = Dispatcher(first, [down])
+    dispatcher = fast_dispatcher(first, [down])
     await dispatcher.start()
     for event in events:
         await dispatcher.publish(event)
@@ -327,7 +332,7 @@ async def test_messages_from_a_previous_run_are_delivered_after_start(tmp_path: 
     await second.open()
     try:
         up = FakeSink(name)
-        dispatcher = Dispatcher(second, [up])
+        dispatcher = fast_dispatcher(second, [up])
         await dispatcher.start()
         await wait_for(lambda: len(up.received) == 3)  # nothing published in this run
         assert up.events == [e.id for e in events]
@@ -505,18 +510,17 @@ def test_token_bucket_zero_is_unlimited() -> None:
 
 
 async def test_a_rate_limited_sink_waits_and_loses_nothing(
-    monkeypatch: pytest.MonkeyPatch, outbox: Outbox, dispatcher_for: Callable[..., Dispatcher]
+    outbox: Outbox, dispatcher_for: Callable[..., Dispatcher]
 ) -> None:
     rates: list[float] = []
 
-    def strict_bucket(rate_per_minute: float) -> TokenBucket:
-        rates.append(rate_per_minute)
-        return TokenBucket(rate_per_minute, burst=1)
+    def strict_bucket(delivery: DeliverySettings) -> TokenBucket:
+        rates.append(delivery.rate_limit_per_minute)
+        return TokenBucket(delivery.rate_limit_per_minute, burst=1)
 
-    monkeypatch.setattr(dispatcher_module, "TokenBucket", strict_bucket)
     limited = FakeSink(unique("limited"), DeliverySettings(rate_limit_per_minute=1200))  # 20/s
     free = FakeSink(unique("free"))
-    dispatcher = dispatcher_for(limited, free)
+    dispatcher = dispatcher_for(limited, free, bucket_for=strict_bucket)
     await dispatcher.start()
     events = [make_event(i) for i in range(6)]
     started = time.monotonic()
@@ -686,7 +690,7 @@ async def test_iothub_sink_times_out_without_confirmation() -> None:
 async def test_iothub_sink_behind_the_dispatcher_waits_for_the_hub(outbox: Outbox) -> None:
     hub = FakeHub()
     sink = IotHubSink(IotHubSettings(), hub)  # type: ignore[arg-type]
-    dispatcher = Dispatcher(outbox, [sink])
+    dispatcher = fast_dispatcher(outbox, [sink])
     await dispatcher.start()
     events = [make_event(i) for i in range(3)]
     try:
@@ -724,7 +728,7 @@ async def test_a_transient_outbox_error_does_not_stop_delivery(tmp_path: Path) -
     box = FlakyOutbox(tmp_path / "outbox.sqlite3")
     await box.open()
     sink = FakeSink(unique("flaky-outbox"))
-    dispatcher = Dispatcher(box, [sink])
+    dispatcher = fast_dispatcher(box, [sink])
     try:
         await dispatcher.start()
         await dispatcher.publish(make_event(0))
@@ -808,13 +812,9 @@ class ReconnectingSink(FakeSink):
             listener(True)
 
 
-async def test_a_reported_reconnect_ends_the_retry_wait(
-    monkeypatch: pytest.MonkeyPatch, dispatcher_for: Callable[..., Dispatcher]
-) -> None:
-    monkeypatch.setattr(Dispatcher, "RETRY_INITIAL_S", 10.0)  # a back-off that must not be waited out
-    monkeypatch.setattr(Dispatcher, "RETRY_MAX_S", 10.0)
+async def test_a_reported_reconnect_ends_the_retry_wait(dispatcher_for: Callable[..., Dispatcher]) -> None:
     sink = ReconnectingSink(unique("reconnect"))
-    dispatcher = dispatcher_for(sink)
+    dispatcher = dispatcher_for(sink, retry=retry_policy(10.0, 10.0))  # a back-off not to be waited out
     await dispatcher.start()
     await dispatcher.publish(make_event(0))
     await wait_for(lambda: len(sink.attempts) == 1)
@@ -843,12 +843,11 @@ class SlowSink(FakeSink):
 
 
 async def test_fresh_events_overtake_the_backlog_but_not_their_own_key(
-    monkeypatch: pytest.MonkeyPatch, dispatcher_for: Callable[..., Dispatcher]
+    dispatcher_for: Callable[..., Dispatcher],
 ) -> None:
-    monkeypatch.setattr(Dispatcher, "BATCH", 10)
     sink = SlowSink(unique("fresh-first"))
     sink.down = True
-    dispatcher = dispatcher_for(sink)
+    dispatcher = dispatcher_for(sink, batch=10)
     await dispatcher.start()
     backlog = [
         make_event(i, camera=f"cam-{i % 4}", kind=EventKind.STARTED if i % 8 < 4 else EventKind.ENDED)
@@ -876,12 +875,11 @@ async def test_fresh_events_overtake_the_backlog_but_not_their_own_key(
 
 
 async def test_a_fresh_event_does_not_wait_for_a_rate_limited_batch_of_backlog(
-    monkeypatch: pytest.MonkeyPatch, dispatcher_for: Callable[..., Dispatcher]
+    dispatcher_for: Callable[..., Dispatcher],
 ) -> None:
-    monkeypatch.setattr(dispatcher_module, "TokenBucket", lambda rate: TokenBucket(rate, burst=1))
     sink = FakeSink(unique("limited-fresh"), DeliverySettings(rate_limit_per_minute=1200))  # 20/s
     sink.down = True
-    dispatcher = dispatcher_for(sink)
+    dispatcher = dispatcher_for(sink, bucket_for=lambda d: TokenBucket(d.rate_limit_per_minute, burst=1))
     await dispatcher.start()
     for i in range(40):  # 2 s of sending at the limit
         await dispatcher.publish(make_event(i, camera=f"cam-{i % 2}"))

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from prometheus_client import REGISTRY
 
 from edge_runtime.backends.providers import parse_device
+from edge_runtime.backoff import Backoff
 from edge_runtime.demo.model import BELT_GREY, build_demo_export
 from edge_runtime.domain import (
     FULL_FRAME,
@@ -307,10 +308,8 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Dispatcher, "RETRY_INITIAL_S", 0.01)
-    monkeypatch.setattr(Dispatcher, "RETRY_MAX_S", 0.02)
+def fast_retries() -> Backoff:
+    return Backoff(0.01, 0.02, jitter=0.0)
 
 
 async def test_dispatcher_delivers_in_order_to_every_sink_and_counts(outbox: Outbox) -> None:
@@ -337,11 +336,10 @@ async def test_dispatcher_delivers_in_order_to_every_sink_and_counts(outbox: Out
     assert await outbox.pending_by_sink() == {}
 
 
-@pytest.mark.usefixtures("fast_retries")
 async def test_dispatcher_retries_after_a_sink_failure(outbox: Outbox) -> None:
     sink = RecordingSink("retry", fail_times=2)
     failed_before = sample("edge_runtime_sink_failed_total", sink="retry")
-    dispatcher = Dispatcher(outbox, [sink])
+    dispatcher = Dispatcher(outbox, [sink], retry=fast_retries)
     await dispatcher.start()
     first, second = make_event(0), make_event(1)
     await dispatcher.publish(first)
@@ -354,10 +352,9 @@ async def test_dispatcher_retries_after_a_sink_failure(outbox: Outbox) -> None:
     assert await outbox.pending_by_sink() == {}
 
 
-@pytest.mark.usefixtures("fast_retries")
 async def test_a_failing_sink_does_not_hold_up_the_others(outbox: Outbox) -> None:
     down, up = RecordingSink("always-down", fail_times=10**9), RecordingSink("healthy")
-    dispatcher = Dispatcher(outbox, [down, up])
+    dispatcher = Dispatcher(outbox, [down, up], retry=fast_retries)
     await dispatcher.start()
     events = [make_event(i) for i in range(3)]
     for event in events:

@@ -5,7 +5,6 @@ file from before order keys."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
@@ -14,12 +13,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from edge_runtime.errors import ConfigError
-from edge_runtime.events import outbox as outbox_module
 from edge_runtime.events.outbox import Backlog, Outbox, Trimmed, order_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,13 +26,23 @@ LARGE = 10**6
 
 
 class FakeTime:
-    """Stands in for the `time` module inside edge_runtime.events.outbox."""
+    """The outbox's clock: `now` until a test moves it."""
 
     def __init__(self, now: float) -> None:
         self.now = now
 
-    def time(self) -> float:
+    def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture
+async def clocked(tmp_path: Path) -> AsyncIterator[tuple[Outbox, FakeTime]]:
+    """An open outbox whose clock the test sets."""
+    clock = FakeTime(0.0)
+    box = Outbox(tmp_path / "outbox.sqlite3", clock=clock)
+    await box.open()
+    yield box, clock
+    await box.close()
 
 
 async def put_n(box: Outbox, sinks: list[str], n: int, start: int = 0, max_per_sink: int = LARGE) -> None:
@@ -87,11 +96,11 @@ async def test_note_attempt_counts_failures(outbox: Outbox) -> None:
     assert (first_again.attempts, second_again.attempts) == (2, 0)
 
 
-async def test_backlog_and_pending(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_backlog_and_pending(clocked: tuple[Outbox, FakeTime]) -> None:
+    outbox, clock = clocked
     assert await outbox.backlog("a") == Backlog(0, None)
     assert await outbox.pending_by_sink() == {}
-    clock = FakeTime(1000.0)
-    monkeypatch.setattr(outbox_module, "time", clock)
+    clock.now = 1000.0
     await put_n(outbox, ["a", "b"], 2)
     clock.now = 1005.0
     await put_n(outbox, ["a"], 1, start=2)
@@ -161,15 +170,8 @@ async def test_the_file_is_wal_with_full_sync(outbox: Outbox) -> None:
     await put_n(outbox, ["a"], 1)
     with sqlite3.connect(outbox.path) as other:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    db = outbox._db
-    assert db is not None
     full = 2
-    assert (
-        await asyncio.get_running_loop().run_in_executor(
-            outbox._thread, lambda: db.execute("PRAGMA synchronous").fetchone()[0]
-        )
-        == full
-    )
+    assert await outbox.pragma("synchronous") == full
 
 
 async def test_count_bound_drops_the_oldest_and_reports_it(outbox: Outbox) -> None:
@@ -194,9 +196,9 @@ async def test_trim_by_count(outbox: Outbox) -> None:
     assert await outbox.trim("a", max_events=2, max_age_s=3600) == Trimmed()
 
 
-async def test_trim_by_age(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = FakeTime(10_000.0)
-    monkeypatch.setattr(outbox_module, "time", clock)
+async def test_trim_by_age(clocked: tuple[Outbox, FakeTime]) -> None:
+    outbox, clock = clocked
+    clock.now = 10_000.0
     await put_n(outbox, ["a", "b"], 2)  # created 10000
     clock.now = 10_050.0
     await put_n(outbox, ["a"], 1, start=2)  # created 10050
@@ -211,9 +213,9 @@ async def test_trim_by_age(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> N
     assert await outbox.backlog("a") == Backlog(0, None)
 
 
-async def test_trim_reports_both_bounds_at_once(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = FakeTime(0.0)
-    monkeypatch.setattr(outbox_module, "time", clock)
+async def test_trim_reports_both_bounds_at_once(clocked: tuple[Outbox, FakeTime]) -> None:
+    outbox, clock = clocked
+    clock.now = 0.0
     await put_n(outbox, ["a"], 2)
     clock.now = 500.0
     await put_n(outbox, ["a"], 4, start=2)
@@ -333,14 +335,12 @@ async def test_damaged_table_pages_are_found_at_open(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("outbox.sqlite3.corrupt-*"))) == 1
 
 
-async def test_two_damaged_files_in_one_second_are_both_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(outbox_module, "time", FakeTime(1_700_000_000.25))
+async def test_two_damaged_files_in_one_second_are_both_kept(tmp_path: Path) -> None:
+    clock = FakeTime(1_700_000_000.25)
     path = tmp_path / "outbox.sqlite3"
     for content in (b"first damaged file " * 100, b"second damaged file " * 100):
         path.write_bytes(content)
-        box = Outbox(path)
+        box = Outbox(path, clock=clock)
         await box.open()
         await box.close()
         path.unlink()
@@ -421,16 +421,14 @@ async def test_a_fresh_row_is_not_held_up_by_more_waiting_fresh_rows_than_a_batc
     assert await batch_ids(outbox, fresh_after, limit=3) == ["new-z", "old-a", "new-a0"]
 
 
-async def test_the_search_for_free_fresh_rows_is_bounded(
-    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(outbox_module, "FRESH_SCAN", 3)  # 2000 in service
+async def test_the_search_for_free_fresh_rows_is_bounded(outbox: Outbox) -> None:
+    outbox.fresh_scan = 3  # 2000 in service
     fresh_after = await put_event(outbox, "old-a", "cam-a", "stain")
     for i in range(3):
         await put_event(outbox, f"new-a{i}", "cam-a", "stain")
     await put_event(outbox, "new-z", "cam-z", "stain")  # 4th fresh row: beyond the search
     assert await batch_ids(outbox, fresh_after, limit=2) == ["old-a", "new-a0"]
-    monkeypatch.setattr(outbox_module, "FRESH_SCAN", 4)
+    outbox.fresh_scan = 4
     assert await batch_ids(outbox, fresh_after, limit=2) == ["new-z", "old-a"]
 
 
