@@ -8,12 +8,16 @@
     ├── DeviceUnavailableError      the requested device is not on this machine
     ├── InferenceError              the backend failed while running a loaded model
     ├── SinkUnavailableError        a sink cannot take messages now (they wait in the outbox)
+    ├── SourceError                 a camera source cannot be opened (message safe to log: no credentials)
     └── ImageError                  bytes that are not a usable image
         ├── ImageDecodeError        not an image, or a broken one
-        └── ImageTooLargeError      more pixels than the configured limit
+        ├── ImageTooLargeError      more pixels than the configured limit
+        └── ImageFetchError         an image URL refused (scheme, internal address) or its download failed
+            └── ImageFetchTooLargeError  the download is bigger than the body limit
 
-Foreign errors (onnxruntime, openvino, PIL, zipfile, json) are translated where they are raised,
-so callers only ever catch these.
+Foreign errors (onnxruntime, openvino, PIL, zipfile, json, aiohttp, OpenCV) are translated where they
+are raised, so callers only ever catch these. The HTTP answer for each is one table, api/errors.py's
+`answer_for`.
 """
 
 from __future__ import annotations
@@ -68,3 +72,15 @@ class ImageTooLargeError(ImageError):
 
 class SinkUnavailableError(EdgeRuntimeError):
     """A sink cannot take messages right now; they wait in the outbox."""
+
+
+class ImageFetchError(ImageError):
+    """The URL or an address it leads to is not allowed, or the download failed; message is user-facing."""
+
+
+class ImageFetchTooLargeError(ImageFetchError):
+    pass
+
+
+class SourceError(EdgeRuntimeError):
+    """A camera source could not be opened; the message is safe to log (no credentials)."""

@@ -1,10 +1,23 @@
-"""JSON error answers with the Custom Vision cloud API's codes (the container answers 500 text)."""
+"""JSON error answers with the Custom Vision cloud API's codes (the container answers 500 text).
+
+`answer_for` is the one boundary table from the package's errors (errors.py) to HTTP answers.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from aiohttp import web
+
+from edge_runtime.errors import (
+    EdgeRuntimeError,
+    ImageDecodeError,
+    ImageFetchError,
+    ImageFetchTooLargeError,
+    ImageTooLargeError,
+    InferenceError,
+)
 
 
 class ApiError(Exception):
@@ -72,6 +85,26 @@ def inference_failed(message: str) -> ApiError:
 
 def internal(message: str) -> ApiError:
     return ApiError(500, "InternalServerError", message)
+
+
+# The package's errors that a request can cause, and how each is answered (the message is the error's).
+_ANSWERS: dict[type[EdgeRuntimeError], Callable[[str], ApiError]] = {
+    ImageFetchTooLargeError: image_too_big,  # 413 BadRequestImageSizeBytes
+    ImageFetchError: bad_url,  # 400 BadRequestImageUrl
+    ImageTooLargeError: image_dimensions,  # 400 BadRequestImageDimensions
+    ImageDecodeError: bad_image,  # 400 BadRequestImageFormat
+    InferenceError: inference_failed,  # 500 ModelInferenceFailed
+}
+
+
+def answer_for(exc: EdgeRuntimeError) -> ApiError | None:
+    """The answer for an error a request caused; None for one no request should meet (a bug: 500).
+    The most specific class in the table wins, like httpx's exception map."""
+    for cls in type(exc).__mro__:
+        answer = _ANSWERS.get(cls)
+        if answer is not None:
+            return answer(str(exc))
+    return None
 
 
 # Codes for aiohttp's own HTTP errors (no route, wrong method, ...), so every answer is JSON with a code.

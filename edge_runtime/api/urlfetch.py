@@ -19,16 +19,15 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
+from edge_runtime.errors import ImageFetchError, ImageFetchTooLargeError
+
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class UrlRefused(Exception):
-    """The URL or an address it leads to is not allowed, or the download failed; message is user-facing."""
-
-
-class TooLarge(UrlRefused):
-    pass
+# The old names, until api/routes.py catches the errors.py names (or uses api/errors.answer_for).
+UrlRefused = ImageFetchError
+TooLarge = ImageFetchTooLargeError
 
 
 class _AddressRefused(OSError):
@@ -86,18 +85,20 @@ def _check_url(url: str, policy: UrlPolicy) -> None:
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError as exc:  # "Invalid IPv6 URL", a bad port
-        raise UrlRefused(f"the URL cannot be parsed: {exc}") from exc
+        raise ImageFetchError(f"the URL cannot be parsed: {exc}") from exc
     if parts.scheme not in ("http", "https"):
-        raise UrlRefused(f"only http and https URLs are fetched, not {parts.scheme or 'a relative URL'!r}")
+        raise ImageFetchError(
+            f"only http and https URLs are fetched, not {parts.scheme or 'a relative URL'!r}"
+        )
     if not host:
-        raise UrlRefused("the URL has no host")
+        raise ImageFetchError("the URL has no host")
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
         _check_hostname(host)
         return  # a name: vetted by the resolver
     if not policy.allows(host, str(literal)):
-        raise UrlRefused(f"{host} is an internal address")
+        raise ImageFetchError(f"{host} is an internal address")
 
 
 def _check_hostname(host: str) -> None:
@@ -105,9 +106,9 @@ def _check_hostname(host: str) -> None:
     try:
         host.encode("idna")  # empty labels, labels over 63 characters, bad code points
     except UnicodeError as exc:
-        raise UrlRefused(f"the URL's host name is not valid: {exc}") from exc
+        raise ImageFetchError(f"the URL's host name is not valid: {exc}") from exc
     if len(host.rstrip(".")) > 253:
-        raise UrlRefused("the URL's host name is longer than 253 characters")
+        raise ImageFetchError("the URL's host name is longer than 253 characters")
 
 
 async def fetch_image(
@@ -133,38 +134,38 @@ async def fetch_image(
                         url = _redirect_target(url, response.headers["Location"])
                         continue
                     if response.status != 200:
-                        raise UrlRefused(f"the image URL answered HTTP {response.status}")
+                        raise ImageFetchError(f"the image URL answered HTTP {response.status}")
                     return await _read_limited(response, max_bytes, hold)
             except aiohttp.ClientConnectorError as exc:
                 if isinstance(exc.os_error, _AddressRefused):
-                    raise UrlRefused(str(exc.os_error)) from exc
-                raise UrlRefused(f"cannot connect to {urlsplit(url).hostname}: {exc.os_error}") from exc
+                    raise ImageFetchError(str(exc.os_error)) from exc
+                raise ImageFetchError(f"cannot connect to {urlsplit(url).hostname}: {exc.os_error}") from exc
             except TimeoutError as exc:
-                raise UrlRefused("the image URL did not answer in time") from exc
+                raise ImageFetchError("the image URL did not answer in time") from exc
             except aiohttp.ClientError as exc:
-                raise UrlRefused(f"downloading the image failed: {exc}") from exc
+                raise ImageFetchError(f"downloading the image failed: {exc}") from exc
             except ValueError as exc:  # the client library's own URL checks (yarl)
-                raise UrlRefused(f"the URL cannot be fetched: {exc}") from exc
-        raise UrlRefused(f"more than {max_redirects} redirects")
+                raise ImageFetchError(f"the URL cannot be fetched: {exc}") from exc
+        raise ImageFetchError(f"more than {max_redirects} redirects")
 
 
 def _redirect_target(url: str, location: str) -> str:
     try:
         return urljoin(url, location)
     except ValueError as exc:
-        raise UrlRefused(f"the image URL redirected to an invalid location: {exc}") from exc
+        raise ImageFetchError(f"the image URL redirected to an invalid location: {exc}") from exc
 
 
 async def _read_limited(response: Any, max_bytes: int, hold: Callable[[int], None] | None) -> bytes:
     declared = response.content_length
     if declared is not None and declared > max_bytes:
-        raise TooLarge(f"the image is {declared} bytes, more than the limit of {max_bytes}")
+        raise ImageFetchTooLargeError(f"the image is {declared} bytes, more than the limit of {max_bytes}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(65536):
         size += len(chunk)
         if size > max_bytes:
-            raise TooLarge(f"the image is more than the limit of {max_bytes} bytes")
+            raise ImageFetchTooLargeError(f"the image is more than the limit of {max_bytes} bytes")
         if hold is not None:
             hold(len(chunk))
         chunks.append(chunk)

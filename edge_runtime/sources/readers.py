@@ -10,15 +10,21 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_runtime.errors import SourceError
+
+__all__ = [  # SourceError is errors.py's, importable here until sources/capture.py imports it from there
+    "ConveyorReader",
+    "FrameReader",
+    "OpenCvReader",
+    "SourceError",
+    "open_reader",
+]
+
 # FFmpeg options for OpenCV's RTSP client: TCP (no UDP loss on busy plants). Read by OpenCV at every
 # open, files included: `fflags;nobuffer` made the first second of an mp4v file decode as grey smears
 # (and raise a false event), so it is not set; the capture thread reads continuously anyway, so buffered
 # frames are superseded within a second. Only set when the operator has not set their own.
 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
-
-
-class SourceError(Exception):
-    """Opening failed; the message is safe to log (no credentials)."""
 
 
 class FrameReader(Protocol):
