@@ -1,0 +1,2 @@
+"""What the benchmarks share: machine facts and CPU accounting, server and broker processes, statistics and
+JSON, tables. Each benchmark script holds only its measurement and its report."""
