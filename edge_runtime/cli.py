@@ -18,6 +18,7 @@ from edge_runtime import __version__
 from edge_runtime.api.schemas import ResponseIds, dumps, prediction_body
 from edge_runtime.app import predictor_options
 from edge_runtime.backends.providers import detect_availability
+from edge_runtime.domain import Task
 from edge_runtime.engine import Predictor
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.model.export import export_folder
@@ -124,7 +125,7 @@ def model_card(predictor: Predictor) -> dict[str, object]:
         "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in spec.outputs],
         "preprocessing": spec.preprocess.describe(),
         "detection": None
-        if spec.task.value == "classification"
+        if spec.task is Task.CLASSIFICATION
         else {
             "prob_threshold": spec.detection.prob_threshold,
             "iou_threshold": spec.detection.iou_threshold,

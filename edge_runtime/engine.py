@@ -22,6 +22,7 @@ from edge_runtime import metrics
 from edge_runtime.backends.base import BACKENDS, Backend
 from edge_runtime.backends.providers import (
     Availability,
+    DeviceKind,
     DeviceRequest,
     ExecutionPlan,
     ModelNeeds,
@@ -78,7 +79,7 @@ class InferenceHealth:
 
 @dataclass(frozen=True, slots=True)
 class PredictorOptions:
-    device: DeviceRequest = field(default_factory=lambda: DeviceRequest("auto"))
+    device: DeviceRequest = field(default_factory=lambda: DeviceRequest(DeviceKind.AUTO))
     threads: int = 0  # backend intra-op threads; 0 = the backend's default
     load: LoadOptions = field(default_factory=LoadOptions)
     limits: ImageLimits = field(default_factory=ImageLimits)

@@ -10,6 +10,7 @@ nothing here branches on a ModelFormat.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from edge_runtime.errors import ConfigError, DeviceUnavailableError
 from edge_runtime.model.formats import FORMATS, BackendKind, FormatSupport
@@ -21,6 +22,7 @@ __all__ = [
     "OPENVINO_EP",
     "Availability",
     "BackendKind",  # defined beside the format table (model/formats.py), which names the runtimes
+    "DeviceKind",
     "DeviceRequest",
     "ExecutionPlan",
     "ModelNeeds",
@@ -34,23 +36,38 @@ OPENVINO_EP = "OpenVINOExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 
 
+class DeviceKind(StrEnum):
+    """What the operator asks for (the part of the device setting before any ':')."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+    OPENVINO = "openvino"
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceRequest:
-    kind: str  # "auto" | "cpu" | "cuda" | "openvino"
-    openvino_device: str | None = None  # "CPU", "GPU", "GPU.1", "NPU", "AUTO" (with kind "openvino")
+    kind: DeviceKind
+    openvino_device: str | None = None  # "CPU", "GPU", "GPU.1", "NPU", "AUTO" (with kind OPENVINO)
     allow_fallback: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", DeviceKind(self.kind))  # DeviceRequest("cpu") is fine too
+
     def __str__(self) -> str:
-        return f"openvino:{self.openvino_device}" if self.openvino_device else self.kind
+        return f"openvino:{self.openvino_device}" if self.openvino_device else str(self.kind)
 
 
 def parse_device(text: str, allow_fallback: bool = False) -> DeviceRequest:
     """'auto' | 'cpu' | 'cuda' | 'openvino' | 'openvino:GPU' (case-insensitive kind)."""
-    kind, _, device = text.strip().partition(":")
-    kind = kind.lower()
-    if kind not in ("auto", "cpu", "cuda", "openvino"):
-        raise ConfigError(f"device {text!r}: expected auto, cpu, cuda or openvino[:CPU|GPU|NPU|AUTO]")
-    if device and kind != "openvino":
+    name, _, device = text.strip().partition(":")
+    try:
+        kind = DeviceKind(name.lower())
+    except ValueError:
+        raise ConfigError(
+            f"device {text!r}: expected auto, cpu, cuda or openvino[:CPU|GPU|NPU|AUTO]"
+        ) from None
+    if device and kind is not DeviceKind.OPENVINO:
         raise ConfigError(f"device {text!r}: only openvino takes a device name after ':'")
     return DeviceRequest(kind, device.upper() if device else None, allow_fallback)
 
@@ -150,11 +167,11 @@ def _auto(available: Availability, model: ModelNeeds) -> ExecutionPlan:
 
 
 def _requested(request: DeviceRequest, available: Availability, model: ModelNeeds) -> ExecutionPlan:
-    if request.kind == "auto":
+    if request.kind is DeviceKind.AUTO:
         return _auto(available, model)
-    if request.kind == "cpu":
+    if request.kind is DeviceKind.CPU:
         return _cpu(model, "requested cpu")
-    if request.kind == "cuda":
+    if request.kind is DeviceKind.CUDA:
         if not model.runs_on(BackendKind.ONNXRUNTIME):
             devices = " or ".join(_DEVICES_OF[runtime] for runtime in model.support.runtimes)
             raise DeviceUnavailableError(f"cuda: {model.support.title} runs only on {devices}")

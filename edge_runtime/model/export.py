@@ -234,7 +234,7 @@ def read_labels(root: Path, manifest: Manifest | None) -> tuple[str, ...] | None
     return labels
 
 
-def number(value: str | None, default: float = 0.0) -> float:
+def sidecar_number(value: str | None, default: float = 0.0) -> float:
     """Sidecar numbers are strings, '224' or '224.0'."""
     try:
         return float(value) if value not in (None, "") else default
@@ -243,8 +243,8 @@ def number(value: str | None, default: float = 0.0) -> float:
 
 
 def _size(sidecar: dict[str, str], prefix: str) -> tuple[int, int] | None:
-    w = int(number(sidecar.get(f"CustomVision.Preprocess.{prefix}Width")))
-    h = int(number(sidecar.get(f"CustomVision.Preprocess.{prefix}Height")))
+    w = int(sidecar_number(sidecar.get(f"CustomVision.Preprocess.{prefix}Width")))
+    h = int(sidecar_number(sidecar.get(f"CustomVision.Preprocess.{prefix}Height")))
     return (w, h) if w > 0 and h > 0 else None
 
 

@@ -15,17 +15,15 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edge_runtime.errors import ImageDecodeError, ImageTooLargeError
+from edge_runtime.model.limits import (
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_JPEG_SCANS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_RESIZED_PIXELS,
+)
 
 # We enforce our own pixel limit before decoding; PIL's global bomb check would warn/raise at other sizes.
 Image.MAX_IMAGE_PIXELS = None
-
-DEFAULT_MAX_PIXELS = 50_000_000  # ~ 8K x 6K: bigger than any line camera, smaller than a bomb
-DEFAULT_MAX_RESIZED_PIXELS = 16_000_000  # what a recipe's first resize may make (thin images)
-DEFAULT_MAX_JPEG_SCANS = 100  # progressive JPEGs have ~10; each scan is a pass over the whole image
-# Custom Vision takes JPEG, PNG, BMP and GIF; WebP is common from cameras. PIL's other decoders (PSD,
-# ICO, PCX, ...) are attack surface nobody on a line needs. TIFF may be allowed in settings, but its
-# decoder (libtiff) prints its own errors on stderr, one line per broken file: no rate limit can hold it.
-DEFAULT_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
 
 # Modes PIL resizes natively in the way the container does (RGBA premultiplied, L as one channel).
 _KEPT_MODES = {"RGB", "RGBA", "L", "LA"}
@@ -33,6 +31,8 @@ _KEPT_MODES = {"RGB", "RGBA", "L", "LA"}
 
 @dataclass(frozen=True, slots=True)
 class ImageLimits:
+    """Bounds checked before decoding. The defaults are model/limits.py's; a server passes its settings'."""
+
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_resized_pixels: int = DEFAULT_MAX_RESIZED_PIXELS
     max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS

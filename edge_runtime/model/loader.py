@@ -15,9 +15,9 @@ from edge_runtime.model.export import (
     ExportDescription,
     describe_export,
     either,
-    number,
     open_export,
     sha1_of,
+    sidecar_number,
 )
 from edge_runtime.model.formats import FORMATS, inspect_model
 from edge_runtime.model.modelfile import ModelFacts
@@ -63,7 +63,7 @@ def load_spec(path: Path, options: LoadOptions = LoadOptions(), source: Path | N
     facts = inspect_model(model_path)
     postprocess = _postprocess(desc, facts)
     task = Task.DETECTION if postprocess in _DETECTION else Task.CLASSIFICATION
-    labels = _labels(desc, facts, postprocess)
+    labels = _labels(desc, facts)
     _check_label_count(desc.root, facts, postprocess, labels)
     preprocess, notes = _preprocess(desc, facts, postprocess, options)
     domain = desc.domain
@@ -125,7 +125,7 @@ def _postprocess(desc: ExportDescription, facts: ModelFacts) -> Postprocess:
     return desc.postprocess
 
 
-def _labels(desc: ExportDescription, facts: ModelFacts, postprocess: Postprocess) -> tuple[str, ...]:
+def _labels(desc: ExportDescription, facts: ModelFacts) -> tuple[str, ...]:
     if desc.labels is not None:
         if facts.zipmap_labels is not None and set(facts.zipmap_labels) != set(desc.labels):
             raise ModelLoadError(
@@ -273,7 +273,7 @@ def _detection_params(
         anchors = tuple(zip(values[0::2], values[1::2], strict=True))
     elif facts.region_yolo_anchors:
         anchors = facts.region_yolo_anchors
-    iou = number(desc.sidecar.get("CustomVision.Postprocess.Yolo.NmsThreshold"), 0.45) or 0.45
+    iou = sidecar_number(desc.sidecar.get("CustomVision.Postprocess.Yolo.NmsThreshold"), 0.45) or 0.45
     if postprocess is Postprocess.YOLO_ACTIVATED:
         return DetectionParams(prob_threshold=0.01, iou_threshold=iou, max_detections=64, anchors=anchors)
     return DetectionParams(prob_threshold=0.10, iou_threshold=iou, max_detections=20, anchors=anchors)

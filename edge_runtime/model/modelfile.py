@@ -36,7 +36,8 @@ class ModelFacts:
     region_yolo_anchors: tuple[tuple[float, float], ...] | None = None
 
 
-def _onnx_type(type_proto: Any) -> tuple[str, tuple[int | str | None, ...]]:
+def _onnx_type(type_proto: Any) -> tuple[tuple[int | str | None, ...], str]:
+    """(shape, dtype), the order TensorInfo takes them in."""
     import onnx
 
     kind = type_proto.WhichOneof("value")
@@ -53,13 +54,13 @@ def _onnx_type(type_proto: Any) -> tuple[str, tuple[int | str | None, ...]]:
                 dims.append(dim.dim_param)
             else:
                 dims.append(None)
-        return dtype, tuple(dims)
+        return tuple(dims), dtype
     if kind == "sequence_type":
-        inner, _ = _onnx_type(type_proto.sequence_type.elem_type)
-        return f"seq({inner})", ()
+        _, inner = _onnx_type(type_proto.sequence_type.elem_type)
+        return (), f"seq({inner})"
     if kind == "map_type":
-        return "map(string,float)", ()
-    return str(kind), ()
+        return (), "map(string,float)"
+    return (), str(kind)
 
 
 def inspect_onnx(path: Path) -> ModelFacts:
@@ -85,11 +86,9 @@ def inspect_onnx(path: Path) -> ModelFacts:
         )
     initializers = {init.name for init in model.graph.initializer}
     inputs = tuple(
-        TensorInfo(v.name, *_swap(_onnx_type(v.type)))
-        for v in model.graph.input
-        if v.name not in initializers
+        TensorInfo(v.name, *_onnx_type(v.type)) for v in model.graph.input if v.name not in initializers
     )
-    outputs = tuple(TensorInfo(v.name, *_swap(_onnx_type(v.type))) for v in model.graph.output)
+    outputs = tuple(TensorInfo(v.name, *_onnx_type(v.type)) for v in model.graph.output)
     zipmap: tuple[str, ...] | None = None
     for node in model.graph.node:
         if node.op_type == "ZipMap":
@@ -104,11 +103,6 @@ def inspect_onnx(path: Path) -> ModelFacts:
         opset=opset,
         zipmap_labels=zipmap,
     )
-
-
-def _swap(pair: tuple[str, tuple[int | str | None, ...]]) -> tuple[tuple[int | str | None, ...], str]:
-    dtype, shape = pair
-    return shape, dtype
 
 
 def inspect_openvino(path: Path) -> ModelFacts:

@@ -13,11 +13,11 @@ from edge_runtime.domain import Task
 from edge_runtime.errors import ModelLoadError, UnsupportedModelError
 from edge_runtime.model.export import (
     describe_export,
-    number,
     open_export,
     read_labels,
     read_manifest,
     sha1_of,
+    sidecar_number,
 )
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.spec import Postprocess, Resize
@@ -234,8 +234,10 @@ def test_broken_manifest_names_the_file(tmp_path: Path, text: str, problem: str)
 
 
 def test_sidecar_numbers_parse_leniently(tmp_path: Path) -> None:
-    assert number("224") == 224.0 and number("224.0") == 224.0
-    assert number("") == 0.0 and number(None, 5.0) == 5.0 and number("n/a", 1.0) == 1.0
+    assert sidecar_number("224") == 224.0 and sidecar_number("224.0") == 224.0
+    assert (
+        sidecar_number("") == 0.0 and sidecar_number(None, 5.0) == 5.0 and sidecar_number("n/a", 1.0) == 1.0
+    )
     sidecar = synthetic.classification_sidecar("ClassificationMultiLabel")
     sidecar.update({k: f"{v}.0" for k, v in sidecar.items() if k.endswith(("Width", "Height"))})
     desc = describe_export(export_files(tmp_path / "export", sidecar=sidecar))

@@ -216,3 +216,14 @@ def test_resize_for_is_unchanged_for_normal_images(
         cropped = spec.input_size is not None and recipe not in (Resize.STRETCH, Resize.PIXEL_COUNT_ALIGN32)
         assert got.size == (spec.input_size if cropped else resize_sizes(*size, spec)[-1])
         assert got.mode == "RGB" and np.array_equal(np.asarray(got), np.asarray(resize_before(image, spec)))
+
+
+def test_image_limit_defaults_are_written_once() -> None:
+    from edge_runtime.model import limits
+
+    assert ImageLimits() == ImageLimits(
+        limits.DEFAULT_MAX_PIXELS,
+        limits.DEFAULT_MAX_RESIZED_PIXELS,
+        limits.DEFAULT_MAX_JPEG_SCANS,
+        limits.DEFAULT_FORMATS,
+    )

@@ -14,6 +14,7 @@ from edge_runtime.backends.providers import (
     OPENVINO_EP,
     Availability,
     BackendKind,
+    DeviceKind,
     DeviceRequest,
     ModelNeeds,
     detect_availability,
@@ -259,3 +260,10 @@ def test_predictor_refuses_a_provider_onnxruntime_cannot_start(classifier_export
     fake = Availability(ORT_CUDA, ("CPU",))
     with pytest.raises(DeviceUnavailableError, match="CUDAExecutionProvider"):
         Predictor.load(classifier_export, cpu_options("cuda"), availability=fake)
+
+
+def test_device_kind_is_an_enum() -> None:
+    assert parse_device("CUDA").kind is DeviceKind.CUDA
+    assert DeviceRequest("cpu").kind is DeviceKind.CPU  # a plain string is converted
+    with pytest.raises(ValueError):
+        DeviceRequest("tpu")
