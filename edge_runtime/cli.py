@@ -175,6 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from edge_runtime.app import create_app
+    from edge_runtime.sources.readers import configure_ffmpeg_capture
 
     settings = settings_from_args(args)
     logging.getLogger().setLevel(settings.log_level.upper())
@@ -199,6 +200,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # id (kicking it off and publishing its retained "offline") only to find the port taken.
         print(f"error: cannot listen on {host}:{port}: address already in use", file=sys.stderr)
         return 2
+    configure_ffmpeg_capture()  # before anything opens a camera
     app = create_app(settings, path)
     log.info("starting on http://%s:%d", host, port)
 
@@ -307,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:  # credentials in any URL a library logs are masked
         handler.addFilter(ScrubFilter())
+    # The IoT Hub SDK logs every pipeline step at INFO; its warnings are enough.
+    logging.getLogger("azure.iot.device").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except EdgeRuntimeError as exc:

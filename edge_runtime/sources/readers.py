@@ -17,14 +17,25 @@ __all__ = [  # SourceError is errors.py's, importable here until sources/capture
     "FrameReader",
     "OpenCvReader",
     "SourceError",
+    "configure_ffmpeg_capture",
     "open_reader",
 ]
 
-# FFmpeg options for OpenCV's RTSP client: TCP (no UDP loss on busy plants). Read by OpenCV at every
-# open, files included: `fflags;nobuffer` made the first second of an mp4v file decode as grey smears
-# (and raise a false event), so it is not set; the capture thread reads continuously anyway, so buffered
-# frames are superseded within a second. Only set when the operator has not set their own.
-os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+FFMPEG_CAPTURE_OPTIONS = "rtsp_transport;tcp"
+
+
+def configure_ffmpeg_capture() -> None:
+    """Give OpenCV's FFmpeg client our options unless the operator set their own. Idempotent.
+
+    It must be the environment: OPENCV_FFMPEG_CAPTURE_OPTIONS is the only hook OpenCV reads (at every
+    open, files included; VideoCapture has no parameter for it). Called once by `serve` before anything
+    opens a camera, and by `open_reader` before each OpenCV open, so library users and tests get it too.
+
+    TCP: no UDP loss on busy plants. `fflags;nobuffer` is not set: it made the first second of an mp4v
+    file decode as grey smears (and raise a false event); the capture thread reads continuously anyway,
+    so buffered frames are superseded within a second.
+    """
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_CAPTURE_OPTIONS)
 
 
 class FrameReader(Protocol):
@@ -129,8 +140,7 @@ def open_reader(url: str, open_timeout_s: float, read_timeout_s: float) -> Frame
         if kind != "conveyor":
             raise SourceError(f"unknown synthetic source {kind!r} (available: conveyor)")
         return ConveyorReader()
-    if "://" in url:
-        return OpenCvReader(url, open_timeout_s, read_timeout_s, loop=False)
-    if not Path(url).is_file():
+    if "://" not in url and not Path(url).is_file():
         raise SourceError(f"video file {url} does not exist")
-    return OpenCvReader(url, open_timeout_s, read_timeout_s, loop=True)
+    configure_ffmpeg_capture()
+    return OpenCvReader(url, open_timeout_s, read_timeout_s, loop="://" not in url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -219,6 +220,13 @@ def test_cuda_with_allow_fallback_runs_on_cpu(
 def test_missing_model_exits_2(tmp_path: Path, image_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", "--model", str(tmp_path / "nope"), "--device", "cpu", str(image_file)]) == 2
     assert f"{tmp_path / 'nope'}: no such file" in capsys.readouterr().err
+
+
+def test_logging_setup_quiets_the_iot_hub_sdk(tmp_path: Path, image_file: Path) -> None:
+    sdk = logging.getLogger("azure.iot.device")
+    sdk.setLevel(logging.NOTSET)
+    assert main(["predict", "--model", str(tmp_path / "nope"), str(image_file)]) == 2
+    assert sdk.level == logging.WARNING
 
 
 def test_console_script(classifier_export: Path) -> None:
