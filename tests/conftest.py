@@ -47,6 +47,7 @@ def shared_models() -> Path:
 
 @pytest.fixture(scope="session")
 def meter_dir(shared_models: Path) -> Path:
+    """The real meter classifier export (ONNX, General compact): the one `meter_dir` for every test."""
     return shared_models / "onnx-converted-meter-compact"
 
 

@@ -37,8 +37,6 @@ from edge_runtime.settings import Settings, build_settings
 T = TypeVar("T")
 Loader = Callable[[Path, PredictorOptions], Predictor]
 
-SHARED_MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "customvision-models"
-METER = SHARED_MODELS / "onnx-converted-meter-compact"
 METER_IMAGE = "test-dog1.jpg"  # the smallest test image of the fixture (9 KiB)
 
 CREATED_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?$")
@@ -181,16 +179,7 @@ def module_servers() -> Iterator[Servers]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Models
-
-
-@pytest.fixture(scope="session")
-def meter_dir() -> Path:
-    if not (METER / "model.onnx").is_file():
-        pytest.skip(
-            f"shared Custom Vision fixture not found at {METER} (needs ../shared/customvision-models)"
-        )
-    return METER
+# Models (`meter_dir`, `shared_models`: tests/conftest.py)
 
 
 @pytest.fixture(scope="session")
