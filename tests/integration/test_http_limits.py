@@ -9,12 +9,10 @@ import struct
 import time
 import zlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
-
-from edge_runtime.engine import Predictor, PredictorOptions
+from model_loaders import slow_loader
 
 LIMIT = 64 * 1024
 MAX_PIXELS = 10_000
@@ -142,23 +140,6 @@ async def test_decompression_bomb_is_refused_before_decoding(client, http, limit
 
 # --------------------------------------------------------------------------------------------------
 # Admission control
-
-
-def slow_loader(delay_s: float):
-    """A loader whose predictor spends `delay_s` extra in every predict_bytes call."""
-
-    def load(path: Path, options: PredictorOptions) -> Predictor:
-        predictor = Predictor.load(path, options)
-        inner = predictor.predict_bytes
-
-        def slow_predict_bytes(data: bytes):
-            time.sleep(delay_s)
-            return inner(data)
-
-        predictor.predict_bytes = slow_predict_bytes  # type: ignore[method-assign]
-        return predictor
-
-    return load
 
 
 @pytest.fixture

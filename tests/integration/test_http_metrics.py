@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
+from model_loaders import slow_loader
 from prometheus_client.parser import text_string_to_metric_families
-
-from edge_runtime.engine import Predictor, PredictorOptions
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 STAGES = ("decode", "preprocess", "inference", "postprocess", "total")
@@ -109,21 +107,6 @@ async def test_stage_histograms_observe_every_prediction(client, http, demo_serv
     assert delta(before, after, "edge_runtime_predictions_total", source="http") == 3
     request_count = delta(before, after, "edge_runtime_http_request_seconds_count", route="/image")
     assert request_count == 3
-
-
-def slow_loader(delay_s: float):
-    def load(path: Path, options: PredictorOptions) -> Predictor:
-        predictor = Predictor.load(path, options)
-        inner = predictor.predict_bytes
-
-        def slow_predict_bytes(data: bytes):
-            time.sleep(delay_s)
-            return inner(data)
-
-        predictor.predict_bytes = slow_predict_bytes  # type: ignore[method-assign]
-        return predictor
-
-    return load
 
 
 async def test_inflight_gauge_follows_admitted_requests(client, http, start_server, demo_dir):
