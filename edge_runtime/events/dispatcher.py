@@ -29,7 +29,7 @@ from edge_runtime import metrics
 from edge_runtime.backoff import Backoff
 from edge_runtime.domain import Event
 from edge_runtime.events.ids import new_event_id
-from edge_runtime.events.outbox import Outbox, OutboxRecord
+from edge_runtime.events.outbox import MessageType, Outbox, OutboxRecord
 from edge_runtime.events.ratelimit import TokenBucket
 from edge_runtime.events.summary import SummaryCounter
 from edge_runtime.settings import DeliverySettings
@@ -58,6 +58,11 @@ class ConnectionWatch(Protocol):
 
     def watch_connection(self, listener: Callable[[bool], None]) -> Callable[[], None]:
         """Call `listener(connected)` on the event loop at every change; returns the unsubscribe."""
+
+
+def event_headers(event: Event) -> dict[str, str]:
+    """An event's routing headers (OutboxRecord.headers): MQTT topic, IoT Hub properties, UI filters."""
+    return {"camera": event.camera, "tag": event.tag, "kind": event.kind.value}
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -155,14 +160,19 @@ class Dispatcher:
         for counter in self._summaries.values():
             counter.add(event)
         targets = [s.name for s in self._sinks if s.delivery.send_events]
-        await self._store(targets, "event", event.id, event.to_dict())
+        await self._store(targets, MessageType.EVENT, event.id, event.to_dict(), event_headers(event))
 
     async def _store(
-        self, targets: Sequence[str], type_: str, message_id: str, body: dict[str, object]
+        self,
+        targets: Sequence[str],
+        type_: MessageType,
+        message_id: str,
+        body: dict[str, object],
+        headers: Mapping[str, str],
     ) -> None:
         if not targets:
             return
-        dropped = await self._outbox.put(targets, type_, message_id, body, self._limits.max_events)
+        dropped = await self._outbox.put(targets, type_, message_id, body, self._limits.max_events, headers)
         for name in targets:
             if dropped.get(name):
                 metrics.SINK_DROPPED.labels(name, "full").inc(dropped[name])
@@ -237,7 +247,8 @@ class Dispatcher:
             await asyncio.sleep(sink.delivery.summary_interval_s)
             summary_id = new_event_id()
             try:
-                await self._store([sink.name], "summary", summary_id, counter.take(summary_id, self._clock()))
+                body = counter.take(summary_id, self._clock())
+                await self._store([sink.name], MessageType.SUMMARY, summary_id, body, {})
             except Exception:  # one lost summary must not end the heartbeat
                 log.exception("summary for %s could not be stored", sink.name)
 

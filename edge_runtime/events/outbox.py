@@ -5,6 +5,10 @@ IoT Hub send completion), so delivery is at-least-once and survives restarts and
 (synchronous=FULL). Bounded by count and age per sink; what the bounds drop is returned to the
 caller to be counted, never dropped silently.
 
+A row is an envelope: its `type`, routing `headers` (an event's camera, tag and kind: the MQTT topic,
+IoT Hub properties) computed once where the event is still typed, and the `body` that goes on the wire.
+Sinks route by the headers and never parse the body.
+
 Order: each row has an order key (an event's camera / ROI / tag; a summary's type). `next_batch` hands
 rows out so that within one key they always go in the order they were stored, while across keys rows
 stored after `fresh_after` (fresh: after delivery resumed) go before the older backlog, so a live
@@ -23,7 +27,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,7 +46,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     created  REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     body     TEXT NOT NULL,
-    key      TEXT
+    key      TEXT,
+    headers  TEXT NOT NULL DEFAULT '{}'
 );
 """
 INDEXES = """
@@ -50,32 +56,46 @@ CREATE INDEX IF NOT EXISTS outbox_sink_created ON outbox (sink, created);
 CREATE INDEX IF NOT EXISTS outbox_sink_key_seq ON outbox (sink, key, seq);
 """
 SCHEMA = TABLE + INDEXES
-_COLUMNS = "seq, sink, type, id, created, attempts, body, key"
+_COLUMNS = "seq, sink, type, id, created, attempts, body, key, headers"
 # Fresh rows looked at per batch for ones free to overtake the backlog (~1 ms). More fresh rows than
 # this waiting for their keys means events come about as fast as the sink takes them.
 FRESH_SCAN = 2000
-Row = tuple[int, str, str, str, float, int, str, str | None]
+Row = tuple[int, str, str, str, float, int, str, str | None, str]
+
+
+class MessageType(StrEnum):
+    EVENT = "event"
+    SUMMARY = "summary"
 
 
 def order_key(type_: str, body: Mapping[str, Any]) -> str:
     """Messages with one key must arrive in the order they were made: an event's camera, ROI and tag
     (a fresh `ended` never before its stored `started`); every other type is ordered by its type."""
-    if type_ != "event":
+    if type_ != MessageType.EVENT:
         return type_
     return json.dumps([body.get("camera"), body.get("roi"), body.get("tag")], separators=(",", ":"))
 
 
+def headers_from_body(type_: str, body: Mapping[str, Any]) -> dict[str, str]:
+    """An event's headers read back from its body: for rows stored before headers existed, and for
+    callers that store an event without them."""
+    if type_ != MessageType.EVENT:
+        return {}
+    return {name: str(body.get(name, "")) for name in ("camera", "tag", "kind")}
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRecord:
-    """One message waiting for one sink. `type` is "event" or "summary"; `id` is the message id."""
+    """One message waiting for one sink; `id` is the message id, `headers` route it (see above)."""
 
     seq: int
     sink: str
-    type: str
+    type: MessageType
     id: str
     created: float
     attempts: int
     body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +160,7 @@ class Outbox:
             db.close()
             raise sqlite3.DatabaseError(f"quick_check: {verdict}")
         _add_order_keys(db)
+        _add_headers(db)
         db.executescript(INDEXES)
         rows = db.execute("SELECT sink, count(*) FROM outbox GROUP BY sink").fetchall()
         self._depth = {sink: int(count) for sink, count in rows}
@@ -155,11 +176,21 @@ class Outbox:
         self._thread.shutdown(wait=True)
 
     async def put(
-        self, sinks: Sequence[str], type_: str, message_id: str, body: Mapping[str, Any], max_per_sink: int
+        self,
+        sinks: Sequence[str],
+        type_: MessageType,
+        message_id: str,
+        body: Mapping[str, Any],
+        max_per_sink: int,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, int]:
-        """Store one message for each sink in one transaction; returns how many were dropped per sink."""
+        """Store one message for each sink in one transaction; returns how many were dropped per sink.
+        `headers` None: an event's are read from its body."""
         text = json.dumps(body, separators=(",", ":"))
         key = order_key(type_, body)
+        if headers is None:
+            headers = headers_from_body(type_, body)
+        header_text = json.dumps(dict(headers), separators=(",", ":"))
         now = self._clock()
 
         def put() -> dict[str, int]:
@@ -168,8 +199,9 @@ class Outbox:
             with _transaction(db):
                 for sink in sinks:
                     db.execute(
-                        "INSERT INTO outbox (sink, type, id, created, body, key) VALUES (?, ?, ?, ?, ?, ?)",
-                        (sink, type_, message_id, now, text, key),
+                        "INSERT INTO outbox (sink, type, id, created, body, key, headers)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (sink, str(type_), message_id, now, text, key, header_text),
                     )
                     excess = self._depth.get(sink, 0) + 1 - max_per_sink
                     dropped[sink] = _drop_oldest(db, sink, excess)
@@ -303,7 +335,10 @@ class Outbox:
 
 
 def _record(row: Row) -> OutboxRecord:
-    return OutboxRecord(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
+    seq, sink, type_, message_id, created, attempts, body, _, headers = row
+    return OutboxRecord(
+        seq, sink, MessageType(type_), message_id, created, attempts, json.loads(body), json.loads(headers)
+    )
 
 
 def _add_order_keys(db: sqlite3.Connection) -> None:
@@ -316,6 +351,27 @@ def _add_order_keys(db: sqlite3.Connection) -> None:
         db.executemany(
             "UPDATE outbox SET key = ? WHERE seq = ?", [(_key_of(t, b), seq) for seq, t, b in rows]
         )
+
+
+def _add_headers(db: sqlite3.Connection) -> None:
+    """A file from before headers: add the column and fill in each event's from its stored body."""
+    if any(column[1] == "headers" for column in db.execute("PRAGMA table_info(outbox)")):
+        return
+    with _transaction(db):
+        db.execute("ALTER TABLE outbox ADD COLUMN headers TEXT NOT NULL DEFAULT '{}'")
+        rows = db.execute("SELECT seq, type, body FROM outbox WHERE type = ?", (MessageType.EVENT.value,))
+        db.executemany(
+            "UPDATE outbox SET headers = ? WHERE seq = ?",
+            [(_headers_of(b), seq) for seq, _, b in rows.fetchall()],
+        )
+
+
+def _headers_of(text: str) -> str:
+    try:
+        headers = headers_from_body(MessageType.EVENT, json.loads(text))
+    except (ValueError, AttributeError):  # not a JSON object: nothing to route by
+        headers = {}
+    return json.dumps(headers, separators=(",", ":"))
 
 
 def _key_of(type_: str, text: str) -> str:

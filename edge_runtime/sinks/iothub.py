@@ -1,7 +1,8 @@
 """IoT Hub sink: each event becomes a module output message routed by edgeHub.
 
 Message id = event id (consumers drop duplicates of an at-least-once delivery), JSON body in UTF-8,
-custom properties `type`, `camera`, `tag`, `kind` for edgeHub route conditions such as
+custom properties `type` and the record's headers (an event's `camera`, `tag`, `kind`) for edgeHub
+route conditions such as
 `FROM /messages/modules/edgeRuntime/outputs/defects WHERE kind = 'started' INTO $upstream`.
 """
 
@@ -37,11 +38,8 @@ class IotHubSink:
             raise SinkUnavailableError(
                 f"not connected to the hub yet ({self._hub.last_error or 'connecting'})"
             )
-        body = record.body
-        properties = {"type": record.type}
-        if record.type == "event":
-            properties |= {k: str(body.get(k, "")) for k in ("camera", "tag", "kind")}
-        payload = json.dumps(dict(body), separators=(",", ":")).encode()
+        properties = {**record.headers, "type": str(record.type)}
+        payload = json.dumps(dict(record.body), separators=(",", ":")).encode()
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s):
                 await self._hub.send_to_output(self.settings.output, payload, record.id, properties)

@@ -22,9 +22,9 @@ from prometheus_client import REGISTRY
 from edge_runtime.backoff import Backoff
 from edge_runtime.domain import BoundingBox, Event, EventKind
 from edge_runtime.errors import SinkUnavailableError
-from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, Sink, failure_reason
+from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, Sink, event_headers, failure_reason
 from edge_runtime.events.ids import EVENT_ID_PATTERN, new_event_id
-from edge_runtime.events.outbox import Outbox, OutboxRecord
+from edge_runtime.events.outbox import MessageType, Outbox, OutboxRecord
 from edge_runtime.events.ratelimit import TokenBucket
 from edge_runtime.events.summary import SummaryCounter
 from edge_runtime.settings import DeliverySettings, IotHubSettings, MqttSettings
@@ -179,6 +179,21 @@ async def test_delivers_in_order_to_every_sink_then_empties_the_outbox(
     await wait_for(lambda: sample("edge_runtime_sink_sent_total", sink=b.name) == 20)
     assert await dispatcher.backlog() == {a.name: 0, b.name: 0}
     assert await outbox.pending_by_sink() == {}
+
+
+async def test_records_carry_the_events_routing_headers(
+    outbox: Outbox, dispatcher_for: Callable[..., Dispatcher]
+) -> None:
+    sink = FakeSink(unique("headers"), DeliverySettings(summary_interval_s=0.05))
+    dispatcher = dispatcher_for(sink)
+    await dispatcher.start()
+    event = make_event(0, camera="cam-h", tag="dent", kind=EventKind.ENDED)
+    await dispatcher.publish(event)
+    await wait_for(lambda: len(sink.events) == 1 and len(sink.summaries) >= 1)
+    [record] = [r for r in sink.received if r.type is MessageType.EVENT]
+    assert record.headers == {"camera": "cam-h", "tag": "dent", "kind": "ended"}
+    assert record.body == event.to_dict()
+    assert all(r.headers == {} for r in sink.received if r.type is MessageType.SUMMARY)
 
 
 async def test_publish_returns_once_the_event_is_stored(
@@ -638,7 +653,9 @@ class FakeHub:
 
 
 def record_of(event: Event, seq: int = 1) -> OutboxRecord:
-    return OutboxRecord(seq, "iothub", "event", event.id, time.time(), 0, event.to_dict())
+    return OutboxRecord(
+        seq, "iothub", MessageType.EVENT, event.id, time.time(), 0, event.to_dict(), event_headers(event)
+    )
 
 
 async def test_iothub_sink_sends_the_event_with_its_id_and_properties() -> None:
@@ -661,7 +678,7 @@ async def test_iothub_sink_summary_carries_only_its_type() -> None:
     hub.up()
     sink = IotHubSink(IotHubSettings(), hub)  # type: ignore[arg-type]
     body = SummaryCounter(T0).take("S1", T0 + 1)
-    await sink.publish(OutboxRecord(1, "iothub", "summary", "S1", T0, 0, body))
+    await sink.publish(OutboxRecord(1, "iothub", MessageType.SUMMARY, "S1", T0, 0, body))
     [(output, payload, message_id, properties)] = hub.sent
     assert (output, message_id, properties) == ("defects", "S1", {"type": "summary"})
     assert json.loads(payload) == body

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.errors import ConfigError
-from edge_runtime.events.outbox import Backlog, Outbox, Trimmed, order_key
+from edge_runtime.events.outbox import Backlog, MessageType, Outbox, Trimmed, order_key
 
 REPO = Path(__file__).resolve().parents[2]
 LARGE = 10**6
@@ -509,3 +509,71 @@ async def test_a_file_from_before_order_keys_gets_them_at_open(tmp_path: Path) -
         assert await box.pending_by_sink() == {"a": 5}
     finally:
         await box.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Headers: routing fields stored beside the body
+
+
+async def test_headers_are_stored_and_read_back_with_the_type(outbox: Outbox) -> None:
+    headers = {"camera": "cam-9", "tag": "dent", "kind": "ended"}
+    await outbox.put(["a"], MessageType.EVENT, "e1", {"camera": "in the body"}, LARGE, headers)
+    await outbox.put(["a"], MessageType.SUMMARY, "s1", {"type": "summary"}, LARGE)
+    event, summary = await outbox.peek("a", 10)
+    assert event.type is MessageType.EVENT and event.headers == headers
+    assert event.body == {"camera": "in the body"}, "the body goes on the wire unchanged"
+    assert summary.type is MessageType.SUMMARY and summary.headers == {}
+
+
+async def test_an_event_stored_without_headers_gets_them_from_its_body(outbox: Outbox) -> None:
+    body = {"camera": "cam-1", "roi": "full", "tag": "stain", "kind": "started", "id": "x"}
+    await outbox.put(["a"], MessageType.EVENT, "x", body, LARGE)
+    [record] = await outbox.peek("a", 1)
+    assert record.headers == {"camera": "cam-1", "tag": "stain", "kind": "started"}
+
+
+OLD_SCHEMA = """
+CREATE TABLE outbox (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink     TEXT NOT NULL,
+    type     TEXT NOT NULL,
+    id       TEXT NOT NULL,
+    created  REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    body     TEXT NOT NULL,
+    key      TEXT
+);
+CREATE INDEX outbox_sink_seq ON outbox (sink, seq);
+CREATE INDEX outbox_sink_created ON outbox (sink, created);
+CREATE INDEX outbox_sink_key_seq ON outbox (sink, key, seq);
+"""
+
+
+async def test_a_file_from_before_headers_gets_them_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    event = {"camera": "cam-a", "roi": "full", "tag": "stain", "kind": "ended", "id": "old0"}
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_SCHEMA)  # the schema as the previous release wrote it
+        rows = [
+            ("event", "old0", json.dumps(event), order_key("event", event)),
+            ("summary", "old1", json.dumps({"type": "summary", "cameras": {"cam-a": {}}}), "summary"),
+            ("event", "old2", json.dumps([1, 2]), "event"),  # not an object: nothing to route by
+        ]
+        db.executemany(
+            "INSERT INTO outbox (sink, type, id, created, body, key) VALUES ('a', ?, ?, 2.0, ?, ?)", rows
+        )
+    box = Outbox(path)
+    await box.open()
+    try:
+        old_event, old_summary, odd = await box.peek("a", 10)
+        assert old_event.headers == {"camera": "cam-a", "tag": "stain", "kind": "ended"}
+        assert old_event.body == event and old_event.type is MessageType.EVENT
+        assert old_summary.headers == {} and old_summary.type is MessageType.SUMMARY
+        assert odd.headers == {}
+        await box.put(["a"], MessageType.EVENT, "new", {}, LARGE, {"camera": "cam-b"})
+        assert (await box.peek("a", 10))[-1].headers == {"camera": "cam-b"}
+        assert await box.pending_by_sink() == {"a": 4}
+    finally:
+        await box.close()
+    with sqlite3.connect(path) as db:  # migrated once: the column is there for the next open
+        assert "headers" in [column[1] for column in db.execute("PRAGMA table_info(outbox)")]
