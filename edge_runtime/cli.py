@@ -18,12 +18,12 @@ from edge_runtime import __version__
 from edge_runtime.api.schemas import ResponseIds, dumps, prediction_body
 from edge_runtime.app import predictor_options
 from edge_runtime.backends.providers import detect_availability
-from edge_runtime.domain import Task
 from edge_runtime.engine import Predictor
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.model.export import export_folder
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.spec import Resize
+from edge_runtime.model_card import ModelCard
 from edge_runtime.redact import ScrubFilter
 from edge_runtime.settings import Settings, load_settings, rule_tag_problem
 
@@ -101,53 +101,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def model_card(predictor: Predictor) -> dict[str, object]:
-    spec, plan = predictor.spec, predictor.plan
-    available = detect_availability()
-    return {
-        "model": str(spec.shown_path),
-        "format": spec.format.value,
-        "task": spec.task.value,
-        "domain": spec.domain,
-        "flavour": spec.flavour,
-        "postprocess": spec.postprocess.value,
-        "labels": list(spec.labels),
-        "sha1": spec.sha1,
-        "iteration_id": spec.iteration_id,
-        "input": {
-            "name": spec.input.name,
-            "shape": list(spec.input.shape),
-            "dtype": spec.input.dtype,
-            "layout": "NCHW" if spec.preprocess.nchw else "NHWC",
-            "colour": "BGR" if spec.preprocess.bgr else "RGB",
-            "range": "0..255" if spec.preprocess.scale == 1.0 else "0..1",
-        },
-        "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in spec.outputs],
-        "preprocessing": spec.preprocess.describe(),
-        "detection": None
-        if spec.task is Task.CLASSIFICATION
-        else {
-            "prob_threshold": spec.detection.prob_threshold,
-            "iou_threshold": spec.detection.iou_threshold,
-            "max_detections": spec.detection.max_detections,
-            "anchors": [list(a) for a in spec.detection.anchors],
-        },
-        "devices_available": {
-            "onnxruntime": list(available.ort_providers),
-            "openvino": list(available.openvino_devices),
-        },
-        "device": predictor.device,
-        "device_reason": plan.reason,
-        "fallback_from": plan.fallback_from,
-        "warmup_ms": round(predictor.warmup_seconds * 1000, 2),
-        "notes": list(spec.notes),
-    }
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     predictor = Predictor.load(model_path(settings), predictor_options(settings, workers=1))
-    card = model_card(predictor)
+    card = ModelCard.of(predictor, detect_availability()).to_dict()
     if args.json:
         print(json.dumps(card, indent=2))
         return 0
