@@ -33,6 +33,7 @@ from edge_runtime.events.outbox import MessageType, Outbox, OutboxRecord
 from edge_runtime.events.ratelimit import TokenBucket
 from edge_runtime.events.summary import SummaryCounter
 from edge_runtime.settings import DeliverySettings
+from edge_runtime.status import SinkStatus
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class Sink(Protocol):
     async def publish(self, record: OutboxRecord) -> None:
         """Deliver one message and return once the far end confirmed it; raise to retry later."""
 
-    def status(self) -> Mapping[str, object]: ...
+    def status(self) -> SinkStatus:
+        """Where it delivers and, for a sink with a connection, whether it is up and its last error."""
 
     async def close(self) -> None: ...
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from edge_runtime import metrics
 from edge_runtime.errors import SinkUnavailableError
 from edge_runtime.events.outbox import OutboxRecord
 from edge_runtime.settings import DeliverySettings, IotHubSettings
+from edge_runtime.status import SinkStatus
 
 if TYPE_CHECKING:
     from edge_runtime.iotedge.hub import HubClient
@@ -46,12 +46,10 @@ class IotHubSink:
         finally:
             metrics.SINK_CONNECTED.labels(self.name).set(1 if self._hub.connected else 0)
 
-    def status(self) -> Mapping[str, object]:
-        return {
-            "connected": self._hub.connected,
-            "output": self.settings.output,
-            "last_error": self._hub.last_error,
-        }
+    def status(self) -> SinkStatus:
+        return SinkStatus(
+            self.name, self._hub.connected, self._hub.last_error, ("output", self.settings.output)
+        )
 
     async def close(self) -> None:
         """The HubClient is closed by its owner (the twin and methods share it)."""

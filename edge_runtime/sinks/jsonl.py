@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
 from edge_runtime.events.outbox import OutboxRecord
 from edge_runtime.settings import DeliverySettings
+from edge_runtime.status import SinkStatus
 
 
 class JsonlSink:
@@ -34,8 +34,8 @@ class JsonlSink:
         self._file.write(line)
         self._file.flush()
 
-    def status(self) -> Mapping[str, object]:
-        return {"path": str(self.path)}
+    def status(self) -> SinkStatus:
+        return SinkStatus(self.name, None, target=("path", str(self.path)))
 
     async def close(self) -> None:
         if self._file is not None:

@@ -256,7 +256,7 @@ async def test_hub_down_at_start_events_wait_in_outbox(
         assert not running.hub.connected_once.is_set()
         assert running.hub.last_error
         assert await running.backlog() == 5
-        assert running.dispatcher.sinks[0].status()["connected"] is False
+        assert running.dispatcher.sinks[0].status().connected is False
         await asyncio.to_thread(fake_hub.start_broker)
         # HubClient retries its first connect after about 1, 2, 4 s (+-20 %): the next try is < 5 s away.
         messages = await asyncio.to_thread(fake_hub.wait_for_messages, 5, "defects", 15)

@@ -30,6 +30,7 @@ from edge_runtime.events.summary import SummaryCounter
 from edge_runtime.settings import DeliverySettings, IotHubSettings, MqttSettings
 from edge_runtime.sinks.iothub import IotHubSink
 from edge_runtime.sinks.mqtt import MqttSink
+from edge_runtime.status import SinkStatus
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 DEFAULT_LIMITS = OutboxLimits()
@@ -90,8 +91,8 @@ class FakeSink:
         self.received.append(record)
         self.times.append(time.monotonic())
 
-    def status(self) -> Mapping[str, object]:
-        return {}
+    def status(self) -> SinkStatus:
+        return SinkStatus(self.name, None)
 
     async def close(self) -> None:
         self.closed = True
@@ -670,7 +671,8 @@ async def test_iothub_sink_sends_the_event_with_its_id_and_properties() -> None:
     assert json.loads(body.decode("utf-8")) == event.to_dict()
     assert properties == {"type": "event", "camera": "cam-7", "tag": "scratch", "kind": "ended"}
     assert sample("edge_runtime_sink_connected", sink="iothub") == 1
-    assert sink.status() == {"connected": True, "output": "line1", "last_error": None}
+    assert sink.status().to_dict() == {"connected": True, "output": "line1", "last_error": None}
+    assert sink.status() == SinkStatus("iothub", True, None, ("output", "line1"))
 
 
 async def test_iothub_sink_summary_carries_only_its_type() -> None:

@@ -41,6 +41,7 @@ from edge_runtime.model.loader import LoadOptions
 from edge_runtime.settings import DeliverySettings, RoiSettings, RuleSettings, build_settings
 from edge_runtime.sinks.jsonl import JsonlSink
 from edge_runtime.sources.sampler import predict_rois
+from edge_runtime.status import SinkStatus
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -291,8 +292,8 @@ class RecordingSink:
             raise ConnectionError(f"{self.name} is down")
         self.received.append(record)
 
-    def status(self) -> dict[str, object]:
-        return {}
+    def status(self) -> SinkStatus:
+        return SinkStatus(self.name, None)
 
     async def close(self) -> None:
         self.closed = True
@@ -483,6 +484,8 @@ async def test_jsonl_sink_writes_one_object_per_line(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "events.jsonl"
     sink = JsonlSink(path)
     assert sink.name == "jsonl" and sink.delivery.send_events and sink.delivery.summary_interval_s == 0
+    assert sink.status().to_dict() == {"path": str(path)}
+    assert sink.status() == SinkStatus("jsonl", None, target=("path", str(path)))
     events = [
         make_event(0, snapshot="/snapshots/a.jpg"),
         make_event(1, kind=EventKind.ENDED, boxes=()),
