@@ -76,9 +76,4 @@ def to_json(result: object) -> str:
 
 
 def write_json(result: object, path: Path) -> None:
-    """The result as JSON at `path` ("-": standard output)."""
-    text = to_json(result)
-    if str(path) == "-":
-        print(text, end="")
-    else:
-        path.write_text(text)
+    path.write_text(to_json(result))
