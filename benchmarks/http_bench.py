@@ -502,9 +502,10 @@ async def bench_http(
     args: argparse.Namespace,
     images: Mapping[str, bytes],
     server: ServeProcess,
+    ready: Mapping[str, object],
     predictor: Predictor,
     workers: int,
-) -> tuple[dict[str, Limit], dict[str, dict[int, LoadResult]], dict[str, Paired], dict[int, LoadResult]]:
+) -> ServerRuns:
     """Per image size: the in-process limit, the HTTP points, the in-process limit again (averaged)."""
 
     def limits(data: bytes) -> tuple[InProcess, InProcess]:
@@ -550,7 +551,7 @@ async def bench_http(
                 )
                 overhead[c] = r
                 progress(overhead_line(c, r))
-    return inproc, points, paired, overhead
+    return ServerRuns(ready, inproc, points, paired, overhead)
 
 
 async def http_floor(args: argparse.Namespace, images: Mapping[str, bytes], server: ServeProcess) -> Floor:
@@ -602,9 +603,7 @@ def measure(args: argparse.Namespace, model: Path) -> HttpRun:
     try:
         with ServeProcess(lambda port: serve_command(model, port, args.server_arg)) as server:
             ready = server.wait_ready()
-            limits, points, paired, overhead = asyncio.run(
-                bench_http(args, images, server, predictor, workers)
-            )
+            runs = asyncio.run(bench_http(args, images, server, ready, predictor, workers))
     finally:
         predictor.close()
     floor = None
@@ -625,7 +624,7 @@ def measure(args: argparse.Namespace, model: Path) -> HttpRun:
                     f"benchmarks/null_server.py did not replace the predictor:\n{server.log()}"
                 )
             floor = asyncio.run(http_floor(args, images, server))
-    return HttpRun(setup, ServerRuns(ready, limits, points, paired, overhead), floor)
+    return HttpRun(setup, runs, floor)
 
 
 # -------------------------------------------------------------------------------------------- report
