@@ -4,11 +4,11 @@
     log_level), merged per key; cameras, rules and ROIs are objects keyed by id/tag/name, so a twin
     patch can touch one camera or one rule.
 
-A patch is validated whole (pydantic, then every sink is constructed) before anything changes; an
-invalid one is rejected with the running configuration untouched and the error kept for reporting.
-Changes are applied per part: log level; cameras added, removed, restarted (stream fields) or
-reconfigured in place (fps, ROIs, rules); the dispatcher swapped when sinks or event settings change;
-the model reloaded or downloaded in the background and swapped atomically once warmed up.
+A patch is validated whole (pydantic, then every part's check(): every sink is constructed) before
+anything changes; an invalid one is rejected with the running configuration untouched and the error
+kept for reporting. Then each changed slice goes to its part, in the order of SLICES: delivery first
+(the only step that can still fail; it rolls itself back), the log level, the cameras, and last the
+model (loaded in the background and swapped atomically once warmed up).
 
 The configured model (the desired document's model section, what a reload loads, what the status
 shows as `configured`) is the one serving: a model update that fails is reported (the status shows
@@ -23,31 +23,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 from edge_runtime import __version__
-from edge_runtime.engine import Predictor
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
-from edge_runtime.model_slot import ModelSlot
-from edge_runtime.model_updates import Loader, ModelState, ModelUpdater, OptionsFor, in_daemon_thread
-from edge_runtime.pipeline import Pipeline
+from edge_runtime.events.delivery import DeliveryConfig
+from edge_runtime.inference.models import ModelService
+from edge_runtime.parts import Part
 from edge_runtime.redact import scrub, scrub_tree
-from edge_runtime.settings import Settings, build_settings, merge_tree, rule_tag_problem
-from edge_runtime.sinks.build import build_sinks
-
-if TYPE_CHECKING:
-    from edge_runtime.events.dispatcher import Dispatcher
+from edge_runtime.settings import CameraSettings, Settings, build_settings, merge_tree, rule_tag_problem
+from edge_runtime.status import (
+    CONFIG,
+    MODEL,
+    ConfigOutcome,
+    ConfigStatus,
+    LoadState,
+    ModelStatus,
+    StatusBoard,
+)
 
 log = logging.getLogger(__name__)
-__all__ = ["ApplyResult", "Controller", "ModelState", "in_daemon_thread", "keyed_tree", "merge_patch"]
 
 DESIRED_SECTIONS = ("model", "cameras", "sinks", "events", "log_level")
-
-DispatcherStarter = Callable[[Settings, Pipeline], Awaitable["Dispatcher"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,48 +67,61 @@ class ApplyResult:
         }
 
 
-@dataclass
-class ConfigState:
-    desired_version: int | None = None
-    status: str = "base"  # base | applied | rejected
-    error: str | None = None
-    changes: list[str] = field(default_factory=list)
+class LogLevel:
+    """The root logger's level as a part (it has nothing to enter or leave)."""
+
+    def check(self, level: str) -> None:
+        """Settings validation already refused unknown levels."""
+
+    async def apply(self, level: str) -> list[str]:
+        logging.getLogger().setLevel(level.upper())
+        return [f"log_level={level}"]
+
+
+class _Slice(Protocol):
+    def check(self, config: Any) -> None: ...
+
+    async def apply(self, config: Any) -> list[str]: ...
+
+
+# (part name, its slice of the settings), applied in this order. Delivery goes first: it is the only
+# part that can still fail late (a sink that cannot start), and it rolls itself back.
+SLICES: tuple[tuple[str, Callable[[Settings], object]], ...] = (
+    ("delivery", DeliveryConfig.of),
+    ("logging", lambda s: s.log_level),
+    ("cameras", lambda s: s.cameras),
+)
 
 
 class Controller:
     def __init__(
         self,
         settings: Settings,
-        pipeline: Pipeline,
-        model: ModelSlot,
-        executor: Executor,
-        options_for: OptionsFor,
-        start_dispatcher: DispatcherStarter,
-        loader: Loader = Predictor.load,
-        default_model_path: Path | None = None,
+        board: StatusBoard,
+        models: ModelService,
+        delivery: Part[DeliveryConfig],
+        cameras: Part[tuple[CameraSettings, ...]],
     ) -> None:
         self.settings = settings
         self._base = keyed_tree(settings)
-        self._pipeline = pipeline
-        self._model = model
-        self._executor = executor
-        self._start_dispatcher = start_dispatcher
+        self._board = board
+        self._models = models
+        self._parts: dict[str, _Slice] = {"delivery": delivery, "logging": LogLevel(), "cameras": cameras}
         self.desired: dict[str, Any] = {}
-        self.config = ConfigState()
+        self.config = ConfigStatus()
         self._lock = asyncio.Lock()
-        self._listeners: list[Callable[[], None]] = []
-        self._models = ModelUpdater(
-            model, options_for, loader, default_model_path, self._changed, self._settle_model
-        )
+        models.settle_with(self._settle_model)
         self._configured_update = 0  # the update that loads (or loaded) the configured model
         self._started_update: int | None = None  # set by _apply for its ApplyResult
+        self._publish_config(self.config)
 
-    def on_change(self, listener: Callable[[], None]) -> None:
-        self._listeners.append(listener)
+    def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """`listener()` after every change of the configuration's or the model's status, in order."""
+        return self._board.listen(lambda key: listener() if key in (CONFIG, MODEL) else None)
 
-    def _changed(self) -> None:
-        for listener in self._listeners:
-            listener()
+    def _publish_config(self, config: ConfigStatus) -> None:
+        self.config = config
+        self._board.put(CONFIG, config)
 
     # ---- desired properties ----
     async def apply_desired(self, desired: Mapping[str, Any]) -> ApplyResult:
@@ -133,14 +145,12 @@ class Controller:
             changes = await self._apply(new)
         except Exception as exc:  # whatever the reason, the running configuration stays
             error = scrub(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}")
-            self.config = ConfigState(version, "rejected", error)
             log.error("desired configuration (version %s) rejected: %s", version, error)
-            self._changed()
+            self._publish_config(ConfigStatus(version, ConfigOutcome.REJECTED, error))
             return ApplyResult(False, version, error=error)
         self.settings = new
-        self.config = ConfigState(version, "applied", None, list(changes))
         log.info("desired configuration (version %s) applied: %s", version, ", ".join(changes) or "no change")
-        self._changed()
+        self._publish_config(ConfigStatus(version, ConfigOutcome.APPLIED, None, list(changes)))
         return ApplyResult(True, version, tuple(changes), model_update=self._started_update)
 
     def _validate(self, desired: Mapping[str, Any]) -> Settings:
@@ -152,71 +162,28 @@ class Controller:
                 " set it in the module's environment"
             )
         new = build_settings(merge_tree(self._base, sections))  # a null turns a base value off
-        if new.events.outbox_path != self.settings.events.outbox_path:
-            raise ConfigError("events.outbox_path cannot change at run time")
-        serving = self._model.predictor
+        serving = self._models.predictor
         if serving is not None and new.model == self.settings.model:  # a new model is checked when loaded
             problem = rule_tag_problem(new, serving.spec.labels)
             if problem:
                 raise ConfigError(problem)
-        # Construct (not start) every sink: unreadable certificates etc. reject the patch here.
-        build_sinks(new, lambda: {}, None, self._pipeline.hub)
+        for name, slice_of in SLICES:
+            self._parts[name].check(slice_of(new))
         return new
 
     async def _apply(self, new: Settings) -> list[str]:
-        old = self.settings
         changes: list[str] = []
-        # Sinks first: the only step that can still fail (a sink that cannot start); it rolls back.
-        if new.sinks != old.sinks or new.events != old.events:
-            await self._swap_dispatcher(old, new)
-            changes.append("sinks")
-        if new.log_level != old.log_level:
-            logging.getLogger().setLevel(new.log_level.upper())
-            changes.append(f"log_level={new.log_level}")
-        changes += await self._apply_cameras(new)
-        if new.model != old.model:  # the last step: nothing after it can reject the document
+        for name, slice_of in SLICES:
+            if slice_of(new) != slice_of(self.settings):
+                changes += await self._parts[name].apply(slice_of(new))
+        if new.model != self.settings.model:  # the last step: nothing after it can reject the document
             self._started_update = self._start_model(new)
             changes.append("model")
         return changes
 
-    async def _swap_dispatcher(self, old: Settings, new: Settings) -> None:
-        # The old sinks close first: two MQTT clients with one client id would fight, and the old
-        # one's "offline" must not land after the new one's "online". Events published meanwhile
-        # wait in the outbox.
-        previous = self._pipeline.dispatcher
-        if previous is not None:
-            await previous.close(drain_timeout=1.0)
-        try:
-            self._pipeline.dispatcher = await self._start_dispatcher(new, self._pipeline)
-        except Exception as exc:
-            log.error("new sinks failed to start (%s); restoring the previous ones", scrub(str(exc)))
-            try:
-                self._pipeline.dispatcher = await self._start_dispatcher(old, self._pipeline)
-            except Exception:
-                # The closed dispatcher stays: its publish still stores events in the outbox, so
-                # nothing is lost; they go out once a configuration with working sinks is applied.
-                log.critical("the previous sinks failed to start again: events wait in the outbox")
-            raise ConfigError(f"sinks: cannot start: {type(exc).__name__}: {exc}") from exc
-
-    async def _apply_cameras(self, new: Settings) -> list[str]:
-        changes = []
-        running = self._pipeline.samplers
-        wanted = {c.id: c for c in new.cameras if c.enabled}
-        for camera_id in [c for c in running if c not in wanted]:
-            await self._pipeline.stop_camera(camera_id)
-            changes.append(f"camera {camera_id} removed")
-        for camera_id, camera in wanted.items():
-            if camera_id not in running:
-                self._pipeline.start_camera(camera, self._model, self._executor)
-                changes.append(f"camera {camera_id} added")
-            elif running[camera_id].settings != camera:
-                await self._pipeline.update_camera(camera, self._model, self._executor)
-                changes.append(f"camera {camera_id} changed")
-        return changes
-
-    # ---- the model (edge_runtime/model_updates.py) ----
+    # ---- the model ----
     @property
-    def model_state(self) -> ModelState:
+    def model_state(self) -> ModelStatus:
         """The latest model load to begin (loading, ready or failed)."""
         return self._models.state
 
@@ -236,20 +203,20 @@ class Controller:
         self._configured_update = update
         return update
 
-    async def wait_for_model(self, update: int | None = None) -> ModelState:
+    async def wait_for_model(self, update: int | None = None) -> ModelStatus:
         """The outcome of model update `update` (default: the latest requested) once settled."""
         return await self._models.wait(update)
 
-    async def reload_model(self) -> ModelState:
+    async def reload_model(self) -> ModelStatus:
         """Load the configured model again and wait; raises EdgeRuntimeError if it fails."""
         async with self._lock:  # the configured model cannot change under the start
             update = self._start_model(self.settings)
         state = await self._models.wait(update)
-        if state.status != "ready":
+        if state.status is not LoadState.READY:
             raise EdgeRuntimeError(state.error or f"model update {update} did not finish")
         return state
 
-    async def _settle_model(self, update: int, state: ModelState) -> None:
+    async def _settle_model(self, update: int, state: ModelStatus) -> None:
         """After each load: keep the configured model the one serving when the latest update failed."""
         async with self._lock:  # patches read and replace the desired document under it too
             back = self._models.fall_back(update, state)
@@ -268,34 +235,27 @@ class Controller:
                 self._models.source(self.settings),
                 serving,
             )
-        self._changed()
+            self._models.configure(self.settings)
 
-    def model_status(self, state: ModelState | None = None) -> dict[str, Any]:
+    def model_status(self, state: ModelStatus | None = None) -> dict[str, Any]:
         """`state` (default: the latest load) with the configured model and the one serving."""
-        return cast(dict[str, Any], scrub_tree(self._models.describe(state, self.settings)))
+        return cast(dict[str, Any], scrub_tree(self._models.describe(state).to_dict()))
 
-    # ---- status (getStatus, reported properties, admin API) ----
+    # ---- status (getStatus, reported properties, admin API): read from the board ----
     def status(self) -> dict[str, Any]:
+        board = self._board.snapshot()
         status = {
             "version": __version__,
             "model": self.model_status(),
             "cameras": {
-                cid: {"state": s["state"], "last_error": s["last_error"]}
-                for cid, s in self._pipeline.camera_statuses().items()
+                cid: {"state": s.state.value, "last_error": s.last_error}
+                for cid, s in board.cameras().items()
             },
-            "sinks": self._pipeline.sink_statuses(),
-            "config": {
-                "desired_version": self.config.desired_version,
-                "status": self.config.status,
-                "error": self.config.error,
-                "changes": self.config.changes,
-            },
+            "sinks": {name: s.to_dict() for name, s in board.sinks().items()},
+            "config": board.config().to_dict(),
         }
         # The one place every status passes (getStatus, reported properties, admin): no credentials.
         return cast(dict[str, Any], scrub_tree(status))
-
-    async def close(self) -> None:
-        await self._models.close()
 
 
 def keyed_tree(settings: Settings) -> dict[str, Any]:

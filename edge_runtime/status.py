@@ -1,7 +1,7 @@
 """The status board: every long-lived part pushes its frozen, typed status here; readers never poll.
 
     writers (push, on the loop)                    readers
-    capture threads  -> CameraStatus  (via put_threadsafe)   /health/ready, /admin/status, getStatus:
+    capture threads  -> CameraStatus  (hop to the loop first) /health/ready, /admin/status, getStatus:
     sinks, hub       -> SinkStatus                             snapshot()
     model service    -> ModelStatus                          MQTT status mirror, twin reporter, UI:
     controller       -> ConfigStatus                           changes()
@@ -13,10 +13,9 @@ Keys are "camera/<id>", "sink/<name>", "model" and "config"; a removed part's ke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
@@ -129,10 +128,10 @@ class Serving:
 
 @dataclass(frozen=True, slots=True)
 class ModelStatus:
-    """The latest model load to begin (`state`, `source`, `error`, `update`), the configured model
+    """The latest model load to begin (`status`, `source`, `error`, `update`), the configured model
     and the one serving (which may differ: a failed update leaves the previous one serving)."""
 
-    state: LoadState = LoadState.LOADING
+    status: LoadState = LoadState.LOADING
     source: str = ""  # path or redacted URL
     error: str | None = None  # scrubbed of credentials
     update: int = 0  # the model update this is about (0: none yet)
@@ -141,7 +140,7 @@ class ModelStatus:
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
-            "status": self.state.value,
+            "status": self.status.value,
             "source": self.source,
             "error": self.error,
             "update": self.update,
@@ -164,14 +163,14 @@ class ConfigOutcome(StrEnum):
 @dataclass(frozen=True, slots=True)
 class ConfigStatus:
     desired_version: int | None = None
-    outcome: ConfigOutcome = ConfigOutcome.BASE
+    status: ConfigOutcome = ConfigOutcome.BASE
     error: str | None = None
-    changes: tuple[str, ...] = ()
+    changes: list[str] = field(default_factory=list)  # a list: it is reported as one (never mutated)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "desired_version": self.desired_version,
-            "status": self.outcome.value,
+            "status": self.status.value,
             "error": self.error,
             "changes": list(self.changes),
         }
@@ -214,41 +213,42 @@ class Board:
 
 
 class StatusBoard:
-    """Touched on the loop only; threads use put_threadsafe."""
+    """Touched on the loop only: threads hand their statuses over with call_soon_threadsafe."""
 
     def __init__(self) -> None:
         self._entries: dict[str, Status] = {}
         self._version = 0
         self._changed = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[Callable[[str], None]] = []
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The loop that threads push to (set by the composition root, before any thread starts)."""
-        self._loop = loop
+    def listen(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """`listener(key)` right after each change, on the loop (for hooks that must see every change,
+        in order; readers that only need the latest use changes()). Returns the unsubscribe."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
 
     def put(self, key: str, status: Status) -> None:
         if self._entries.get(key) == status:
             return
         self._entries[key] = status
-        self._bump()
+        self._bump(key)
 
     def remove(self, key: str) -> None:
         if self._entries.pop(key, None) is not None:
-            self._bump()
+            self._bump(key)
 
-    def put_threadsafe(self, key: str, status: Status) -> None:
-        """From a thread: the put runs on the loop (dropped once the loop has closed)."""
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("StatusBoard.bind(loop) was not called")
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody reads any more
-            loop.call_soon_threadsafe(self.put, key, status)
-
-    def _bump(self) -> None:
+    def _bump(self, key: str) -> None:
         self._version += 1
         # Wake every reader waiting on the current event, then start a new one for the next change.
         self._changed.set()
         self._changed = asyncio.Event()
+        for listener in list(self._listeners):
+            listener(key)
 
     def snapshot(self) -> Board:
         return Board(MappingProxyType(dict(self._entries)), self._version)

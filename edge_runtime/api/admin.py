@@ -25,9 +25,9 @@ from aiohttp import web
 
 from edge_runtime.api.body import BodyLimits, expect_continue, parse_json, received_body
 from edge_runtime.api.errors import ApiError
+from edge_runtime.app_keys import BODIES, CONTROLLER, SETTINGS
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.redact import scrub
-from edge_runtime.state import ADMISSION, CONTROLLER, SETTINGS
 
 MAX_DEPTH = 32  # a desired document is about 6 levels deep; deeper ones would strain recursion later
 
@@ -58,7 +58,7 @@ def _authorise(request: web.Request) -> None:
 async def _object_body(request: web.Request, what: str) -> dict[str, Any]:
     # Read like every body: bounded in size and time, decoded (gzip/deflate), within the shared budget.
     async with received_body(
-        request, BodyLimits.of(request.app[SETTINGS].server), request.app[ADMISSION].bodies
+        request, BodyLimits.of(request.app[SETTINGS].server), request.app[BODIES]
     ) as raw:
         return _json_object(raw, what)
 

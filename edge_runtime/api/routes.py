@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -20,10 +19,9 @@ from edge_runtime.api.client_errors import ClientErrorLog, quiet_aiohttp_server_
 from edge_runtime.api.errors import ApiError
 from edge_runtime.api.schemas import CloudIds, ResponseIds, cloud_prediction_body, dumps, prediction_body
 from edge_runtime.api.urlfetch import TooLarge, UrlRefused, fetch_image
-from edge_runtime.domain import PredictionResult
-from edge_runtime.engine import Predictor
+from edge_runtime.app_keys import BOARD, BODIES, DELIVERY, INFERENCE, SETTINGS, URL_POLICY
 from edge_runtime.errors import ImageDecodeError, ImageTooLargeError, InferenceError
-from edge_runtime.state import ADMISSION, EXECUTOR, MODEL, PIPELINE, SETTINGS, URL_POLICY
+from edge_runtime.inference.service import Answer, InferenceService, ModelNotReady, Overloaded
 
 log = logging.getLogger(__name__)
 CLIENT_ERRORS = ClientErrorLog(log)
@@ -151,11 +149,11 @@ def _ids(request: web.Request) -> ResponseIds:
     return ResponseIds(server.response_id, server.response_project, server.response_iteration)
 
 
-def _predictor(request: web.Request) -> Predictor:
-    slot = request.app[MODEL]
-    if slot.predictor is None:
-        raise errors.not_ready(f"model failed to load: {slot.error}" if slot.error else "model is loading")
-    return slot.predictor
+def _check_ready(service: InferenceService) -> None:
+    try:
+        service.predictor()
+    except ModelNotReady as exc:
+        raise errors.not_ready(str(exc)) from exc
 
 
 ImageOf = Callable[[web.Request, bytes], Awaitable[bytes]]
@@ -166,36 +164,38 @@ async def _predict(request: web.Request, image_of: ImageOf, cloud: bool = False)
     """Key check, the whole body (bounded), the image in it, then an inference slot (a bounded wait, then
     503 — 429 on the cloud paths, the cloud's code), inference in the executor, the answer."""
     _check_key(request)
-    _predictor(request)  # refuse early while loading: no point reading a body
-    admission = request.app[ADMISSION]
+    service = request.app[INFERENCE]
+    _check_ready(service)  # refuse early while loading: no point reading a body
+    bodies = request.app[BODIES]
     start = time.perf_counter()
     try:
-        async with received_body(
-            request, BodyLimits.of(request.app[SETTINGS].server), admission.bodies
-        ) as body:
+        async with received_body(request, BodyLimits.of(request.app[SETTINGS].server), bodies) as body:
             data = await image_of(request, body)
-            async with admission.slot(status=429 if cloud else 503):
-                predictor = _predictor(request)  # one reference per request: a swap can't cut it short
-                result = await _run(request, predictor, data)
+            answer = await _run(service, data, 429 if cloud else 503)
     finally:
-        admission.bodies.give(request.get(HELD_BYTES, 0))
-    metrics.observe_prediction("http", result.timings)
+        bodies.give(request.get(HELD_BYTES, 0))
+    result = answer.result
     resource = request.match_info.route.resource
     metrics.HTTP_REQUEST_SECONDS.labels(resource.canonical if resource else "").observe(
         time.perf_counter() - start
     )
     if cloud:
-        spec = predictor.spec
+        spec = answer.predictor.spec
         ids = CloudIds.derive(request.match_info["projectId"], spec.iteration_id, spec.sha1, _ids(request))
         return web.json_response(cloud_prediction_body(result, ids))
-    answer = dumps(prediction_body(result, _ids(request)))
-    return web.Response(body=answer.encode(), headers={"Content-Type": "application/json"})
+    text = dumps(prediction_body(result, _ids(request)))
+    return web.Response(body=text.encode(), headers={"Content-Type": "application/json"})
 
 
-async def _run(request: web.Request, predictor: Predictor, data: bytes) -> PredictionResult:
-    loop = asyncio.get_running_loop()
+async def _run(service: InferenceService, data: bytes, busy_status: int) -> Answer:
+    """An inference slot (a bounded wait, then `busy_status`), then the prediction."""
     try:
-        return await loop.run_in_executor(request.app[EXECUTOR], predictor.predict_bytes, data)
+        async with service.slot():
+            return await service.predict_bytes(data)
+    except Overloaded as exc:
+        raise errors.busy(retry_after_s=1, status=busy_status) from exc
+    except ModelNotReady as exc:
+        raise errors.not_ready(str(exc)) from exc
     except ImageTooLargeError as exc:
         raise errors.image_dimensions(str(exc)) from exc
     except ImageDecodeError as exc:
@@ -219,7 +219,7 @@ async def _image_at_url(request: web.Request, body: bytes) -> bytes:
     if not isinstance(url, str) or not url:
         raise errors.bad_url('the body must be JSON with a "url" string')
     fetch = settings.url_fetch
-    budget = request.app[ADMISSION].bodies
+    budget = request.app[BODIES]
 
     def hold(size: int) -> None:  # downloaded images count like bodies, until the request is answered
         if not budget.take(size):
@@ -273,14 +273,21 @@ async def health_live(request: web.Request) -> web.Response:
 async def health_ready(request: web.Request) -> web.Response:
     if request.app[SETTINGS].server.protect_health:
         _check_key(request)
-    slot = request.app[MODEL]
-    predictor = slot.predictor
-    pipeline = request.app[PIPELINE]
-    cameras = pipeline.camera_statuses()
-    sinks = pipeline.sink_statuses()  # informative: a broker outage does not make inference unready
+    models = request.app[INFERENCE].models
+    predictor = models.predictor
+    board = request.app[BOARD].snapshot()
+    cameras = {camera: s.to_dict() for camera, s in board.cameras().items()}
+    # Informative: a broker outage does not make inference unready.
+    sinks = {name: s.to_dict() for name, s in board.sinks().items()}
     if predictor is None:
-        status = "failed" if slot.error else "loading"
-        return _json({"status": status, "error": slot.error, "cameras": cameras, "sinks": sinks}, status=503)
+        error = models.error
+        body = {
+            "status": "failed" if error else "loading",
+            "error": error,
+            "cameras": cameras,
+            "sinks": sinks,
+        }
+        return _json(body, status=503)
     spec = predictor.spec
     failed, judged = predictor.health.recent_failures
     # "degraded" still answers 200: clients choose the inputs, and a few odd ones must not take the
@@ -321,7 +328,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def snapshot(request: web.Request) -> web.FileResponse:
-    store = request.app[PIPELINE].snapshots
+    store = request.app[DELIVERY].snapshots
     path = store.path_for(request.match_info["event_id"]) if store is not None else None
     if path is None:
         raise web.HTTPNotFound(text="no such snapshot")

@@ -1,4 +1,7 @@
-"""Model updates without a restart: resolve (download if model.url), load, warm up, swap atomically.
+"""The ModelService part: the predictor in service, and model updates without a restart.
+
+An update resolves the model (downloads it if model.url), loads it, warms it up and swaps it in
+atomically.
 
 Every update gets an id (1, 2, ...) and its own outcome: `wait(update)` answers for that update, not
 for whichever came last. Loads run one after another in a daemon thread (never on an inference
@@ -6,6 +9,9 @@ worker, never holding up the exit), in the order requested, so the last one requ
 serving if it succeeds. A failure leaves the previous predictor serving; the owner's `settle` hook
 hears every outcome (the controller uses it to keep the configured model the one serving). Requests
 in flight keep the predictor they took, so a swap never cuts one short.
+
+Its status (the latest load, the configured model, the one serving) is pushed to the status board at
+every change; `ready` is set once a model serves.
 """
 
 from __future__ import annotations
@@ -15,32 +21,25 @@ import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
+from edge_runtime import metrics
 from edge_runtime.engine import Predictor, PredictorOptions
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.model.download import DownloadRequest, download_model
 from edge_runtime.model.loader import LoadOptions
-from edge_runtime.model_slot import ModelSlot
 from edge_runtime.redact import redact_url, scrub
 from edge_runtime.settings import ModelSettings, Settings, rule_tag_problem
+from edge_runtime.status import MODEL, LoadState, ModelStatus, Serving, StatusBoard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OptionsFor = Callable[[Settings], PredictorOptions]
 Loader = Callable[[Path, PredictorOptions], Predictor]
-Settle = Callable[[int, "ModelState"], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelState:
-    status: str = "loading"  # loading | ready | failed
-    source: str = ""  # path or redacted URL
-    error: str | None = None  # scrubbed of credentials
-    update: int = 0  # the model update this is about (0: none yet)
+Settle = Callable[[int, ModelStatus], Awaitable[None]]
 
 
 def model_source(settings: Settings, default_model_path: Path | None = None) -> str:
@@ -59,40 +58,68 @@ def describe_failure(exc: BaseException, settings: Settings) -> str:
     return scrub(text, url.get_secret_value()) if url is not None else scrub(text)
 
 
-class ModelUpdater:
+class ModelService:
     KEEP = 32  # outcomes kept for wait(update) (the latest and the serving one are always kept)
 
     def __init__(
         self,
-        slot: ModelSlot,
+        board: StatusBoard,
         options_for: OptionsFor,
         loader: Loader,
         default_model_path: Path | None,
-        on_change: Callable[[], None],
-        settle: Settle | None = None,
+        configured: Settings,
     ) -> None:
-        self._slot = slot
+        self._board = board
         self._options_for = options_for
         self._loader = loader
         self._default_model_path = default_model_path
-        self._changed = on_change
-        self._settle = settle
-        self.state = ModelState()  # the latest load to begin (the status shows it)
+        self._settle: Settle | None = None
+        self.predictor: Predictor | None = None  # requests take a reference once
+        self.ready = asyncio.Event()  # set once a model serves
+        self._configured = self.source(configured)
+        self.state = ModelStatus(configured=self._configured)  # the latest load to begin
+        self._publish()
         self.serving: int | None = None  # the update whose predictor serves
         self.latest = 0  # the latest update requested
         self._lock = asyncio.Lock()
-        self._updates: dict[int, asyncio.Task[ModelState]] = {}
+        self._updates: dict[int, asyncio.Task[ModelStatus]] = {}
         # What each update loads: its model settings and the owner's tag for them (the controller's
         # desired model section), kept for the updates pending and the one serving (to go back to).
         self._configs: dict[int, tuple[ModelSettings, Any]] = {}
 
+    def settle_with(self, settle: Settle) -> None:
+        """The owner's hook, run after every outcome (the controller's fall-back to the serving model)."""
+        self._settle = settle
+
+    @property
+    def error(self) -> str | None:
+        """Why nothing serves: the latest load failed before any model served."""
+        if self.predictor is None and self.state.status is LoadState.FAILED:
+            return self.state.error
+        return None
+
     def source(self, settings: Settings) -> str:
         return model_source(settings, self._default_model_path)
+
+    def configure(self, settings: Settings) -> None:
+        """The configured model changed without a load (the controller went back to the serving one)."""
+        self._configured = self.source(settings)
+        self._publish()
+
+    def _publish(self) -> None:
+        serving = self.predictor
+        shown = replace(self.state, configured=self._configured)
+        if serving is not None:
+            spec = serving.spec
+            shown = replace(shown, serving=Serving(spec.model_id, spec.sha1, serving.device))
+        self.state = shown
+        self._board.put(MODEL, shown)
 
     def start(self, settings: Settings, tag: Any = None) -> int:
         """Queue a load (download if model.url) and swap; returns the update's id for wait()."""
         self.latest += 1
         update = self.latest
+        self._configured = self.source(settings)  # shown with the next status (the load's start)
         self._configs[update] = (settings.model, tag)
         self._updates[update] = asyncio.create_task(
             self._run(update, settings), name=f"model-update-{update}"
@@ -105,7 +132,7 @@ class ModelUpdater:
             if update not in (self.latest, self.serving) and self._updates[update].done():
                 del self._updates[update]
 
-    async def wait(self, update: int | None = None) -> ModelState:
+    async def wait(self, update: int | None = None) -> ModelStatus:
         """The outcome of `update` (default: the latest requested) once it has settled.
 
         With no update requested yet, the current state."""
@@ -120,31 +147,22 @@ class ModelUpdater:
             return self.state  # closed meanwhile
         return task.result()
 
-    def fall_back(self, update: int, state: ModelState) -> tuple[int, ModelSettings, Any] | None:
+    def fall_back(self, update: int, state: ModelStatus) -> tuple[int, ModelSettings, Any] | None:
         """Once `update` settled: the serving update's (id, model settings, tag) to configure again
         where `update` is the latest requested, failed, and a model serves; None otherwise."""
         serving = self.serving
-        if state.status != "failed" or update != self.latest or serving not in self._configs:
+        if state.status is not LoadState.FAILED or update != self.latest or serving not in self._configs:
             return None  # nothing serves: the failed model stays configured, a reload retries it
         model, tag = self._configs[serving]
         return serving, model, tag
 
-    def describe(self, state: ModelState | None, configured: Settings) -> dict[str, Any]:
-        """`state` (default: the latest load), the configured model and the predictor serving."""
-        state = state or self.state
-        model: dict[str, Any] = {
-            "status": state.status,
-            "source": state.source,
-            "error": state.error,
-            "update": state.update,
-            "configured": self.source(configured),
-        }
-        predictor = self._slot.predictor
-        if predictor is not None:
-            model |= {"id": predictor.spec.model_id, "sha1": predictor.spec.sha1, "device": predictor.device}
-        return model
+    def describe(self, state: ModelStatus | None = None) -> ModelStatus:
+        """`state` (an update's outcome; default: the latest load) with today's configured and serving."""
+        if state is None:
+            return self.state
+        return replace(state, configured=self.state.configured, serving=self.state.serving)
 
-    async def _run(self, update: int, settings: Settings) -> ModelState:
+    async def _run(self, update: int, settings: Settings) -> ModelStatus:
         # Loads run one after another (never cancelled halfway), in the order requested.
         async with self._lock:
             state = await self._load_and_swap(update, settings)
@@ -158,10 +176,10 @@ class ModelUpdater:
                 log.exception("model update %d: settling failed", update)
         return state
 
-    async def _load_and_swap(self, update: int, settings: Settings) -> ModelState:
+    async def _load_and_swap(self, update: int, settings: Settings) -> ModelStatus:
         source = self.source(settings)
-        self.state = ModelState("loading", source, None, update)
-        self._changed()
+        self.state = ModelStatus(LoadState.LOADING, source, None, update)
+        self._publish()
         try:
             path, options = await self._resolve(settings)
             # A thread of its own: loading must not take an inference worker away from requests,
@@ -175,22 +193,22 @@ class ModelUpdater:
             raise
         except Exception as exc:  # any failure: the old model keeps serving, the error is reported
             error = describe_failure(exc, settings)
-            self.state = ModelState("failed", source, error, update)
-            if self._slot.predictor is None:
-                self._slot.error = error
+            self.state = replace(self.state, status=LoadState.FAILED, error=error)
             log.error(
                 "model update %d (%s) failed (%s); %s",
                 update,
                 source,
                 error,
-                "still serving the previous model" if self._slot.predictor else "no model",
+                "still serving the previous model" if self.predictor else "no model",
             )
-            self._changed()
+            self._publish()
             return self.state
         # Requests in flight hold the old predictor; it is freed when the last of them finishes.
-        self._slot.set(predictor)
+        self.predictor = predictor
+        self.ready.set()
+        _model_metrics(predictor)
         self.serving = update
-        self.state = ModelState("ready", source, None, update)
+        self.state = replace(self.state, status=LoadState.READY)
         log.info(
             "model update %d: swapped in %s (%s) on %s",
             update,
@@ -198,7 +216,7 @@ class ModelUpdater:
             predictor.spec.sha1[:12],
             predictor.device,
         )
-        self._changed()
+        self._publish()
         return self.state
 
     async def _resolve(self, settings: Settings) -> tuple[Path, PredictorOptions]:
@@ -225,11 +243,33 @@ class ModelUpdater:
             )
         return local, options
 
+    async def __aenter__(self) -> Self:
+        metrics.MODEL_READY.set(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+        metrics.MODEL_READY.set(0)
+
     async def close(self) -> None:
         tasks = [task for task in self._updates.values() if not task.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _model_metrics(predictor: Predictor) -> None:
+    spec = predictor.spec
+    metrics.MODEL_INFO.clear()
+    metrics.MODEL_INFO.labels(
+        spec.model_id,
+        spec.sha1,
+        spec.task.value,
+        spec.domain,
+        predictor.device,
+        predictor.plan.fallback_from or "",
+    ).set(1)
+    metrics.MODEL_READY.set(1)
 
 
 def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:

@@ -15,17 +15,19 @@ from typing import Any
 
 from edge_runtime.control import Controller
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.events.delivery import Delivery
 from edge_runtime.events.ids import new_event_id
-from edge_runtime.pipeline import Pipeline
 from edge_runtime.redact import scrub
+from edge_runtime.sources.cameras import Cameras
 
 MethodResult = tuple[int, dict[str, Any]]
 
 
-class Methods:
-    def __init__(self, controller: Controller, pipeline: Pipeline) -> None:
+class DirectMethods:
+    def __init__(self, controller: Controller, cameras: Cameras, delivery: Delivery) -> None:
         self._controller = controller
-        self._pipeline = pipeline
+        self._cameras = cameras
+        self._delivery = delivery
         self._table: dict[str, Callable[[Any], Awaitable[MethodResult]]] = {
             "getStatus": self.get_status,
             "reloadModel": self.reload_model,
@@ -52,15 +54,18 @@ class Methods:
         camera = payload.get("camera") if isinstance(payload, dict) else None
         if not isinstance(camera, str):
             return 400, {"error": 'payload must be {"camera": "<camera id>"}'}
-        sampler = self._pipeline.samplers.get(camera)
-        if sampler is None:
-            return 404, {"error": f"unknown camera {camera!r}", "cameras": sorted(self._pipeline.samplers)}
-        store = self._pipeline.snapshots
+        try:
+            frame = self._cameras.latest_frame(camera)
+        except KeyError:
+            return 404, {"error": f"unknown camera {camera!r}", "cameras": sorted(self._cameras.samplers)}
+        store = self._delivery.snapshots
         if store is None:
             return 409, {"error": "snapshots are off (events.snapshot_dir is null)"}
-        frame = sampler.capture.slot.peek()
         if frame is None:
-            return 409, {"error": f"camera {camera!r} has no frame yet", "state": sampler.capture.state.value}
+            return 409, {
+                "error": f"camera {camera!r} has no frame yet",
+                "state": self._cameras.status(camera).state.value,
+            }
         snapshot_id = new_event_id()
         await asyncio.to_thread(store.save, snapshot_id, frame.image)
         return 200, {

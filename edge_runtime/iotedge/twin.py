@@ -2,25 +2,27 @@
 
 On (re)connection the whole twin is read and its desired properties applied; later patches are
 applied in order (patches not newer than the applied $version are skipped). Reported properties
-(version, model, camera states, sinks, last configuration result) are patched when they change;
-they come from Controller.status(), already scrubbed of credentials. A desired model that fails to
-load is reported (model.status "failed", model.error, model.update) while model.configured names the
-model still serving: the controller's desired document goes back to it, so a later patch or reload
-builds on the serving model, and only a newer desired document (a new $version) tries the model again.
+(version, model, camera states, sinks, last configuration result) are patched when they change: the
+agent wakes on the status board's changes (never on a timer) and reads Controller.status(), already
+scrubbed of credentials. A hub that reconnects shows on the board too: the whole twin is read again.
+A desired model that fails to load is reported (model.status "failed", model.error, model.update)
+while model.configured names the model still serving: the controller's desired document goes back to
+it, so a later patch or reload builds on the serving model, and only a newer desired document (a new
+$version) tries the model again.
 Everything runs on the event loop: the SDK's handler threads only enqueue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import Any
+from typing import Any, Self
 
 from edge_runtime.control import Controller
 from edge_runtime.iotedge.hub import HubClient
-from edge_runtime.iotedge.methods import Methods
+from edge_runtime.iotedge.methods import DirectMethods
 from edge_runtime.redact import scrub
+from edge_runtime.status import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +35,29 @@ def _newer(version: object, applied: int | None) -> bool:
 
 
 class TwinAgent:
-    POLL_S = 2.0  # camera states and the connection are checked this often
+    RETRY_S = 2.0  # after a failed twin read or report
 
-    def __init__(self, hub: HubClient, controller: Controller, methods: Methods) -> None:
+    def __init__(
+        self, hub: HubClient, controller: Controller, methods: DirectMethods, board: StatusBoard
+    ) -> None:
         self._hub = hub
         self._controller = controller
         self._methods = methods
+        self._board = board
         self._patches: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # or RESYNC
         self._requests: asyncio.Queue[Any] = asyncio.Queue()
-        self._dirty = asyncio.Event()
         self._reported: dict[str, Any] = {}
+        self._was_connected = True
         self._tasks: list[asyncio.Task[None]] = []
 
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def start(self) -> None:
-        self._controller.on_change(self._dirty.set)
         self._tasks.append(asyncio.create_task(self._run(), name="twin"))
 
     async def close(self) -> None:
@@ -78,11 +89,10 @@ class TwinAgent:
                 break
             except Exception as exc:  # the hub can drop right after connecting: try again
                 log.warning("twin: cannot read the twin (%s); retrying", scrub(str(exc)))
-                await asyncio.sleep(self.POLL_S)
+                await asyncio.sleep(self.RETRY_S)
         desired = twin.get("desired") or {}
         if _newer(desired.get("$version"), self._controller.config.desired_version):
             await self._controller.apply_desired(desired)
-        self._dirty.set()
 
     async def _serve_methods(self) -> None:
         while True:
@@ -98,28 +108,27 @@ class TwinAgent:
                 log.warning("direct method %s: could not answer (%s)", request.name, exc)
 
     async def _report(self) -> None:
-        was_connected = True
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.POLL_S):
-                    await self._dirty.wait()
-            self._dirty.clear()
-            connected = self._hub.connected
-            if connected and not was_connected:
-                self._patches.put_nowait(RESYNC)  # patches sent while we were away are in the twin
-            was_connected = connected
-            current = reported_properties(self._controller.status())
-            patch = reported_patch(self._reported, current)
-            if not patch or not connected:
-                continue
-            try:
-                await self._hub.patch_reported(patch)
-            except Exception as exc:
-                log.warning("twin: reporting failed (%s); will retry", scrub(str(exc)))
-                await asyncio.sleep(self.POLL_S)
-                self._dirty.set()
-                continue
-            self._reported = current
+        async for _ in self._board.changes():  # the board as it is now, then after every change
+            while not await self._report_once():
+                await asyncio.sleep(self.RETRY_S)
+
+    async def _report_once(self) -> bool:
+        """Report what changed; False when the hub refused it (try again)."""
+        connected = self._hub.connected
+        if connected and not self._was_connected:
+            self._patches.put_nowait(RESYNC)  # patches sent while we were away are in the twin
+        self._was_connected = connected
+        current = reported_properties(self._controller.status())
+        patch = reported_patch(self._reported, current)
+        if not patch or not connected:
+            return True  # a reconnect is a change on the board: reported then
+        try:
+            await self._hub.patch_reported(patch)
+        except Exception as exc:
+            log.warning("twin: reporting failed (%s); will retry", scrub(str(exc)))
+            return False
+        self._reported = current
+        return True
 
 
 def reported_properties(status: dict[str, Any]) -> dict[str, Any]:

@@ -22,10 +22,10 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 
@@ -34,8 +34,10 @@ from edge_runtime.errors import ConfigError, SinkUnavailableError
 from edge_runtime.events.dispatcher import failure_reason
 from edge_runtime.events.outbox import OutboxRecord
 from edge_runtime.settings import MQTT_RECONNECT_FLOOR_S, DeliverySettings, MqttSettings
+from edge_runtime.status import CameraState, CameraStatus, SinkStatus, StatusBoard
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class _SupervisedClient(mqtt.Client):  # type: ignore[misc]
@@ -57,24 +59,23 @@ class _SupervisedClient(mqtt.Client):  # type: ignore[misc]
             return
 
 
-CameraStatuses = Callable[[], Mapping[str, Mapping[str, object]]]
 SnapshotReader = Callable[[str], bytes | None]
 
 
 class MqttSink:
     name = "mqtt"
-    STATUS_POLL_S = 1.0
     CLOSE_TIMEOUT_S = 2.0
 
     def __init__(
         self,
         settings: MqttSettings,
-        camera_statuses: CameraStatuses | None = None,
+        board: StatusBoard | None = None,
         read_snapshot: SnapshotReader | None = None,
     ) -> None:
+        """`board`: camera states to mirror as retained status messages (pushed, never polled)."""
         self.settings = settings
         self.delivery: DeliverySettings = settings
-        self._camera_statuses = camera_statuses
+        self._board = board
         self._read_snapshot = read_snapshot
         self._prefix = settings.topic_prefix.rstrip("/")
         self._client = self._build_client(settings)
@@ -83,9 +84,10 @@ class MqttSink:
         self._last_error: str | None = None
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._camera_payloads: dict[str, bytes] = {}
-        self._camera_states: dict[str, tuple[object, object]] = {}
+        self._camera_states: dict[str, tuple[CameraState, str | None]] = {}
         self._status_task: asyncio.Task[None] | None = None
         self._watchers: list[Callable[[bool], None]] = []
+        self._status_watchers: list[Callable[[SinkStatus], None]] = []
         self._refused: str | None = None  # touched by paho's thread only
 
     # ---- construction: every configuration problem surfaces here, before the server starts ----
@@ -131,8 +133,10 @@ class MqttSink:
         self._client.connect_async(s.host, s.effective_port, keepalive=s.keepalive_s)
         self._client.loop_start()
         log.info("mqtt: connecting to %s:%d as %s", s.host, s.effective_port, self.client_id)
-        if self._camera_statuses is not None:
-            self._status_task = asyncio.create_task(self._watch_cameras(), name="mqtt-camera-status")
+        if self._board is not None:
+            self._status_task = asyncio.create_task(
+                self._mirror_cameras(self._board), name="mqtt-camera-status"
+            )
 
     async def close(self) -> None:
         if self._status_task is not None:
@@ -158,21 +162,18 @@ class MqttSink:
 
     def watch_connection(self, listener: Callable[[bool], None]) -> Callable[[], None]:
         """`listener(connected)` on the loop at every change: the dispatcher's cue to deliver at once."""
-        self._watchers.append(listener)
+        return _subscribe(self._watchers, listener)
 
-        def unwatch() -> None:
-            if listener in self._watchers:
-                self._watchers.remove(listener)
+    def watch_status(self, listener: Callable[[SinkStatus], None]) -> Callable[[], None]:
+        """`listener(status)` on the loop at every change of connection or error (the status board)."""
+        return _subscribe(self._status_watchers, listener)
 
-        return unwatch
+    @property
+    def broker(self) -> str:
+        return f"{self.settings.host}:{self.settings.effective_port}"
 
-    def status(self) -> Mapping[str, object]:
-        s = self.settings
-        return {
-            "connected": self._connected,
-            "broker": f"{s.host}:{s.effective_port}",
-            "last_error": self._last_error,
-        }
+    def status(self) -> SinkStatus:
+        return SinkStatus(self.name, self._connected, self._last_error, ("broker", self.broker))
 
     # ---- delivery ----
     async def publish(self, record: OutboxRecord) -> None:
@@ -181,7 +182,7 @@ class MqttSink:
         if record.type == "summary":
             await self._publish(self._topic("summary"), body, timeout=timeout)
             return
-        camera = str(record.body.get("camera", "unknown"))
+        camera = _camera_of(record)
         await self._publish(self._topic(camera, "events"), body, timeout=timeout)
         if self.settings.publish_snapshots and record.body.get("snapshot") and self._read_snapshot:
             jpeg = await asyncio.to_thread(self._read_snapshot, record.id)
@@ -204,9 +205,7 @@ class MqttSink:
             async with asyncio.timeout(timeout):
                 await future
         except TimeoutError:
-            raise SinkUnavailableError(
-                f"no PUBACK from {self.status()['broker']} within {timeout:g} s"
-            ) from None
+            raise SinkUnavailableError(f"no PUBACK from {self.broker} within {timeout:g} s") from None
         finally:
             self._acks.pop(info.mid, None)
 
@@ -244,7 +243,7 @@ class MqttSink:
             future.set_result(None)
 
     def _connected_changed(self, connected: bool, error: str | None) -> None:
-        was = self._connected
+        was, was_error = self._connected, self._last_error
         self._connected = connected
         metrics.SINK_CONNECTED.labels(self.name).set(1 if connected else 0)
         repeated = error is not None and error == self._last_error
@@ -262,44 +261,61 @@ class MqttSink:
                 log.log(
                     logging.DEBUG if repeated else logging.WARNING,
                     "mqtt: %s: %s",
-                    self.status()["broker"],
+                    self.broker,
                     error,
                 )
             elif was:
-                log.info("mqtt: disconnected from %s", self.status()["broker"])
+                log.info("mqtt: disconnected from %s", self.broker)
             for future in self._acks.values():
                 if not future.done():
                     future.set_exception(SinkUnavailableError("connection lost before PUBACK"))
         if connected != was:
             for listener in list(self._watchers):
                 listener(connected)
+        if connected != was or self._last_error != was_error:
+            status = self.status()
+            for status_listener in list(self._status_watchers):
+                status_listener(status)
 
-    async def _watch_cameras(self) -> None:
-        assert self._camera_statuses is not None
-        while True:
-            statuses = self._camera_statuses()
-            for camera, status in statuses.items():
-                state = (status.get("state"), status.get("last_error"))
-                if self._camera_states.get(camera) != state:
+    async def _mirror_cameras(self, board: StatusBoard) -> None:
+        async for snapshot in board.changes():
+            cameras = snapshot.cameras()
+            for camera, status in cameras.items():
+                state = (status.state, status.last_error)
+                if self._camera_states.get(camera) != state:  # counters alone do not change the message
                     self._camera_states[camera] = state
-                    payload = _camera_payload(camera, status)
+                    payload = _camera_payload(status)
                     self._camera_payloads[camera] = payload
                     if self._connected:
                         self._client.publish(self._topic(camera, "status"), payload, qos=1, retain=True)
-            for camera in set(self._camera_payloads) - set(statuses):
+            for camera in set(self._camera_payloads) - set(cameras):
                 del self._camera_payloads[camera]
                 del self._camera_states[camera]
                 if self._connected:  # an empty retained message removes the retained status
                     self._client.publish(self._topic(camera, "status"), b"", qos=1, retain=True)
-            await asyncio.sleep(self.STATUS_POLL_S)
 
 
-def _camera_payload(camera: str, status: Mapping[str, object]) -> bytes:
+def _subscribe(listeners: list[T], listener: T) -> Callable[[], None]:
+    listeners.append(listener)
+
+    def unsubscribe() -> None:
+        if listener in listeners:
+            listeners.remove(listener)
+
+    return unsubscribe
+
+
+def _camera_of(record: OutboxRecord) -> str:
+    headers = getattr(record, "headers", None) or {}  # rows stored before headers existed: the body
+    return str(headers.get("camera") or record.body.get("camera", "unknown"))
+
+
+def _camera_payload(status: CameraStatus) -> bytes:
     """State and error only (not counters), so the retained message changes when the state does."""
     body = {
-        "camera": camera,
-        "state": status.get("state"),
-        "last_error": status.get("last_error"),
+        "camera": status.camera,
+        "state": status.state.value,
+        "last_error": status.last_error,
         "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
     return json.dumps(body, separators=(",", ":")).encode()

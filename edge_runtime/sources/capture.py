@@ -2,10 +2,14 @@
 
 States: connecting -> streaming; a failed open or a stream that ends -> backoff (capped exponential,
 jittered) -> connecting. The sampler calls `watchdog()`: a streaming camera with no frame for
-`stall_timeout_s` is declared stalled and told to reopen; it shows `stalled` (not `backoff`) until
-the reopen starts. OpenCV reads are bounded by a read timeout (the stall timeout); a read that runs
-into it is a stall too, and whatever frame FFmpeg hands back then is dropped as stale. So a hung
-server never blocks the thread for long and no thread is abandoned.
+`stall_timeout_s` is shown stalled at once and the thread is told to reopen; it shows `stalled` (not
+`backoff`) until the reopen starts. OpenCV reads are bounded by a read timeout (the stall timeout); a
+read that runs into it is a stall too, and whatever frame FFmpeg hands back then is dropped as stale.
+So a hung server never blocks the thread for long and no thread is abandoned.
+
+Only the capture thread writes the capture's state and counters; the watchdog (on the loop) raises a
+flag the thread reads. Every change of state is pushed to `report` (the status board), and progress
+(frame counts) at most once a second.
 
 Every failure is counted with its reason (edge_runtime_camera_failures_total{reason}) and kept in the
 status (`last_failure`): states last from a fraction of a second, so a scraped gauge may miss them.
@@ -19,86 +23,40 @@ open + the first frame (bounded by the read timeout).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
 
 from edge_runtime import metrics
+from edge_runtime.backoff import Backoff
 from edge_runtime.domain import Frame
 from edge_runtime.redact import redact_url
 from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.frame_slot import FrameSlot
 from edge_runtime.sources.readers import FrameReader, SourceError, open_reader
+from edge_runtime.status import CameraState, CameraStatus, Failure, FailureReason
 
+__all__ = ["CameraState", "CameraStatus", "Capture", "Failure", "FailureReason"]
 log = logging.getLogger(__name__)
 
 Opener = Callable[[str, float, float], FrameReader]
-
-
-class CameraState(StrEnum):
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    STALLED = "stalled"
-    BACKOFF = "backoff"
-    STOPPED = "stopped"
-
-
-class FailureReason(StrEnum):
-    OPEN_FAILED = "open_failed"  # refused, timed out, unsupported codec, no such file
-    STREAM_ENDED = "stream_ended"  # the source closed the stream or a read failed (a server crash)
-    STALLED = "stalled"  # no frame within stall_timeout_s (a hung server or network)
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    reason: FailureReason
-    at: float  # wall clock (time.time())
-
-    def to_dict(self) -> dict[str, object]:
-        at = datetime.fromtimestamp(self.at, UTC).isoformat(timespec="milliseconds")
-        return {"reason": self.reason.value, "at": at}
-
-
-@dataclass(frozen=True, slots=True)
-class CameraStatus:
-    camera: str
-    url: str  # redacted
-    state: CameraState
-    frames: int
-    superseded: int  # frames a newer one replaced before anyone sampled them: by design, not a fault
-    reconnects: int
-    stalls: int
-    last_frame_age_s: float | None
-    last_error: str | None
-    failures: int = 0
-    last_failure: Failure | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "url": self.url,
-            "state": self.state.value,
-            "frames": self.frames,
-            "superseded": self.superseded,
-            "reconnects": self.reconnects,
-            "stalls": self.stalls,
-            "failures": self.failures,
-            "last_frame_age_s": None if self.last_frame_age_s is None else round(self.last_frame_age_s, 3),
-            "last_error": self.last_error,
-            "last_failure": None if self.last_failure is None else self.last_failure.to_dict(),
-        }
+Report = Callable[[CameraStatus], None]
+PROGRESS_EVERY_S = 1.0  # frame counts reach the status board this often at most
 
 
 class Capture:
-    def __init__(self, settings: CameraSettings, opener: Opener = open_reader) -> None:
+    def __init__(
+        self, settings: CameraSettings, opener: Opener = open_reader, report: Report | None = None
+    ) -> None:
+        """`report(status)` is called from the capture thread (and from watchdog()); it must be
+        thread-safe (StatusBoard.put_threadsafe)."""
         self.settings = settings
         self.slot = FrameSlot()
         self._opener = opener
+        self._report = report
         self._stop = threading.Event()
         self._reopen = threading.Event()
+        self._stall_seen: str | None = None  # written by the watchdog (loop), read by the thread
         self._thread: threading.Thread | None = None
         self._state = CameraState.STOPPED
         self._frames = 0
@@ -107,6 +65,8 @@ class Capture:
         self._failures = 0
         self._last_failure: Failure | None = None
         self._last_frame_mono: float | None = None
+        self._last_frame_at: float | None = None
+        self._last_reported = 0.0
         self._last_error: str | None = None
         self._url = redact_url(settings.url)
 
@@ -128,13 +88,20 @@ class Capture:
         return not thread.is_alive()
 
     def watchdog(self, now: float | None = None) -> None:
+        """From the loop: a streaming camera with no frame for stall_timeout_s shows `stalled` now and
+        its thread is told to reopen (the thread counts the stall: it is the only writer)."""
         now = time.monotonic() if now is None else now
         last = self._last_frame_mono
         streaming = self._state is CameraState.STREAMING and last is not None
-        if streaming and last is not None and now - last > self.settings.stall_timeout_s:
-            self._declare_stall(f"no frame for {now - last:.1f} s")
+        overdue = streaming and last is not None and now - last > self.settings.stall_timeout_s
+        if overdue and last is not None and self._stall_seen is None:
+            self._stall_seen = f"no frame for {now - last:.1f} s"
+            self._reopen.set()
+            self._push()
 
+    # --- the capture thread -----------------------------------------------------------------------
     def _declare_stall(self, reason: str) -> None:
+        self._stall_seen = None
         if self._state is CameraState.STALLED:
             return
         self._stalls += 1
@@ -151,51 +118,59 @@ class Capture:
         metrics.CAMERA_FAILURES.labels(self.settings.id, reason.value).inc()
 
     def status(self) -> CameraStatus:
-        last = self._last_frame_mono
+        stall = self._stall_seen
         return CameraStatus(
             camera=self.settings.id,
             url=self._url,
-            state=self._state,
+            state=self.state,
             frames=self._frames,
             superseded=self.slot.dropped,
             reconnects=self._reconnects,
             stalls=self._stalls,
-            last_frame_age_s=None if last is None else time.monotonic() - last,
-            last_error=self._last_error,
+            last_frame_at=self._last_frame_at,
+            last_error=self._last_error if stall is None else stall,
             failures=self._failures,
             last_failure=self._last_failure,
         )
 
     @property
     def state(self) -> CameraState:
+        if self._stall_seen is not None and self._state is CameraState.STREAMING:
+            return CameraState.STALLED  # seen by the watchdog; the thread has not got out of its read
         return self._state
 
     @property
     def thread(self) -> threading.Thread | None:
+        """The capture thread (a test seam: tests check it is one thread, and that it ends)."""
         return self._thread
 
-    # --- the capture thread -----------------------------------------------------------------------
+    def _push(self) -> None:
+        if self._report is not None:
+            self._last_reported = time.monotonic()
+            self._report(self.status())
+
     def _set_state(self, state: CameraState) -> None:
         if state is not self._state:
             log.info("camera %s: %s -> %s", self.settings.id, self._state.value, state.value)
             self._state = state
             metrics.set_camera_state(self.settings.id, state.value, [s.value for s in CameraState])
+            self._push()
 
     def _run(self) -> None:
         s = self.settings
-        delay = min(s.backoff_initial_s, s.backoff_max_s)
+        backoff = Backoff(s.backoff_initial_s, s.backoff_max_s)
         read_timeout = max(0.5, s.stall_timeout_s)
         sequence = 0
         while not self._stop.is_set():
             self._set_state(CameraState.CONNECTING)
             self._reopen.clear()
+            self._stall_seen = None  # a new stream: the watchdog may flag it afresh
             try:
                 reader = self._opener(s.url, s.open_timeout_s, read_timeout)
             except (SourceError, OSError, RuntimeError, ValueError) as exc:
                 self._failed(FailureReason.OPEN_FAILED, str(exc) or type(exc).__name__)
                 log.warning("camera %s (%s): %s", s.id, self._url, self._last_error)
-                self._backoff(delay)
-                delay = min(delay * 2, s.backoff_max_s)
+                self._backoff(backoff.next_delay())
                 continue
             try:
                 while not self._stop.is_set() and not self._reopen.is_set():
@@ -211,15 +186,20 @@ class Capture:
                         self._failed(FailureReason.STREAM_ENDED, "the stream ended or a read failed")
                         break
                     if self._reopen.is_set():
-                        break  # the watchdog gave up on this stream while we were blocked
+                        if self._stall_seen is not None:  # the watchdog gave up on this stream
+                            self._declare_stall(self._stall_seen)
+                        break
                     sequence += 1
                     self._frames += 1
                     self._last_frame_mono = time.monotonic()
-                    self.slot.put(Frame(image, time.time(), sequence))
+                    self._last_frame_at = time.time()
+                    self.slot.put(Frame(image, self._last_frame_at, sequence))
                     metrics.CAMERA_FRAMES.labels(s.id).inc()
                     if self._state is not CameraState.STREAMING and not self._reopen.is_set():
                         self._set_state(CameraState.STREAMING)
-                        delay = min(s.backoff_initial_s, s.backoff_max_s)
+                        backoff.reset()
+                    elif self._last_frame_mono - self._last_reported >= PROGRESS_EVERY_S:
+                        self._push()
             finally:
                 reader.release()
             if self._stop.is_set():
@@ -227,11 +207,12 @@ class Capture:
             self._reconnects += 1
             metrics.CAMERA_RECONNECTS.labels(s.id).inc()
             log.warning("camera %s (%s): reconnecting: %s", s.id, self._url, self._last_error)
-            self._backoff(delay)
-            delay = min(delay * 2, s.backoff_max_s)
+            self._backoff(backoff.next_delay())
         self._set_state(CameraState.STOPPED)
 
     def _backoff(self, delay: float) -> None:
         if self._state is not CameraState.STALLED:  # a stall stays visible until the reopen starts
             self._set_state(CameraState.BACKOFF)
-        self._stop.wait(delay * random.uniform(0.8, 1.2))  # jitter: cameras on one switch don't retry in step
+        else:
+            self._push()  # the failure's details
+        self._stop.wait(delay)  # Backoff jitters it: cameras on one switch don't retry in step

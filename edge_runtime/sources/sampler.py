@@ -1,7 +1,7 @@
 """Per camera: take the newest frame at the configured fps, predict each ROI, apply rules, emit events.
 
-Runs on the event loop; inference and snapshot encoding go to the shared inference executor, so the
-camera path and the HTTP path use the same Predictor and the same threads.
+Runs on the event loop; inference and snapshot encoding go through the inference service, so the
+camera path and the HTTP path use the same predictor and the same threads.
 """
 
 from __future__ import annotations
@@ -9,55 +9,50 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import Executor
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from edge_runtime import metrics
-from edge_runtime.domain import FULL_FRAME, BoundingBox, Event, EventKind, Frame, Prediction, Roi
+from edge_runtime.domain import FULL_FRAME, BoundingBox, Event, EventKind, Frame, Roi
 from edge_runtime.engine import Predictor
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.rules import Decision, RuleEngine
 from edge_runtime.events.snapshots import Drawing, SnapshotStore
-from edge_runtime.model_slot import ModelSlot
+from edge_runtime.inference.service import RoiPredictions, predict_rois
 from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.capture import Capture
 
+__all__ = ["CameraSampler", "Inference", "Publisher", "predict_rois"]  # predict_rois: until tests move
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-def predict_rois(
-    predictor: Predictor, frame: Frame, rois: tuple[Roi, ...]
-) -> list[tuple[Roi, tuple[Prediction, ...]]]:
-    """Predict each ROI crop; boxes come back in full-frame fractions."""
-    height, width = frame.image.shape[:2]
-    results = []
-    for roi in rois:
-        x0, y0, x1, y1 = roi.pixels(width, height)
-        result = predictor.predict_frame(frame.image[y0:y1, x0:x1])
-        metrics.observe_prediction("camera", result.timings)
-        mapped = tuple(
-            p
-            if p.bounding_box is None
-            else Prediction(p.tag_name, p.probability, p.tag_id, roi.to_frame(p.bounding_box))
-            for p in result.predictions
-        )
-        results.append((roi, mapped))
-    return results
+class Inference(Protocol):
+    """What a sampler needs of the inference service."""
+
+    @property
+    def serving(self) -> Predictor | None: ...
+
+    async def predict_rois(
+        self, frame: Frame, rois: tuple[Roi, ...], predictor: Predictor | None = None
+    ) -> RoiPredictions: ...
+
+    async def offload(self, fn: Callable[..., T], *args: object) -> T: ...
 
 
-class EventOutlet(Protocol):
-    """Where events go (the pipeline, which forwards to the dispatcher in service)."""
+class Publisher(Protocol):
+    """Where a sampler's events and snapshots go (the Delivery part)."""
 
-    snapshots: SnapshotStore | None
+    @property
+    def snapshots(self) -> SnapshotStore | None: ...
 
     async def publish(self, event: Event) -> None: ...
 
 
 class CameraSampler:
-    def __init__(self, capture: Capture, model: ModelSlot, executor: Executor, outlet: EventOutlet) -> None:
+    def __init__(self, capture: Capture, inference: Inference, outlet: Publisher) -> None:
         self.capture = capture
-        self._model = model
-        self._executor = executor
+        self._inference = inference
         self._outlet = outlet
         self._dropped_seen = 0
         self._engine: RuleEngine | None = None
@@ -84,7 +79,7 @@ class CameraSampler:
             self.capture.watchdog()
             self._count_drops()
             frame = self.capture.slot.take_newest()
-            predictor = self._model.predictor
+            predictor = self._inference.serving
             if frame is None or predictor is None:
                 continue
             try:
@@ -111,8 +106,7 @@ class CameraSampler:
         engine = self._engine  # a reconfigure while we await inference must not pull it away
         for decision in ended:  # episodes whose tag or ROI no longer exists
             await self._outlet.publish(await self._event(decision, frame, predictor))
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor, predict_rois, predictor, frame, self._rois)
+        results = await self._inference.predict_rois(frame, self._rois, predictor)
         for roi, predictions in results:
             for decision in engine.evaluate(roi.name, predictions, frame.captured_at):
                 event = await self._event(decision, frame, predictor)
@@ -144,11 +138,8 @@ class CameraSampler:
         snapshot = None
         snapshots = self._outlet.snapshots
         if snapshots is not None:
-            loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(
-                    self._executor, snapshots.save, event_id, frame.image, self._drawing(decision)
-                )
+                await self._inference.offload(snapshots.save, event_id, frame.image, self._drawing(decision))
                 snapshot = snapshots.url_for(event_id)
             except OSError as exc:
                 log.warning("snapshot for event %s failed: %s", event_id, exc)

@@ -35,6 +35,7 @@ from edge_runtime.events.ids import EVENT_ID_PATTERN, new_event_id
 from edge_runtime.events.outbox import Outbox, OutboxRecord
 from edge_runtime.settings import MqttSettings, TlsSettings
 from edge_runtime.sinks.mqtt import MqttSink
+from edge_runtime.status import CameraState, CameraStatus, StatusBoard, camera_key
 
 pytestmark = [
     pytest.mark.slow,
@@ -79,6 +80,10 @@ def observers() -> Iterator[Callable[..., Observer]]:
         observer.close()
 
 
+def camera_status(camera: str, state: CameraState, error: str | None = None) -> CameraStatus:
+    return CameraStatus(camera, "synthetic://belt", state, 0, 0, 0, 0, None, error)
+
+
 class Runtime:
     """What events_ctx builds: an outbox file, one MQTT sink, the dispatcher between them."""
 
@@ -86,11 +91,11 @@ class Runtime:
         self,
         outbox_path: Path,
         settings: MqttSettings,
-        camera_statuses: Callable[[], Mapping[str, Mapping[str, object]]] | None = None,
+        board: StatusBoard | None = None,
         read_snapshot: Callable[[str], bytes | None] | None = None,
     ) -> None:
         self.outbox = Outbox(outbox_path)
-        self.sink = MqttSink(settings, camera_statuses, read_snapshot)
+        self.sink = MqttSink(settings, board, read_snapshot)
         self.dispatcher = Dispatcher(self.outbox, [self.sink], OutboxLimits(10_000, 3600.0))
         self.closed = False
 
@@ -190,12 +195,13 @@ def event_ids(observer: Observer) -> list[str]:
 async def test_events_status_and_snapshots_arrive_as_documented(tmp_path, brokers, observers, runtimes):
     broker = brokers()
     live = observers(broker, [f"{PREFIX}/#"])
-    statuses: dict[str, dict[str, object]] = {"cam-1": {"state": "running", "last_error": None}}
+    board = StatusBoard()  # the camera states the sink mirrors, pushed as the captures push them
+    board.put(camera_key("cam-1"), camera_status("cam-1", CameraState.STREAMING))
     snapshots: dict[str, bytes] = {}
     settings = mqtt_settings(broker.port, publish_snapshots=True)
-    runtime = await runtimes(tmp_path / "outbox.sqlite3", settings, lambda: statuses, snapshots.get).start()
-    await eventually(lambda: runtime.sink.status()["connected"], 10, "sink connected")
-    assert runtime.sink.status() == {
+    runtime = await runtimes(tmp_path / "outbox.sqlite3", settings, board, snapshots.get).start()
+    await eventually(lambda: runtime.sink.status().connected, 10, "sink connected")
+    assert runtime.sink.status().to_dict() == {
         "connected": True,
         "broker": f"127.0.0.1:{broker.port}",
         "last_error": None,
@@ -210,7 +216,7 @@ async def test_events_status_and_snapshots_arrive_as_documented(tmp_path, broker
     assert camera.retain and camera.qos == 1
     body = json.loads(camera.payload)
     assert set(body) == {"camera", "state", "last_error", "at"}
-    assert (body["camera"], body["state"], body["last_error"]) == ("cam-1", "running", None)
+    assert (body["camera"], body["state"], body["last_error"]) == ("cam-1", "streaming", None)
     assert abs(datetime.fromisoformat(body["at"]).timestamp() - time.time()) < 30
     assert datetime.fromisoformat(body["at"]).utcoffset() is not None
 
@@ -264,10 +270,10 @@ async def test_events_status_and_snapshots_arrive_as_documented(tmp_path, broker
     assert await runtime.backlog() == 0
 
     # A state change is published (retained); a removed camera's retained status is cleared.
-    statuses["cam-1"] = {"state": "stalled", "last_error": "no frame for 5 s"}
+    board.put(camera_key("cam-1"), camera_status("cam-1", CameraState.STALLED, "no frame for 5 s"))
     stalled = await live.message(f"{PREFIX}/cam-1/status", lambda m: b"stalled" in m.payload)
     assert json.loads(stalled.payload)["last_error"] == "no frame for 5 s"
-    del statuses["cam-1"]
+    board.remove(camera_key("cam-1"))
     await live.message(f"{PREFIX}/cam-1/status", lambda m: m.payload == b"")
     after_removal = observers(broker, [f"{PREFIX}/+/status"])
     await asyncio.sleep(0.3)
@@ -291,7 +297,7 @@ async def test_publish_without_a_broker_raises_sink_unavailable():
         record = OutboxRecord(1, "mqtt", "event", event.id, time.time(), 0, event.to_dict())
         with pytest.raises(SinkUnavailableError):
             await sink.publish(record)
-        assert sink.status()["connected"] is False
+        assert sink.status().connected is False
     finally:
         await sink.close()
 
@@ -301,9 +307,9 @@ async def test_unreachable_broker_shows_in_sink_status():
     sink = MqttSink(mqtt_settings(port))
     await sink.start()
     try:
-        await eventually(lambda: sink.status()["last_error"], 5, "last_error set after failed attempts")
-        assert sink.status()["connected"] is False
-        assert "refused" in str(sink.status()["last_error"]).lower(), sink.status()
+        await eventually(lambda: sink.status().last_error, 5, "last_error set after failed attempts")
+        assert sink.status().connected is False
+        assert "refused" in str(sink.status().last_error).lower(), sink.status()
     finally:
         await sink.close()
 
@@ -329,12 +335,12 @@ async def test_no_event_lost_across_broker_kill_and_runtime_restart(tmp_path, br
             await runtime.dispatcher.publish(event)
 
     first = await runtimes(outbox_path, settings).start()
-    await eventually(lambda: first.sink.status()["connected"], 10, "sink connected")
+    await eventually(lambda: first.sink.status().connected, 10, "sink connected")
     await produce(first, 40)  # a burst: delivery is still under way when the broker dies
     await asyncio.to_thread(broker.stop)
     await produce(first, 20)
-    await eventually(lambda: not first.sink.status()["connected"], 10, "sink sees the broker gone")
-    assert first.sink.status()["last_error"]
+    await eventually(lambda: not first.sink.status().connected, 10, "sink sees the broker gone")
+    assert first.sink.status().last_error
     assert await first.backlog() >= 20
     await first.close()
 
@@ -348,13 +354,13 @@ async def test_no_event_lost_across_broker_kill_and_runtime_restart(tmp_path, br
     assert len(produced) == 100
     assert len({e.id for e in produced}) == 100
     await asyncio.sleep(0.5)
-    assert not second.sink.status()["connected"]
+    assert not second.sink.status().connected
     assert await second.backlog() >= 60
 
     await asyncio.to_thread(broker.start)  # same port, saved sessions back
     expected = {e.id: e.to_dict() for e in produced}
     await observer.until(lambda: set(event_ids(observer)) >= set(expected), 30, "all 100 events")
-    await eventually(lambda: second.sink.status()["connected"], 5, "sink reconnected")
+    await eventually(lambda: second.sink.status().connected, 5, "sink reconnected")
 
     received = events_of(observer)
     assert all(m.qos == 1 for m in received)
@@ -439,8 +445,8 @@ async def test_secured_broker_gets_the_events(case, tmp_path, brokers, observers
     assert json.loads(message.payload) == event.to_dict()
     assert message.qos == 1
     assert (await observer.message(f"{PREFIX}/status")).payload == b"online"
-    assert runtime.sink.status()["connected"] is True
-    await eventually(lambda: runtime.sink.status()["last_error"] is None, 1, "no error")
+    assert runtime.sink.status().connected is True
+    await eventually(lambda: runtime.sink.status().last_error is None, 1, "no error")
     assert await runtime.backlog() == 0
 
 
@@ -476,7 +482,7 @@ async def test_rejected_client_never_connects_and_keeps_its_events(
         await runtime.dispatcher.publish(event)
     deadline = time.monotonic() + REJECTION_WAIT_S
     while time.monotonic() < deadline:
-        assert runtime.sink.status()["connected"] is False, runtime.sink.status()
+        assert runtime.sink.status().connected is False, runtime.sink.status()
         await asyncio.sleep(0.05)
     assert observer.received() == []  # not even `online`
     assert await runtime.backlog() == 2
@@ -505,8 +511,8 @@ async def test_rejection_reason_shows_in_sink_status(
     runtime = await runtimes(tmp_path / "outbox.sqlite3", mqtt_settings(broker.port, **sink_kwargs)).start()
     await asyncio.sleep(REJECTION_WAIT_S)
     status = runtime.sink.status()
-    assert status["connected"] is False
-    assert reason in str(status["last_error"]), status
+    assert status.connected is False
+    assert reason in str(status.last_error), status
 
 
 @PAHO_HANDSHAKE_LEAK
@@ -521,17 +527,17 @@ async def test_sink_recovers_after_the_broker_refused_its_tls_client(
     await runtime.dispatcher.publish(event)
     # TLS 1.3: the broker's "certificate required" alert arrives after the handshake, on paho's first
     # read; paho 1.6 lets that SSLError escape its network thread, which must survive it and say why.
-    await eventually(lambda: runtime.sink.status()["last_error"], 5, "the refusal in the sink status")
+    await eventually(lambda: runtime.sink.status().last_error, 5, "the refusal in the sink status")
     # Under load the broker may close the socket before paho reads the alert: an SSL EOF, still a TLS
     # reason (seen once in 22 loaded runs).
-    reason = str(runtime.sink.status()["last_error"]).lower()
+    reason = str(runtime.sink.status().last_error).lower()
     assert "certificate required" in reason or "sslerror" in reason or "ssleoferror" in reason, reason
-    assert runtime.sink.status()["connected"] is False
+    assert runtime.sink.status().connected is False
     await asyncio.to_thread(strict.stop)
     # The broker comes back on the same port without requiring client certificates.
     relaxed = brokers(port=strict.port, tls=TlsListener(**server))
     observer = observers(relaxed, [f"{PREFIX}/+/events"], ca=tls.ca)
-    await eventually(lambda: runtime.sink.status()["connected"], 5, "sink reconnected")
+    await eventually(lambda: runtime.sink.status().connected, 5, "sink reconnected")
     message = await observer.message(f"{PREFIX}/cam-1/events", timeout=5)
     assert json.loads(message.payload)["id"] == event.id
 

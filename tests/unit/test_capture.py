@@ -7,16 +7,18 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from edge_runtime.domain import PredictionResult, StageTimings, Task
+from edge_runtime.domain import Event, Frame, Roi
 from edge_runtime.errors import ConfigError
-from edge_runtime.model_slot import ModelSlot
+from edge_runtime.events.snapshots import SnapshotStore
+from edge_runtime.inference.service import RoiPredictions
 from edge_runtime.settings import CameraSettings, build_settings
 from edge_runtime.sources.capture import CameraState, Capture, FailureReason
 from edge_runtime.sources.readers import SourceError
@@ -40,34 +42,44 @@ def test_a_second_start_is_refused_and_a_stopped_capture_starts_again() -> None:
         assert capture.stop()
 
 
+T = TypeVar("T")
+
+
+class SlowInference:
+    """The sampler's Inference protocol: 10 predictions a second at best, none with a finding."""
+
+    # A predictor in service: the sampler reads its labels and passes it back.
+    serving: Any = SimpleNamespace(spec=SimpleNamespace(labels=("stain",), model_id="m", sha1="s"))
+
+    async def predict_rois(
+        self, frame: Frame, rois: tuple[Roi, ...], predictor: Any = None
+    ) -> RoiPredictions:
+        await asyncio.to_thread(time.sleep, 0.1)
+        return [(roi, ()) for roi in rois]
+
+    async def offload(self, fn: Callable[..., T], *args: object) -> T:
+        raise AssertionError("no events, no snapshots")
+
+
+class NoEvents:
+    snapshots: SnapshotStore | None = None
+
+    async def publish(self, event: Event) -> None:
+        raise AssertionError("no predictions, no events")
+
+
 async def test_sampling_slower_than_fps_is_counted_as_overruns() -> None:
-    class SlowPredictor:
-        spec = SimpleNamespace(labels=("stain",), model_id="m", sha1="s")
-
-        def predict_frame(self, frame: object) -> PredictionResult:
-            time.sleep(0.1)  # 10 fps at best, asked for 20
-            return PredictionResult(Task.DETECTION, (), (1, 1), StageTimings())
-
-    class Outlet:
-        snapshots = None
-
-        async def publish(self, event: object) -> None:
-            raise AssertionError("no predictions, no events")
-
     camera = "overrun-belt"
-    slot = ModelSlot()
-    slot.predictor = SlowPredictor()  # type: ignore[assignment]
     capture = Capture(CameraSettings(id=camera, url="synthetic://conveyor", fps=20))
     before = REGISTRY.get_sample_value("edge_runtime_camera_sampling_overruns_total", {"camera": camera}) or 0
-    with ThreadPoolExecutor(1) as executor:
-        capture.start()
-        task = asyncio.create_task(CameraSampler(capture, slot, executor, Outlet()).run())
-        try:
-            await asyncio.sleep(1.2)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            assert capture.stop()
+    capture.start()
+    task = asyncio.create_task(CameraSampler(capture, SlowInference(), NoEvents()).run())
+    try:
+        await asyncio.sleep(1.2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert capture.stop()
     after = REGISTRY.get_sample_value("edge_runtime_camera_sampling_overruns_total", {"camera": camera}) or 0
     assert after - before >= 5  # ~10 late ticks in 1.2 s
 

@@ -1,16 +1,17 @@
 """Run-time configuration: merge semantics, the Controller, the module twin agent and direct methods.
 
-Unit level: a real Pipeline and ModelSlot, fakes for the dispatcher, the model loader and the hub.
+Unit level: the real parts (ModelService, Delivery over a real outbox, Cameras on the synthetic source)
+with fakes for the dispatcher, the model loader and the hub.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,20 +21,17 @@ import pytest
 
 from edge_runtime import __version__
 from edge_runtime.app import predictor_options
-from edge_runtime.control import (
-    Controller,
-    in_daemon_thread,
-    keyed_tree,
-    merge_patch,
-)
-from edge_runtime.domain import Frame
+from edge_runtime.control import Controller, keyed_tree, merge_patch
+from edge_runtime.domain import Event, Frame
 from edge_runtime.errors import EdgeRuntimeError, ModelLoadError
-from edge_runtime.events.snapshots import SnapshotStore
-from edge_runtime.iotedge.methods import Methods
+from edge_runtime.events.delivery import Delivery, DeliveryConfig
+from edge_runtime.inference.models import ModelService, in_daemon_thread
+from edge_runtime.inference.service import Capacity, InferenceService
+from edge_runtime.iotedge.methods import DirectMethods
 from edge_runtime.iotedge.twin import TwinAgent, _newer, reported_patch, reported_properties
-from edge_runtime.model_slot import ModelSlot
-from edge_runtime.pipeline import Pipeline
-from edge_runtime.settings import Settings, build_settings, merge_tree
+from edge_runtime.settings import build_settings, merge_tree
+from edge_runtime.sources.cameras import Cameras
+from edge_runtime.status import CameraState, CameraStatus, SinkStatus, StatusBoard, camera_key, sink_key
 
 SYNTHETIC = "synthetic://conveyor"
 
@@ -72,9 +70,16 @@ def fake_predictor(name: str) -> Any:
 class FakeDispatcher:
     sinks = ()
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DeliveryConfig) -> None:
         self.settings = settings
         self.closed_with: float | None = None
+        self.published: list[Event] = []
+
+    async def publish(self, event: Event) -> None:
+        self.published.append(event)
+
+    async def backlog(self) -> dict[str, int]:
+        return {}
 
     @property
     def closed(self) -> bool:
@@ -86,14 +91,14 @@ class FakeDispatcher:
 
 
 class FakeStarter:
-    """start_dispatcher(settings, pipeline): a FakeDispatcher, or an error where `fail` says so."""
+    """Delivery's start_dispatcher(config): a FakeDispatcher, or an error where `fail` says so."""
 
     def __init__(self) -> None:
         self.started: list[FakeDispatcher] = []
-        self.fail: Callable[[Settings], bool] = lambda settings: False
+        self.fail: Callable[[DeliveryConfig], bool] = lambda settings: False
         self.delay = 0.0
 
-    async def __call__(self, settings: Settings, pipeline: Pipeline) -> FakeDispatcher:
+    async def __call__(self, settings: DeliveryConfig) -> FakeDispatcher:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail(settings):
@@ -175,10 +180,21 @@ def camera(url: str = SYNTHETIC, **extra: Any) -> dict[str, Any]:
 
 
 class Harness:
-    def __init__(self, controller: Controller, pipeline: Pipeline, slot: ModelSlot) -> None:
+    """The parts app.py builds, minus HTTP: board, model service, inference, delivery, cameras."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        board: StatusBoard,
+        delivery: Delivery,
+        cameras: Cameras,
+        slot: ModelService,
+    ) -> None:
         self.controller = controller
-        self.pipeline = pipeline
-        self.slot = slot
+        self.board = board
+        self.delivery = delivery
+        self.cameras = cameras
+        self.slot = slot  # the model service: the predictor in service
 
 
 @pytest.fixture
@@ -193,38 +209,27 @@ def starter() -> FakeStarter:
 
 @pytest.fixture
 async def make(tmp_path: Path, loader: FakeLoader, starter: FakeStarter) -> AsyncIterator[Callable[..., Any]]:
-    made: list[tuple[Controller, Pipeline, ThreadPoolExecutor]] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def factory(data: dict[str, Any] | None = None, default_model_path: Path | None = None) -> Harness:
-        settings = build_settings(data if data is not None else base_data(tmp_path))
-        pipeline = Pipeline()
-        slot = ModelSlot()
-        executor = ThreadPoolExecutor(1)
-        controller = Controller(
-            settings,
-            pipeline,
-            slot,
-            executor,
-            lambda s: predictor_options(s, 1),
-            starter,
-            loader,
-            default_model_path,
-        )
-        made.append((controller, pipeline, executor))
-        # What events_ctx and cameras_ctx do at start.
-        pipeline.dispatcher = await starter(settings, pipeline)
-        for cam in settings.cameras:
-            if cam.enabled:
-                pipeline.start_camera(cam, slot, executor)
-        return Harness(controller, pipeline, slot)
+        async def factory(
+            data: dict[str, Any] | None = None, default_model_path: Path | None = None
+        ) -> Harness:
+            settings = build_settings(data if data is not None else base_data(tmp_path))
+            board = StatusBoard()
+            models = ModelService(
+                board, lambda s: predictor_options(s, 1), loader, default_model_path, settings
+            )
+            inference = await stack.enter_async_context(InferenceService(models, Capacity(1, 4, 1.0)))
+            await stack.enter_async_context(models)
+            delivery = Delivery(DeliveryConfig.of(settings), board, start_dispatcher=starter)
+            await stack.enter_async_context(delivery)
+            cameras = await stack.enter_async_context(Cameras(settings.cameras, inference, delivery, board))
+            controller = Controller(settings, board, models, delivery, cameras)
+            return Harness(controller, board, delivery, cameras, models)
 
-    yield factory
-    for controller, pipeline, executor in made:
-        await controller.close()
-        await pipeline.stop_cameras()
-        executor.shutdown(wait=True, cancel_futures=True)
-    for gate in loader.gates.values():  # never leave a loader thread blocked
-        gate.set()
+        yield factory
+        for gate in loader.gates.values():  # never leave a loader thread blocked
+            gate.set()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -428,7 +433,7 @@ async def test_invalid_value_is_rejected_naming_the_camera(make: Any) -> None:
     assert not result.applied and result.error is not None
     assert result.error.startswith("invalid settings")
     assert "cameras.c1.fps" in result.error
-    assert h.pipeline.samplers == {}
+    assert h.cameras.samplers == {}
 
 
 async def test_unconstructable_sink_rejects_the_patch_before_anything_changes(
@@ -472,7 +477,7 @@ async def test_concurrent_patches_both_take_effect(make: Any, starter: FakeStart
     assert h.controller.desired == {"events": {"outbox_max_events": 5}, "log_level": "DEBUG"}
     assert h.controller.settings.events.outbox_max_events == 5
     assert h.controller.settings.log_level == "DEBUG"
-    assert h.pipeline.dispatcher is starter.started[-1]
+    assert h.delivery.dispatcher is starter.started[-1]
     assert starter.started[-1].settings.events.outbox_max_events == 5
 
 
@@ -492,11 +497,11 @@ async def test_listeners_are_told_of_applied_and_rejected_documents(make: Any) -
 
 async def test_sinks_change_swaps_the_dispatcher(make: Any, starter: FakeStarter) -> None:
     h = await make()
-    old = h.pipeline.dispatcher
+    old = h.delivery.dispatcher
     result = await h.controller.patch({"events": {"outbox_max_events": 9}})
     assert result.applied and result.changes == ("sinks",)
     assert old.closed_with == 1.0
-    new = h.pipeline.dispatcher
+    new = h.delivery.dispatcher
     assert new is not old and new is starter.started[-1] and not new.closed
     assert new.settings.events.outbox_max_events == 9
 
@@ -506,7 +511,7 @@ async def test_dispatcher_swap_rolls_back_when_the_new_sinks_cannot_start(
 ) -> None:
     h = await make()
     old_settings = h.controller.settings
-    old = h.pipeline.dispatcher
+    old = h.delivery.dispatcher
     starter.fail = lambda settings: settings.events.outbox_max_events == 9
     result = await h.controller.patch({"events": {"outbox_max_events": 9}, "log_level": "DEBUG"})
     assert not result.applied
@@ -516,13 +521,13 @@ async def test_dispatcher_swap_rolls_back_when_the_new_sinks_cannot_start(
     assert logging.getLogger().level != logging.DEBUG  # nothing after the sinks was applied
     # The old dispatcher was closed; a fresh one for the old settings serves now.
     assert old.closed
-    restored = h.pipeline.dispatcher
+    restored = h.delivery.dispatcher
     assert restored is not old and restored is starter.started[-1] and not restored.closed
-    assert restored.settings == old_settings
+    assert restored.settings == DeliveryConfig.of(old_settings)
     # The next good patch swaps again from the restored dispatcher.
     starter.fail = lambda settings: False
     again = await h.controller.patch({"events": {"outbox_max_events": 10}})
-    assert again.applied and restored.closed and h.pipeline.dispatcher.settings.events.outbox_max_events == 10
+    assert again.applied and restored.closed and h.delivery.dispatcher.settings.events.outbox_max_events == 10
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -533,8 +538,8 @@ async def test_camera_add_change_in_place_restart_and_remove(make: Any) -> None:
     h = await make()
     added = await h.controller.patch({"cameras": {"c1": camera()}})
     assert added.applied and added.changes == ("camera c1 added",)
-    assert list(h.pipeline.samplers) == ["c1"]
-    first = h.pipeline.samplers["c1"]
+    assert list(h.cameras.samplers) == ["c1"]
+    first = h.cameras.samplers["c1"]
     assert set(h.controller.status()["cameras"]) == {"c1"}
     assert set(h.controller.status()["cameras"]["c1"]) == {"state", "last_error"}
 
@@ -542,39 +547,39 @@ async def test_camera_add_change_in_place_restart_and_remove(make: Any) -> None:
         {"cameras": {"c1": {"fps": 4.0, "rules": {"stain": {"k": 1, "n": 1}}}}}
     )
     assert in_place.applied and in_place.changes == ("camera c1 changed",)
-    assert h.pipeline.samplers["c1"] is first  # same sampler, same capture thread
+    assert h.cameras.samplers["c1"] is first  # same sampler, same capture thread
     assert first.settings.fps == 4.0
     assert [r.tag for r in first.settings.rules] == ["stain"]
 
     rois = await h.controller.patch(
         {"cameras": {"c1": {"rois": {"left": {"x": 0, "y": 0, "width": 0.5, "height": 1}}}}}
     )
-    assert rois.changes == ("camera c1 changed",) and h.pipeline.samplers["c1"] is first
+    assert rois.changes == ("camera c1 changed",) and h.cameras.samplers["c1"] is first
     assert [r.name for r in first.settings.rois] == ["left"]
 
     restart = await h.controller.patch({"cameras": {"c1": {"open_timeout_s": 2.0}}})
     assert restart.applied and restart.changes == ("camera c1 changed",)
-    second = h.pipeline.samplers["c1"]
+    second = h.cameras.samplers["c1"]
     assert second is not first
     assert second.capture.settings.open_timeout_s == 2.0 and second.settings.fps == 4.0
     assert first.capture.thread is None or not first.capture.thread.is_alive()
 
     unchanged = await h.controller.patch({"cameras": {"c1": {"fps": 4.0}}})
-    assert unchanged.applied and unchanged.changes == () and h.pipeline.samplers["c1"] is second
+    assert unchanged.applied and unchanged.changes == () and h.cameras.samplers["c1"] is second
 
     removed = await h.controller.patch({"cameras": {"c1": None}})
     assert removed.applied and removed.changes == ("camera c1 removed",)
-    assert h.pipeline.samplers == {}
+    assert h.cameras.samplers == {}
     assert h.controller.config.changes == ["camera c1 removed"]
 
 
 async def test_camera_disabled_and_enabled_again(make: Any, tmp_path: Path) -> None:
     h = await make(base_data(tmp_path, cameras={"base": camera()}))
-    assert list(h.pipeline.samplers) == ["base"]
+    assert list(h.cameras.samplers) == ["base"]
     off = await h.controller.patch({"cameras": {"base": {"enabled": False}}})
-    assert off.changes == ("camera base removed",) and h.pipeline.samplers == {}
+    assert off.changes == ("camera base removed",) and h.cameras.samplers == {}
     on = await h.controller.patch({"cameras": {"base": {"enabled": True}}})
-    assert on.changes == ("camera base added",) and list(h.pipeline.samplers) == ["base"]
+    assert on.changes == ("camera base added",) and list(h.cameras.samplers) == ["base"]
 
 
 async def test_two_cameras_changes_listed_together(make: Any, tmp_path: Path) -> None:
@@ -589,7 +594,7 @@ async def test_two_cameras_changes_listed_together(make: Any, tmp_path: Path) ->
         "camera b changed",
         "camera c added",
     )
-    assert sorted(h.pipeline.samplers) == ["b", "c"]
+    assert sorted(h.cameras.samplers) == ["b", "c"]
 
 
 async def test_base_camera_survives_a_null_in_the_twin(make: Any, tmp_path: Path) -> None:
@@ -597,13 +602,13 @@ async def test_base_camera_survives_a_null_in_the_twin(make: Any, tmp_path: Path
     h = await make(base_data(tmp_path, cameras={"base": camera()}))
     await h.controller.patch({"cameras": {"extra": camera()}})
     result = await h.controller.patch({"cameras": {"base": None}})
-    assert result.applied and "base" in h.pipeline.samplers
+    assert result.applied and "base" in h.cameras.samplers
 
 
 async def test_base_camera_survives_a_null_when_desired_has_no_cameras_yet(make: Any, tmp_path: Path) -> None:
     h = await make(base_data(tmp_path, cameras={"base": camera()}))
     result = await h.controller.patch({"cameras": {"base": None}})
-    assert result.applied and "base" in h.pipeline.samplers
+    assert result.applied and "base" in h.cameras.samplers
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -697,7 +702,7 @@ async def test_model_url_is_downloaded_then_loaded_from_the_verified_file(
         requests.append(request)
         return tmp_path / "downloaded.zip"
 
-    monkeypatch.setattr("edge_runtime.model_updates.download_model", fake_download)
+    monkeypatch.setattr("edge_runtime.inference.models.download_model", fake_download)
     h = await make()
     sha = "AB" * 32
     url = "https://blob.example/models/v7.zip?sv=1&sig=SECRET"
@@ -782,7 +787,7 @@ async def test_close_cancels_a_load_in_progress_without_swapping(make: Any, load
     gate = loader.gate("slow")
     update = h.controller.start_model_load(build_settings({"model": {"path": "/m/slow"}}))
     await wait_thread_event(loader.entered["slow"])
-    await asyncio.wait_for(h.controller.close(), 2)
+    await asyncio.wait_for(h.slot.close(), 2)  # the model service owns the loads
     state = await asyncio.wait_for(h.controller.wait_for_model(update), 1)  # cancelled: no outcome
     assert state.status == "loading"
     gate.set()
@@ -898,7 +903,7 @@ async def test_model_errors_and_statuses_never_carry_credentials(
     async def failing_download(request: Any) -> Path:  # what aiohttp says: the URL itself
         raise ModelLoadError("x", f"download failed: InvalidUrlClientError {request.url}")
 
-    monkeypatch.setattr("edge_runtime.model_updates.download_model", failing_download)
+    monkeypatch.setattr("edge_runtime.inference.models.download_model", failing_download)
     h = await make()
     result = await h.controller.patch({"model": {"url": url, "sha256": "c" * 64}})
     state = await h.controller.wait_for_model(result.model_update)
@@ -907,9 +912,10 @@ async def test_model_errors_and_statuses_never_carry_credentials(
     text = repr(h.controller.status()) + repr(state)
     assert "SECRET" not in text and "TOKEN" not in text and "u:" not in text
     # a camera error that quotes its URL is scrubbed in the status too
-    h.pipeline.camera_statuses = lambda: {  # type: ignore[method-assign]
-        "c": {"state": "backoff", "last_error": "cannot open rtsp://admin:SECRET@cam/s?TOKEN"}
-    }
+    error = "cannot open rtsp://admin:SECRET@cam/s?TOKEN"
+    h.board.put(
+        camera_key("c"), CameraStatus("c", "rtsp://***@cam/s", CameraState.BACKOFF, 0, 0, 0, 0, None, error)
+    )
     assert h.controller.status()["cameras"]["c"]["last_error"] == "cannot open rtsp://***@cam/s?***"
 
 
@@ -919,11 +925,15 @@ async def test_real_predictor_load_on_the_demo_export(tmp_path: Path, starter: F
 
     export = build_demo_export(tmp_path / "demo")
     settings = build_settings(base_data(tmp_path, model={"path": str(export), "device": "cpu"}))
-    pipeline, slot, executor = Pipeline(), ModelSlot(), ThreadPoolExecutor(1)
-    controller = Controller(
-        settings, pipeline, slot, executor, lambda s: predictor_options(s, 1), starter, Predictor.load
-    )
-    try:
+    board = StatusBoard()
+    slot = ModelService(board, lambda s: predictor_options(s, 1), Predictor.load, None, settings)
+    async with (
+        slot,
+        InferenceService(slot, Capacity(1, 4, 1.0)) as inference,
+        Delivery(DeliveryConfig.of(settings), board, start_dispatcher=starter) as delivery,
+        Cameras(settings.cameras, inference, delivery, board) as cameras,
+    ):
+        controller = Controller(settings, board, slot, delivery, cameras)
         await controller.reload_model()
         assert slot.predictor is not None and slot.predictor.spec.model_id == "edge-runtime-demo"
         model = controller.status()["model"]
@@ -935,9 +945,6 @@ async def test_real_predictor_load_on_the_demo_export(tmp_path: Path, starter: F
         state = await controller.wait_for_model()
         assert state.status == "failed" and state.error
         assert slot.predictor.spec.model_id == "edge-runtime-demo"
-    finally:
-        await controller.close()
-        executor.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1011,9 +1018,12 @@ def test_newer(version: object, applied: int | None, newer: bool) -> None:
 
 
 class FakeHub:
-    def __init__(self, desired: dict[str, Any] | None = None) -> None:
+    """The hub's connection changes reach the status board, as app.py's HubPart pushes them."""
+
+    def __init__(self, desired: dict[str, Any] | None = None, board: StatusBoard | None = None) -> None:
         self.connected_once = asyncio.Event()
-        self.connected = True
+        self.board = board
+        self._connected = True
         self.desired = desired if desired is not None else {"$version": 1}
         self.twin_reads = 0
         self.twin_errors = 0
@@ -1024,6 +1034,16 @@ class FakeHub:
         self.respond_errors = 0
         self.on_patch: Callable[[dict[str, Any]], None] | None = None
         self.on_method: Callable[[Any], None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @connected.setter
+    def connected(self, connected: bool) -> None:
+        self._connected = connected
+        if self.board is not None:
+            self.board.put(sink_key("hub"), SinkStatus("hub", connected))
 
     async def listen(self, on_patch: Callable[..., None], on_method: Callable[..., None]) -> None:
         self.on_patch, self.on_method = on_patch, on_method
@@ -1093,9 +1113,13 @@ class FailingMethods:
 async def agents() -> AsyncIterator[Callable[..., TwinAgent]]:
     made: list[TwinAgent] = []
 
-    def factory(hub: FakeHub, controller: Any, methods: Any = None) -> TwinAgent:
-        agent = TwinAgent(hub, controller, methods or FailingMethods())  # type: ignore[arg-type]
-        agent.POLL_S = 0.02
+    def factory(
+        hub: FakeHub, controller: Any, methods: Any = None, board: StatusBoard | None = None
+    ) -> TwinAgent:
+        board = board or getattr(controller, "board", None) or StatusBoard()
+        hub.board = board
+        agent = TwinAgent(hub, controller, methods or FailingMethods(), board)  # type: ignore[arg-type]
+        agent.RETRY_S = 0.02
         made.append(agent)
         return agent
 
@@ -1109,7 +1133,7 @@ async def test_twin_agent_applies_the_twin_then_patches_in_order_and_reports_cha
 ) -> None:
     h = await make()
     hub = FakeHub({"$version": 5, "log_level": "DEBUG"})
-    agent = agents(hub, h.controller, Methods(h.controller, h.pipeline))
+    agent = agents(hub, h.controller, DirectMethods(h.controller, h.cameras, h.delivery), h.board)
     await agent.start()
     await asyncio.sleep(0.05)
     assert hub.twin_reads == 0 and hub.on_patch is None  # nothing before the first connection
@@ -1151,14 +1175,14 @@ async def test_twin_agent_applies_the_twin_then_patches_in_order_and_reports_cha
 async def test_twin_agent_resyncs_the_whole_twin_after_a_reconnect(make: Any, agents: Any) -> None:
     h = await make()
     hub = FakeHub({"$version": 1, "log_level": "DEBUG"})
-    await agents(hub, h.controller).start()
+    await agents(hub, h.controller, board=h.board).start()
     hub.connected_once.set()
     await wait_until(lambda: len(hub.reported) == 1)
     hub.connected = False
     await asyncio.sleep(0.06)  # the reporter notices the disconnection
     # Patches sent meanwhile never arrived; the twin holds them.
     hub.desired = {"$version": 4, "log_level": "ERROR"}
-    h.controller._changed()  # something to report while disconnected: not sent
+    h.board.put(sink_key("x"), SinkStatus("x", True))  # something to report while disconnected: not sent
     await asyncio.sleep(0.06)
     assert len(hub.reported) == 1
     hub.connected = True
@@ -1241,7 +1265,7 @@ async def test_twin_desired_model_that_fails_is_reported_while_the_old_one_serve
 ) -> None:
     h = await make()
     hub = FakeHub({"$version": 1, "model": {"path": "/models/good"}})
-    agent = agents(hub, h.controller, Methods(h.controller, h.pipeline))
+    agent = agents(hub, h.controller, DirectMethods(h.controller, h.cameras, h.delivery), h.board)
     await agent.start()
     hub.connected_once.set()
     await wait_until(lambda: hub.twin_reported().get("model", {}).get("status") == "ready")
@@ -1283,7 +1307,7 @@ async def test_twin_agent_close_stops_its_tasks(agents: Any) -> None:
 
 async def test_methods_get_status_and_unknown(make: Any) -> None:
     h = await make()
-    methods = Methods(h.controller, h.pipeline)
+    methods = DirectMethods(h.controller, h.cameras, h.delivery)
     status, payload = await methods.call("getStatus", None)
     assert status == 200 and payload == h.controller.status()
     status, payload = await methods.call("rebootDevice", {})
@@ -1296,7 +1320,7 @@ async def test_methods_get_status_and_unknown(make: Any) -> None:
 
 async def test_methods_reload_model(make: Any, loader: FakeLoader, tmp_path: Path) -> None:
     h = await make(base_data(tmp_path, model={"path": "/models/m"}))
-    methods = Methods(h.controller, h.pipeline)
+    methods = DirectMethods(h.controller, h.cameras, h.delivery)
     status, payload = await methods.call("reloadModel", None)
     assert status == 200 and payload["model"]["status"] == "ready" and payload["model"]["id"] == "m"
     loader.results["m"] = ValueError("bad file")
@@ -1307,37 +1331,40 @@ async def test_methods_reload_model(make: Any, loader: FakeLoader, tmp_path: Pat
 
 
 def fake_sampler(frame: Frame | None, state: str = "streaming") -> Any:
-    capture = SimpleNamespace(slot=SimpleNamespace(peek=lambda: frame), state=SimpleNamespace(value=state))
-    return SimpleNamespace(capture=capture)
+    status = SimpleNamespace(state=SimpleNamespace(value=state))
+    return SimpleNamespace(
+        capture=SimpleNamespace(slot=SimpleNamespace(peek=lambda: frame), status=lambda: status)
+    )
 
 
 async def test_methods_capture_snapshot_statuses(make: Any, tmp_path: Path) -> None:
     h = await make()
-    methods = Methods(h.controller, h.pipeline)
+    methods = DirectMethods(h.controller, h.cameras, h.delivery)
     for bad in (None, [], {"camera": 3}, {}):
         status, payload = await methods.call("captureSnapshot", bad)
         assert (status, payload) == (400, {"error": 'payload must be {"camera": "<camera id>"}'})
     frame = Frame(np.full((24, 32, 3), 120, np.uint8), captured_at=1_700_000_000.25, sequence=1)
-    h.pipeline.samplers["cam"] = fake_sampler(frame)
-    h.pipeline.samplers["dark"] = fake_sampler(None, "connecting")
+    h.cameras.samplers["cam"] = fake_sampler(frame)
+    h.cameras.samplers["dark"] = fake_sampler(None, "connecting")
     try:
-        await _snapshot_statuses(methods, h.pipeline, tmp_path)
+        await _snapshot_statuses(methods, h, tmp_path)
     finally:
-        h.pipeline.samplers.clear()  # fakes: nothing to stop
+        h.cameras.samplers.clear()  # fakes: nothing to stop
 
 
-async def _snapshot_statuses(methods: Methods, pipeline: Pipeline, tmp_path: Path) -> None:
+async def _snapshot_statuses(methods: DirectMethods, h: Harness, tmp_path: Path) -> None:
     status, payload = await methods.call("captureSnapshot", {"camera": "nope"})
     assert (status, payload) == (404, {"error": "unknown camera 'nope'", "cameras": ["cam", "dark"]})
     status, payload = await methods.call("captureSnapshot", {"camera": "cam"})
     assert status == 409 and "snapshots are off" in payload["error"]
 
-    pipeline.snapshots = SnapshotStore(tmp_path / "snaps", 10, 10_000_000)
+    assert (await h.controller.patch({"events": {"snapshot_dir": str(tmp_path / "snaps")}})).applied
     status, payload = await methods.call("captureSnapshot", {"camera": "dark"})
     assert (status, payload) == (409, {"error": "camera 'dark' has no frame yet", "state": "connecting"})
     status, payload = await methods.call("captureSnapshot", {"camera": "cam"})
     assert status == 200
     assert payload["path"] == f"/snapshots/{payload['id']}.jpg"
     assert payload["captured_at"] == "2023-11-14T22:13:20.250+00:00"
-    stored = pipeline.snapshots.read(payload["id"])
+    assert h.delivery.snapshots is not None
+    stored = h.delivery.snapshots.read(payload["id"])
     assert stored is not None and stored[:2] == b"\xff\xd8"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import socket
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,9 @@ from edge_runtime.sinks.build import build_sinks
 from edge_runtime.sinks.iothub import IotHubSink
 from edge_runtime.sinks.jsonl import JsonlSink
 from edge_runtime.sinks.mqtt import MqttSink
+from edge_runtime.status import StatusBoard
 
 SHA256 = "ab" * 32
-
-
-def no_statuses() -> Mapping[str, Mapping[str, object]]:
-    return {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,8 +279,8 @@ def mqtt_settings(**tls: Any) -> MqttSettings:
 
 
 def test_mqtt_sink_builds_with_tls_and_mutual_tls(tls: TlsFiles) -> None:
-    sink = MqttSink(mqtt_settings(ca_file=tls.ca), no_statuses)
-    assert sink.status() == {"connected": False, "broker": "broker.local:8883", "last_error": None}
+    sink = MqttSink(mqtt_settings(ca_file=tls.ca), StatusBoard())
+    assert sink.status().to_dict() == {"connected": False, "broker": "broker.local:8883", "last_error": None}
     assert sink.client_id == f"edge-runtime-{socket.gethostname()}"
     mutual = MqttSink(
         MqttSettings(
@@ -294,7 +290,7 @@ def test_mqtt_sink_builds_with_tls_and_mutual_tls(tls: TlsFiles) -> None:
         )
     )
     assert mutual.client_id == "line1" and mutual.delivery is mutual.settings
-    assert MqttSink(MqttSettings(host="b")).status()["broker"] == "b:1883"
+    assert MqttSink(MqttSettings(host="b")).status().target == ("broker", "b:1883")
 
 
 @pytest.mark.parametrize("field", ["ca_file", "cert_file", "key_file"])
@@ -339,7 +335,7 @@ async def test_build_sinks_from_settings(tmp_path: Path, tls: TlsFiles) -> None:
         hub={"enabled": True},
     )
     hub = object()
-    sinks = build_sinks(settings, no_statuses, None, hub)  # type: ignore[arg-type]
+    sinks = build_sinks(settings.events, settings.sinks, None, hub)  # type: ignore[arg-type]
     try:
         assert [type(s) for s in sinks] == [JsonlSink, MqttSink, IotHubSink]
         assert [s.name for s in sinks] == ["jsonl", "mqtt", "iothub"]
@@ -347,7 +343,7 @@ async def test_build_sinks_from_settings(tmp_path: Path, tls: TlsFiles) -> None:
     finally:
         await sinks[0].close()
     no_jsonl = build_settings({"events": {"jsonl_path": None}})
-    assert build_sinks(no_jsonl, no_statuses, None, None) == []
+    assert build_sinks(no_jsonl.events, no_jsonl.sinks, None, None) == []
 
 
 def test_a_sink_config_error_leaks_no_open_file(tmp_path: Path) -> None:
@@ -357,7 +353,7 @@ def test_a_sink_config_error_leaks_no_open_file(tmp_path: Path) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(ConfigError, match=r"sinks\.mqtt\.tls\.ca_file"):
-            build_sinks(settings, no_statuses, None, None)
+            build_sinks(settings.events, settings.sinks, None, None)
         gc.collect()
     leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == [], [str(w.message) for w in leaks]
