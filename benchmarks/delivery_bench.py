@@ -1,6 +1,6 @@
 """Delivery benchmark: the cost of durable store-and-forward to MQTT, against raw paho on the same broker.
 
-    .venv/bin/python benchmarks/delivery_bench.py [--events N] [--dir DIR]
+    .venv/bin/python -m benchmarks.delivery_bench [--events N] [--raw N] [--dir DIR] [--quick] [--json PATH]
 
 Starts its own mosquitto (`persistence false`, anonymous, loopback, a free port; killed at the end) and one
 paho subscriber to `bench/#` (QoS 1) that stays connected through every phase, then measures in one run:
@@ -19,45 +19,48 @@ paho subscriber to `bench/#` (QoS 1) that stays connected through every phase, t
 
 Every number is measured in this run; the ratios are what to compare between machines. All traffic is on
 loopback; the outbox files live in a temporary directory (under --dir when given) and are removed.
+
+Progress goes to standard error as each phase ends; the report goes to standard output at the end (and the
+results, every sample included, as JSON to --json PATH).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import json
 import logging
 import os
-import platform
-import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.harness.machine import CpuMeter, CpuUse, Machine, cpu_seconds, filesystem_of, package_versions
+from benchmarks.harness.processes import (
+    MOSQUITTO,
+    Broker,
+    exit_on_signals,
+    mosquitto_available,
+    mosquitto_version,
+)
+from benchmarks.harness.stats import NAN, drift, mean2, nearest_rank, ratio, write_json
+from benchmarks.harness.table import progress
+from edge_runtime.domain import BoundingBox, Event, EventKind
+from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, default_retry, event_headers
+from edge_runtime.events.ids import new_event_id
+from edge_runtime.events.outbox import SCHEMA, MessageType, Outbox, OutboxRecord
+from edge_runtime.settings import MqttSettings
+from edge_runtime.sinks.mqtt import MqttSink
 
-from edge_runtime.domain import BoundingBox, Event, EventKind  # noqa: E402
-from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits  # noqa: E402
-from edge_runtime.events.ids import new_event_id  # noqa: E402
-from edge_runtime.events.outbox import SCHEMA, Outbox, OutboxRecord  # noqa: E402
-from edge_runtime.settings import MqttSettings  # noqa: E402
-from edge_runtime.sinks.mqtt import MqttSink  # noqa: E402
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PREFIX = "bench"
 SINK = "mqtt"
 RAW_WINDOW = 20  # paho 1.6's default max_inflight_messages
@@ -65,26 +68,7 @@ PACED_EVENTS = 200
 WARMUP_EVENTS = 50
 FSYNC_SAMPLES = 500
 
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """The q-quantile (0..1) by nearest rank; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
-
-
-def ms(values: Sequence[float]) -> str:
-    return f"p50 {pct(values, 0.5) * 1000:6.3f} ms  p95 {pct(values, 0.95) * 1000:6.3f} ms"
+Samples = tuple[float, ...]  # durations in seconds, in the order measured
 
 
 def make_event(index: int) -> Event:
@@ -104,56 +88,20 @@ def make_event(index: int) -> Event:
     )
 
 
-def machine(directory: Path) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"nproc={os.cpu_count()}, CPU {cpu}, Python {platform.python_version()}, "
-        f"sqlite {sqlite3.sqlite_version}, "
-        f"paho-mqtt {importlib.metadata.version('paho-mqtt')}, {mosquitto_version()}, "
-        f"outbox dir {directory} on {fs_of(directory)}"
-    )
+# ---------------------------------------------------------------------------------------------- floors
 
 
-def mosquitto_version() -> str:
-    try:
-        out = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return "mosquitto ?"
-    first = (out.stdout or out.stderr).splitlines()
-    return first[0].strip() if first else "mosquitto ?"
+@dataclass(frozen=True, slots=True)
+class Floors:
+    """What a durable commit cannot go below on this disk, and what every Outbox call pays besides sqlite."""
+
+    fdatasync: Samples  # 4 KiB pwrite + fdatasync
+    commit_full: Samples  # one INSERT commit on this thread, WAL, synchronous=FULL
+    commit_normal: Samples  # the same, synchronous=NORMAL (the WAL is not synced on commit)
+    handoff: Samples  # a no-op on a one-thread executor and back
 
 
-def fs_of(directory: Path) -> str:
-    """The device and filesystem type of the mount holding `directory` (from /proc/mounts)."""
-    best = ("?", "?", "")
-    try:
-        target = str(directory.resolve())
-        for line in Path("/proc/mounts").read_text().splitlines():
-            device, mount, fstype = line.split()[:3]
-            inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-            if inside and len(mount) >= len(best[2]):
-                best = (device, fstype, mount)
-    except OSError:
-        pass
-    device, fstype, _ = best
-    rotational = ""
-    name = Path(device).name
-    try:
-        flag = Path(f"/sys/class/block/{name}/queue/rotational").read_text().strip()
-        rotational = f", queue/rotational={flag}"
-    except OSError:
-        pass
-    return f"{device} ({fstype}{rotational})"
-
-
-def fsync_floor(directory: Path, samples: int) -> list[float]:
+def fsync_floor(directory: Path, samples: int) -> Samples:
     """4 KiB pwrite + fdatasync, the least a durable sqlite commit pays."""
     path = directory / "fsync-probe"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
@@ -168,14 +116,14 @@ def fsync_floor(directory: Path, samples: int) -> list[float]:
     finally:
         os.close(fd)
         path.unlink()
-    return times
+    return tuple(times)
 
 
-def sqlite_commits(directory: Path, samples: int) -> dict[str, list[float]]:
+def sqlite_commits(directory: Path, samples: int) -> dict[str, Samples]:
     """One INSERT (autocommit) into the outbox schema on this thread, WAL, synchronous FULL and NORMAL
     (NORMAL does not sync the WAL on commit): the share of the disk in a commit, without thread handoffs."""
     body = json.dumps(make_event(0).to_dict(), separators=(",", ":"))
-    out: dict[str, list[float]] = {}
+    out: dict[str, Samples] = {}
     for mode in ("FULL", "NORMAL"):
         path = directory / f"direct-{mode}.sqlite3"
         db = sqlite3.connect(path, isolation_level=None)
@@ -191,13 +139,13 @@ def sqlite_commits(directory: Path, samples: int) -> dict[str, list[float]]:
                     (SINK, "event", new_event_id(), time.time(), body),
                 )
                 times.append(time.perf_counter() - start)
-            out[mode] = times
+            out[mode] = tuple(times)
         finally:
             db.close()
     return out
 
 
-async def thread_handoff(samples: int) -> list[float]:
+async def thread_handoff(samples: int) -> Samples:
     """A no-op on a one-thread executor and back: what every Outbox call pays besides sqlite."""
     loop = asyncio.get_running_loop()
     times = []
@@ -206,96 +154,16 @@ async def thread_handoff(samples: int) -> list[float]:
             start = time.perf_counter()
             await loop.run_in_executor(pool, int)
             times.append(time.perf_counter() - start)
-    return times
+    return tuple(times)
 
 
-class CpuMeter:
-    """Cores used between start() and stop() (from /proc): this process, the subscriber's network thread
-    (part of this process, not of the runtime), the broker."""
-
-    def __init__(self, broker_pid: int, subscriber: Subscriber) -> None:
-        self.broker_pid = broker_pid
-        self.subscriber = subscriber
-        self._t = self._own = self._sub = self._broker = 0.0
-
-    def _sub_cpu(self) -> float:
-        tid = self.subscriber.thread_id
-        return float("nan") if tid is None else proc_cpu(f"{os.getpid()}/task/{tid}")
-
-    def start(self) -> None:
-        self._t, self._own = time.perf_counter(), time.process_time()
-        self._sub, self._broker = self._sub_cpu(), proc_cpu(str(self.broker_pid))
-
-    def stop(self) -> tuple[float, float, float]:
-        wall = time.perf_counter() - self._t
-        return (
-            (time.process_time() - self._own) / wall,
-            (self._sub_cpu() - self._sub) / wall,
-            (proc_cpu(str(self.broker_pid)) - self._broker) / wall,
-        )
+async def floors(directory: Path) -> Floors:
+    fdatasync = await asyncio.to_thread(fsync_floor, directory, FSYNC_SAMPLES)
+    direct = await asyncio.to_thread(sqlite_commits, directory, FSYNC_SAMPLES)
+    return Floors(fdatasync, direct["FULL"], direct["NORMAL"], await thread_handoff(FSYNC_SAMPLES))
 
 
-def fmt_cores(cores: tuple[float, float, float]) -> str:
-    own, sub, broker = cores
-    return (
-        f"this process {own:.2f} (of which the subscriber {sub:.2f}), "
-        f"broker {broker:.2f} (of {os.cpu_count()})"
-    )
-
-
-def proc_cpu(pid: str) -> float:
-    """utime + stime of /proc/<pid>/stat (or <pid>/task/<tid>) in seconds; NaN where it cannot be read."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# --------------------------------------------------------------------------------------- broker, client
-
-
-class Broker:
-    """mosquitto on a loopback port; output to a log file, never a pipe; SIGKILL to stop."""
-
-    def __init__(self, directory: Path, port: int) -> None:
-        self.port = port
-        self.log_path = directory / "mosquitto.log"
-        self.config = directory / "mosquitto.conf"
-        directory.mkdir(parents=True, exist_ok=True)
-        lines = ["user root", f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10.0) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [MOSQUITTO, "-c", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"mosquitto exited with {self.proc.returncode}: {self.log_path.read_text()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"mosquitto not listening on {self.port} within {timeout} s") from None
-                time.sleep(0.005)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
+# ------------------------------------------------------------------------------------------ subscriber
 
 
 class Subscriber:
@@ -392,13 +260,25 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def cpu_meter(broker: Broker, subscriber: Subscriber) -> CpuMeter:
+    """Cores used: this process (CpuUse.own), the subscriber's network thread (part of this process, not
+    of the runtime), the broker."""
+    pid, broker_pid = os.getpid(), broker.proc.pid if broker.proc else 0
+
+    def subscriber_cpu() -> float:
+        tid = subscriber.thread_id
+        return NAN if tid is None else cpu_seconds(pid, tid)
+
+    return CpuMeter(subscriber=subscriber_cpu, broker=lambda: cpu_seconds(broker_pid))
+
+
 # ------------------------------------------------------------------------------------------- raw paho
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Raw:
     sequential_per_s: float
-    rtt: list[float]
+    rtt: Samples  # publish -> PUBACK, one in flight
     window_per_s: float
 
 
@@ -427,7 +307,7 @@ def raw_paho(port: int, count: int, payload: bytes) -> Raw:
             mid = client.publish(topic, payload, qos=1).mid
             with cond:
                 cond.wait_for(_contains(acked, mid), 10)
-        rtt = []
+        rtt: list[float] = []
         t0 = time.perf_counter()
         for _ in range(count):
             start = time.perf_counter()
@@ -451,7 +331,7 @@ def raw_paho(port: int, count: int, payload: bytes) -> Raw:
     finally:
         client.disconnect()
         client.loop_stop()
-    return Raw(sequential, rtt, window)
+    return Raw(sequential, tuple(rtt), window)
 
 
 # ------------------------------------------------------------------------------------- the runtime
@@ -469,8 +349,16 @@ def mqtt_settings(port: int) -> MqttSettings:
     )
 
 
+async def until_connected(sink: MqttSink, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not sink.status().connected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sink not connected within {timeout} s: {sink.status()}")
+        await asyncio.sleep(0.002)
+
+
 class Runtime:
-    """What events_ctx builds: an outbox file, one MQTT sink, the dispatcher between them."""
+    """What the runtime builds for one MQTT sink: an outbox file, the sink, the dispatcher between them."""
 
     def __init__(self, outbox_path: Path, port: int) -> None:
         self.outbox = Outbox(outbox_path)
@@ -483,36 +371,39 @@ class Runtime:
         return self
 
     async def connected(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.sink.status()["connected"]:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sink not connected within {timeout} s: {self.sink.status()}")
-            await asyncio.sleep(0.002)
+        await until_connected(self.sink, timeout)
 
     async def close(self) -> None:
         await self.dispatcher.close(drain_timeout=5.0)
         await self.outbox.close()
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class SinkAlone:
     per_s: float
-    rtt: list[float]
+    rtt: Samples  # one MqttSink.publish(record) each
 
 
 async def sink_alone(port: int, count: int) -> SinkAlone:
     sink = MqttSink(mqtt_settings(port))
     await sink.start()
     try:
-        deadline = time.monotonic() + 10
-        while not sink.status()["connected"]:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sink not connected: {sink.status()}")
-            await asyncio.sleep(0.002)
+        await until_connected(sink, 10)
         records = []
         for i in range(count + WARMUP_EVENTS):
             event = make_event(i)
-            records.append(OutboxRecord(i, SINK, "event", event.id, time.time(), 0, event.to_dict()))
+            records.append(
+                OutboxRecord(
+                    seq=i,
+                    sink=SINK,
+                    type=MessageType.EVENT,
+                    id=event.id,
+                    created=time.time(),
+                    attempts=0,
+                    body=event.to_dict(),
+                    headers=event_headers(event),  # as Dispatcher.publish stores them
+                )
+            )
         for record in records[:WARMUP_EVENTS]:
             await sink.publish(record)
         rtt = []
@@ -521,34 +412,35 @@ async def sink_alone(port: int, count: int) -> SinkAlone:
             start = time.perf_counter()
             await sink.publish(record)
             rtt.append(time.perf_counter() - start)
-        return SinkAlone(count / (time.perf_counter() - t0), rtt)
+        return SinkAlone(count / (time.perf_counter() - t0), tuple(rtt))
     finally:
         await sink.close()
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class OutboxAlone:
     cycles_per_s: float
-    put: list[float]
-    peek: list[float]
-    ack: list[float]
+    put: Samples
+    peek: Samples
+    ack: Samples
 
 
 async def outbox_alone(path: Path, count: int) -> OutboxAlone:
     outbox = Outbox(path)
     await outbox.open()
     try:
-        bodies = [make_event(i).to_dict() for i in range(count + WARMUP_EVENTS)]
+        events = [make_event(i) for i in range(count + WARMUP_EVENTS)]
         puts: list[float] = []
         peeks: list[float] = []
         acks: list[float] = []
         t0 = 0.0
-        for i, body in enumerate(bodies):
+        for i, event in enumerate(events):
             if i == WARMUP_EVENTS:
                 puts, peeks, acks = [], [], []
                 t0 = time.perf_counter()
+            body, headers = event.to_dict(), event_headers(event)  # what Dispatcher.publish stores
             a = time.perf_counter()
-            await outbox.put([SINK], "event", str(body["id"]), body, 1_000_000)
+            await outbox.put([SINK], MessageType.EVENT, event.id, body, 1_000_000, headers)
             b = time.perf_counter()
             (record,) = await outbox.peek(SINK, 1)
             c = time.perf_counter()
@@ -557,26 +449,25 @@ async def outbox_alone(path: Path, count: int) -> OutboxAlone:
             puts.append(b - a)
             peeks.append(c - b)
             acks.append(d - c)
-        return OutboxAlone(count / (time.perf_counter() - t0), puts, peeks, acks)
+        return OutboxAlone(count / (time.perf_counter() - t0), tuple(puts), tuple(peeks), tuple(acks))
     finally:
         await outbox.close()
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class EndToEnd:
-    paced_latency: list[float]
-    paced_publish: list[float]
+    paced_latency: Samples  # publish() call -> arrival at the subscriber, one event at a time
+    paced_publish: Samples  # the publish() call
     burst_per_s: float
     burst_publish_per_s: float  # how fast the producer could store (publish() back to back)
-    burst_latency: list[float]
-    burst_publish: list[float]
+    burst_latency: Samples
+    burst_publish: Samples
     lost: int
-    cores: tuple[float, float, float]  # see CpuMeter; during the burst
+    cores: CpuUse  # during the burst; see cpu_meter
 
 
 async def end_to_end(path: Path, broker: Broker, subscriber: Subscriber, count: int) -> EndToEnd:
-    assert broker.proc is not None
-    meter = CpuMeter(broker.proc.pid, subscriber)
+    meter = cpu_meter(broker, subscriber)
     runtime = await Runtime(path, broker.port).start()
     try:
         await runtime.connected(10)
@@ -611,12 +502,12 @@ async def end_to_end(path: Path, broker: Broker, subscriber: Subscriber, count: 
         arrivals = subscriber.event_arrivals()
         last = max(arrivals[e.id] for e in burst)
         return EndToEnd(
-            [arrivals[e.id] - starts[e.id] for e in paced],
-            paced_publish,
+            tuple(arrivals[e.id] - starts[e.id] for e in paced),
+            tuple(paced_publish),
             len(burst) / (last - t0),
             len(burst) / (stored - t0),
-            [arrivals[e.id] - starts[e.id] for e in burst],
-            burst_publish,
+            tuple(arrivals[e.id] - starts[e.id] for e in burst),
+            tuple(burst_publish),
             sum(1 for e in events if e.id not in arrivals),
             cores,
         )
@@ -632,7 +523,7 @@ def _events(subscriber: Subscriber) -> int:
     return subscriber.events  # read under the subscriber's lock (Subscriber.wait)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Drain:
     store_s: float
     reconnect_s: float  # broker listening -> sink connected
@@ -640,7 +531,7 @@ class Drain:
     last_s: float  # broker listening -> last event at the subscriber
     per_s: float  # events / (last - first)
     empty_s: float  # broker listening -> the outbox is empty (every PUBACK acked on disk)
-    cores: tuple[float, float, float]  # see CpuMeter; from the first arrival to the last
+    cores: CpuUse  # from the first arrival to the last; see cpu_meter
 
 
 async def backlog_drain(path: Path, broker: Broker, subscriber: Subscriber, count: int) -> Drain:
@@ -660,7 +551,7 @@ async def backlog_drain(path: Path, broker: Broker, subscriber: Subscriber, coun
         broker.start()
         up = time.perf_counter()
         subscriber.start()
-        meter = CpuMeter(broker.proc.pid if broker.proc else 0, subscriber)
+        meter = cpu_meter(broker, subscriber)
         await runtime.connected(30)
         reconnect_s = time.perf_counter() - up
         await subscriber.wait(lambda: _events(subscriber) >= 1, 60, "the first drained event")
@@ -681,146 +572,268 @@ async def backlog_drain(path: Path, broker: Broker, subscriber: Subscriber, coun
         await runtime.close()
 
 
-# ------------------------------------------------------------------------------------------------ main
+# ------------------------------------------------------------------------------------------------ run
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--events", type=int, default=2000, help="events per burst / backlog (default 2000)")
-    parser.add_argument(
-        "--raw", type=int, default=0, help="raw paho messages one in flight (default --events)"
-    )
-    parser.add_argument("--dir", type=Path, default=None, help="where the outbox files go (default: $TMPDIR)")
-    return parser.parse_args()
+@dataclass(frozen=True, slots=True)
+class DeliveryRun:
+    date: datetime
+    machine: Machine
+    events: int  # per burst and backlog
+    raw_messages: int  # raw paho messages one in flight (3x that with RAW_WINDOW in flight)
+    payload_bytes: int  # one event's JSON
+    retry_max_s: float  # the dispatcher's longest retry back-off (its default)
+    floors: Floors
+    raw_before: Raw
+    sink: SinkAlone
+    outbox: OutboxAlone
+    end_to_end: EndToEnd
+    raw_after: Raw
+    drain: Drain
+    total_s: float
+
+    @property
+    def raw_sequential_per_s(self) -> float:
+        return mean2(self.raw_before.sequential_per_s, self.raw_after.sequential_per_s)
+
+    @property
+    def raw_window_per_s(self) -> float:
+        return mean2(self.raw_before.window_per_s, self.raw_after.window_per_s)
+
+    @property
+    def raw_rtt_p50(self) -> float:
+        return nearest_rank(self.raw_before.rtt + self.raw_after.rtt, 0.5)
+
+    @property
+    def raw_drift(self) -> float:
+        return drift(self.raw_before.sequential_per_s, self.raw_after.sequential_per_s)
 
 
-async def bench(args: argparse.Namespace, work: Path) -> None:
+async def bench(
+    args: argparse.Namespace, work: Path, date: datetime, machine: Machine, payload: bytes
+) -> DeliveryRun:
     count = args.events
     raw_count = args.raw or count
-    payload = json.dumps(make_event(0).to_dict(), separators=(",", ":")).encode()
-    print(f"event payload: {len(payload)} bytes of JSON; QoS 1; the subscriber takes {PREFIX}/# at QoS 1")
-
-    floor = await asyncio.to_thread(fsync_floor, work, FSYNC_SAMPLES)
-    direct = await asyncio.to_thread(sqlite_commits, work, FSYNC_SAMPLES)
-    handoff = await thread_handoff(FSYNC_SAMPLES)
-    broker = Broker(work / "broker", free_port())
+    floor = await floors(work)
+    broker = Broker(work / "broker")
     subscriber = Subscriber(broker.port)
     broker.start()
     try:
         subscriber.start()
         raw_before = await asyncio.to_thread(raw_paho, broker.port, raw_count, payload)
-        print(f"raw paho (before)  {fmt_raw(raw_before)}", flush=True)
+        progress(raw_line("before", raw_before))
         alone = await sink_alone(broker.port, raw_count)
-        print(f"MqttSink alone     {alone.per_s:6.0f} msg/s, 1 in flight ({ms(alone.rtt)})", flush=True)
+        progress(sink_line(alone))
         box = await outbox_alone(work / "alone.sqlite3", count)
-        print(f"outbox alone       {box.cycles_per_s:6.0f} put+peek+ack/s (put {ms(box.put)})", flush=True)
+        progress(outbox_line(box))
         e2e = await end_to_end(work / "e2e.sqlite3", broker, subscriber, count)
-        print(f"end to end, burst  {e2e.burst_per_s:6.0f} events/s, lost {e2e.lost}", flush=True)
+        progress(end_to_end_line(e2e))
         raw_after = await asyncio.to_thread(raw_paho, broker.port, raw_count, payload)
-        print(f"raw paho (after)   {fmt_raw(raw_after)}", flush=True)
+        progress(raw_line("after", raw_after))
         drain = await backlog_drain(work / "drain.sqlite3", broker, subscriber, count)
-        print(f"backlog drain      {drain.per_s:6.0f} events/s", flush=True)
+        progress(drain_line(drain))
     finally:
         subscriber.stop()
         broker.stop()
+    return DeliveryRun(
+        date,
+        machine,
+        count,
+        raw_count,
+        len(payload),
+        default_retry().maximum,
+        floor,
+        raw_before,
+        alone,
+        box,
+        e2e,
+        raw_after,
+        drain,
+        NAN,  # measure() times the whole run
+    )
 
-    raw_seq = (raw_before.sequential_per_s + raw_after.sequential_per_s) / 2
-    raw_win = (raw_before.window_per_s + raw_after.window_per_s) / 2
-    raw_rtt = pct(raw_before.rtt + raw_after.rtt, 0.5)
-    drift = abs(raw_before.sequential_per_s - raw_after.sequential_per_s) / raw_seq
-    paced_p50 = pct(e2e.paced_latency, 0.5)
 
+def measure(args: argparse.Namespace) -> DeliveryRun:
+    base = args.dir.resolve() if args.dir else None
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    date = datetime.now(UTC)
+    payload = json.dumps(make_event(0).to_dict(), separators=(",", ":")).encode()
+    with tempfile.TemporaryDirectory(prefix="delivery-bench-", dir=base) as tmp:
+        work = Path(tmp)
+        versions = {"sqlite": sqlite3.sqlite_version, **package_versions("paho-mqtt")}
+        versions["mosquitto"] = mosquitto_version()
+        machine = Machine.probe(versions, notes=[f"outbox dir {work} on {filesystem_of(work)}"])
+        for line in header_lines(date, machine, len(payload)):
+            progress(line)
+        start = time.perf_counter()
+        run = asyncio.run(bench(args, work, date, machine, payload))
+    return replace(run, total_s=time.perf_counter() - start)
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+def ms(values: Sequence[float]) -> str:
+    return f"p50 {nearest_rank(values, 0.5) * 1000:6.3f} ms  p95 {nearest_rank(values, 0.95) * 1000:6.3f} ms"
+
+
+def fmt_cores(cores: CpuUse, nproc: int) -> str:
+    return (
+        f"this process {cores.own:.2f} (of which the subscriber {cores['subscriber']:.2f}), "
+        f"broker {cores['broker']:.2f} (of {nproc})"
+    )
+
+
+def header_lines(date: datetime, machine: Machine, payload_bytes: int) -> list[str]:
+    return [
+        f"date: {date.strftime('%Y-%m-%d %H:%M UTC')}",
+        f"machine: {machine.describe()}",
+        f"event payload: {payload_bytes} bytes of JSON; QoS 1; the subscriber takes {PREFIX}/# at QoS 1",
+    ]
+
+
+def raw_line(when: str, raw: Raw) -> str:
+    return (
+        f"raw paho {f'({when})':<10}{raw.sequential_per_s:6.0f} msg/s, 1 in flight "
+        f"({ms(raw.rtt)}); {raw.window_per_s:6.0f} msg/s, {RAW_WINDOW} in flight"
+    )
+
+
+def sink_line(alone: SinkAlone) -> str:
+    return f"MqttSink alone     {alone.per_s:6.0f} msg/s, 1 in flight ({ms(alone.rtt)})"
+
+
+def outbox_line(box: OutboxAlone) -> str:
+    return f"outbox alone       {box.cycles_per_s:6.0f} put+peek+ack/s (put {ms(box.put)})"
+
+
+def end_to_end_line(e2e: EndToEnd) -> str:
+    return f"end to end, burst  {e2e.burst_per_s:6.0f} events/s, lost {e2e.lost}"
+
+
+def drain_line(drain: Drain) -> str:
+    return f"backlog drain      {drain.per_s:6.0f} events/s"
+
+
+def report(run: DeliveryRun) -> None:
+    raw_seq, raw_win, raw_rtt = run.raw_sequential_per_s, run.raw_window_per_s, run.raw_rtt_p50
+    alone, box, e2e, drain, floor = run.sink, run.outbox, run.end_to_end, run.drain, run.floors
+    nproc = run.machine.nproc
+    lines = header_lines(run.date, run.machine, run.payload_bytes)
+    lines += [raw_line("before", run.raw_before), sink_line(alone), outbox_line(box), end_to_end_line(e2e)]
+    lines += [raw_line("after", run.raw_after), drain_line(drain)]
+    print("\n".join(lines))
+
+    paced_p50 = nearest_rank(e2e.paced_latency, 0.5)
+    publish_p50 = nearest_rank(e2e.paced_publish, 0.5)
     print()
     print(
-        f"1. raw limit: paho QoS 1 publish + PUBACK, {raw_count} msgs "
-        f"(mean of before/after, drift {drift:.0%})"
+        f"1. raw limit: paho QoS 1 publish + PUBACK, {run.raw_messages} msgs "
+        f"(mean of before/after, drift {run.raw_drift:.0%})"
     )
     print(f"   1 in flight        {raw_seq:6.0f} msg/s   publish -> PUBACK p50 {raw_rtt * 1000:.3f} ms")
     print(f"   {RAW_WINDOW} in flight       {raw_win:6.0f} msg/s")
     print(
         f"   MqttSink.publish   {alone.per_s:6.0f} msg/s   {ms(alone.rtt)}   "
-        f"= {alone.per_s / raw_seq:.2f} x raw"
+        f"= {ratio(alone.per_s, raw_seq):.2f} x raw"
     )
     print("2. end to end: Dispatcher.publish -> outbox -> MqttSink -> broker -> subscriber")
     print(
-        f"   burst of {count}: {e2e.burst_per_s:6.0f} events/s = {e2e.burst_per_s / raw_seq:.2f} x raw "
-        f"1 in flight, {e2e.burst_per_s / raw_win:.2f} x raw {RAW_WINDOW} in flight, "
-        f"{e2e.burst_per_s / alone.per_s:.2f} x sink alone"
+        f"   burst of {run.events}: {e2e.burst_per_s:6.0f} events/s = "
+        f"{ratio(e2e.burst_per_s, raw_seq):.2f} x raw 1 in flight, "
+        f"{ratio(e2e.burst_per_s, raw_win):.2f} x raw {RAW_WINDOW} in flight, "
+        f"{ratio(e2e.burst_per_s, alone.per_s):.2f} x sink alone"
     )
     print(f"     latency (publish() call -> arrival)  {ms(e2e.burst_latency)}")
     print(
         f"     publish()                            {ms(e2e.burst_publish)}   "
         f"(the producer stored {e2e.burst_publish_per_s:.0f}/s)"
     )
-    print(f"     cores: {fmt_cores(e2e.cores)}")
-    print(f"   paced, one event at a time ({PACED_EVENTS}):")
+    print(f"     cores: {fmt_cores(e2e.cores, nproc)}")
+    print(f"   paced, one event at a time ({len(e2e.paced_latency)}):")
     print(
         f"     latency (publish() call -> arrival)  {ms(e2e.paced_latency)}   "
-        f"p50 = {paced_p50 / raw_rtt:.1f} x raw publish -> PUBACK"
+        f"p50 = {ratio(paced_p50, raw_rtt):.1f} x raw publish -> PUBACK"
     )
     print(f"     publish()                            {ms(e2e.paced_publish)}")
     print(f"   lost: {e2e.lost}")
     print("3. outbox alone (sqlite WAL, synchronous=FULL, one private thread)")
     print(
         f"   {box.cycles_per_s:6.0f} put+peek+ack cycles/s "
-        f"= {box.cycles_per_s / e2e.burst_per_s:.2f} x end to end"
+        f"= {ratio(box.cycles_per_s, e2e.burst_per_s):.2f} x end to end"
     )
     print(f"   put   {ms(box.put)}")
     print(f"   peek  {ms(box.peek)}")
     print(f"   ack   {ms(box.ack)}")
-    print(f"   floors: 4 KiB pwrite + fdatasync      {ms(floor)}")
-    print(f"           INSERT commit, FULL, direct   {ms(direct['FULL'])}")
-    print(f"           INSERT commit, NORMAL, direct {ms(direct['NORMAL'])}")
-    print(f"           thread handoff (no-op)        {ms(handoff)}")
+    print(f"   floors: 4 KiB pwrite + fdatasync      {ms(floor.fdatasync)}")
+    print(f"           INSERT commit, FULL, direct   {ms(floor.commit_full)}")
+    print(f"           INSERT commit, NORMAL, direct {ms(floor.commit_normal)}")
+    print(f"           thread handoff (no-op)        {ms(floor.handoff)}")
     print(
-        f"   publish() paced p50 = {pct(e2e.paced_publish, 0.5) / pct(floor, 0.5):.1f} x fdatasync p50, "
-        f"{pct(e2e.paced_publish, 0.5) / pct(direct['FULL'], 0.5):.1f} x a direct FULL commit"
+        f"   publish() paced p50 = {ratio(publish_p50, nearest_rank(floor.fdatasync, 0.5)):.1f} x "
+        f"fdatasync p50, {ratio(publish_p50, nearest_rank(floor.commit_full, 0.5)):.1f} x a direct "
+        "FULL commit"
     )
     print(
-        f"4. backlog drain: {count} events stored with the broker down ({drain.store_s:.2f} s), then started"
+        f"4. backlog drain: {run.events} events stored with the broker down ({drain.store_s:.2f} s), "
+        "then started"
     )
     print(
         f"   from broker start: sink connected {drain.reconnect_s:.2f} s, first event {drain.first_s:.2f} s, "
         f"last {drain.last_s:.2f} s, outbox empty {drain.empty_s:.2f} s"
     )
     print(
-        f"   drain {drain.per_s:6.0f} events/s (first -> last arrival) = {drain.per_s / raw_seq:.2f} x raw "
-        f"1 in flight, {drain.per_s / e2e.burst_per_s:.2f} x end-to-end burst"
+        f"   drain {drain.per_s:6.0f} events/s (first -> last arrival) = {ratio(drain.per_s, raw_seq):.2f} x "
+        f"raw 1 in flight, {ratio(drain.per_s, e2e.burst_per_s):.2f} x end-to-end burst"
     )
-    print(f"   cores: {fmt_cores(drain.cores)}")
+    print(f"   cores: {fmt_cores(drain.cores, nproc)}")
     print(
-        f"   waiting before the first event: {drain.first_s / drain.last_s:.0%} of the time to drain "
-        f"(paho reconnect_min_s=1, dispatcher retry back-off up to {Dispatcher.RETRY_MAX_S:g} s)"
+        f"   waiting before the first event: {ratio(drain.first_s, drain.last_s):.0%} of the time to drain "
+        f"(paho reconnect_min_s=1, dispatcher retry back-off up to {run.retry_max_s:g} s)"
     )
+    print(f"\ntotal {run.total_s:.1f} s")
 
 
-def fmt_raw(raw: Raw) -> str:
-    return (
-        f"{raw.sequential_per_s:6.0f} msg/s, 1 in flight ({ms(raw.rtt)}); "
-        f"{raw.window_per_s:6.0f} msg/s, {RAW_WINDOW} in flight"
+# ---------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.delivery_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--events", type=int, help="events per burst / backlog (default 2000; --quick 200; at least 100)"
+    )
+    parser.add_argument(
+        "--raw", type=int, default=0, help="raw paho messages one in flight (default --events)"
+    )
+    parser.add_argument("--dir", type=Path, default=None, help="where the outbox files go (default: $TMPDIR)")
+    parser.add_argument(
+        "--quick", action="store_true", help="--events 200: every phase, short, to check that it runs"
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    args = parser.parse_args(argv)
+    if args.events is None:
+        args.events = 200 if args.quick else 2000
+    if args.events < 100:
+        parser.error("--events: at least 100")
+    return args
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    exit_on_signals()
     # The drain phase makes the sink log `cannot connect` and `will retry` warnings on purpose.
     logging.getLogger("edge_runtime").setLevel(logging.ERROR)
-    if args.events < 100:
-        raise SystemExit("--events: at least 100")
-    if not (Path(MOSQUITTO).is_file() and os.access(MOSQUITTO, os.X_OK)):
+    if not mosquitto_available():
         raise SystemExit(f"mosquitto not found ({MOSQUITTO})")
-    base = args.dir.resolve() if args.dir else None
-    if base is not None:
-        base.mkdir(parents=True, exist_ok=True)
-    print(f"date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}")
-    with tempfile.TemporaryDirectory(prefix="delivery-bench-", dir=base) as tmp:
-        work = Path(tmp)
-        print(f"machine: {machine(work)}, load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        start = time.perf_counter()
-        asyncio.run(bench(args, work))
-    print(f"\ntotal {time.perf_counter() - start:.1f} s")
+    result = measure(args)
+    report(result)
+    if args.json is not None:
+        write_json(result, args.json)
     return 0
 
 
