@@ -1,18 +1,22 @@
 """One IoT Hub module client per process (azure-iot-device 2.14, asyncio API), behind a small adapter.
 
-Shared by the iothub sink, the module twin and the direct methods. Inside IoT Edge it is created from
-the environment the runtime sets (IOTEDGE_*; or EdgeHubConnectionString + EdgeModuleCACertificateFile
-from the dev tools); elsewhere from hub.connection_string. The SDK reconnects by itself after a drop;
-the first connection is retried here in the background, so a hub that is down never delays serving.
-The connection string is a credential: it is never logged.
+Shared by the iothub sink (which needs a `HubOutput`) and the module twin and direct methods (which need
+a `TwinChannel`); tests stand in for either with a fake. Inside IoT Edge it is created from the
+environment the runtime sets (IOTEDGE_*; or EdgeHubConnectionString + EdgeModuleCACertificateFile from
+the dev tools); elsewhere from hub.connection_string. The SDK reconnects by itself after a drop; the
+first connection is retried here in the background, so a hub that is down never delays serving.
+Connection changes are pushed (`watch_connection`): the SDK reports them on one of its handler threads,
+which only ever hands over to the loop with call_soon_threadsafe. The connection string is a
+credential: it is never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from azure.iot.device import Message, MethodResponse
 from azure.iot.device.aio import IoTHubModuleClient
@@ -22,17 +26,61 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.settings import HubSettings
 
 log = logging.getLogger(__name__)
-# The SDK logs every pipeline step at INFO; its warnings are enough.
-logging.getLogger("azure.iot.device").setLevel(logging.WARNING)
+
+
+class HubOutput(Protocol):
+    """What the IoT Hub sink needs: module outputs, and the connection state (pushed and read)."""
+
+    @property
+    def connected_once(self) -> asyncio.Event: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+    async def send_to_output(
+        self, output: str, body: bytes, message_id: str, properties: Mapping[str, str]
+    ) -> None: ...
+
+    def watch_connection(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        """`listener(connected)` on the loop at every change; returns the unsubscribe."""
+        ...
+
+
+class TwinChannel(Protocol):
+    """What the twin agent and the direct methods need: the module twin and method calls."""
+
+    @property
+    def connected_once(self) -> asyncio.Event: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def listen(
+        self, on_desired_patch: Callable[[dict[str, Any]], None], on_method: Callable[[Any], None]
+    ) -> None: ...
+
+    async def get_twin(self) -> dict[str, Any]: ...
+
+    async def patch_reported(self, patch: Mapping[str, Any]) -> None: ...
+
+    async def respond(self, request: Any, status: int, payload: Any) -> None: ...
 
 
 class HubClient:
+    """Satisfies HubOutput and TwinChannel over one SDK module client."""
+
     CLOSE_TIMEOUT_S = 3.0
 
     def __init__(self, client: Any, retry: Backoff | None = None) -> None:
         self.sdk = client
         self._retry = retry if retry is not None else Backoff(1.0, 30.0)  # the first connect's retries
         self._connect_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchers: list[Callable[[bool], None]] = []
+        self._was_connected = False
         self.connected_once = asyncio.Event()
         self.last_error: str | None = None
 
@@ -69,8 +117,44 @@ class HubClient:
     def connected(self) -> bool:
         return bool(self.sdk.connected)
 
+    def watch_connection(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        """`listener(connected)` on the loop at every change (the SDK's own reconnects included)."""
+        self._watchers.append(listener)
+
+        def unwatch() -> None:
+            if listener in self._watchers:
+                self._watchers.remove(listener)
+
+        return unwatch
+
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        # Before connecting, so the first connection is reported too. Off the loop, like every handler.
+        await asyncio.to_thread(setattr, self.sdk, "on_connection_state_change", self._state_changed)
         self._connect_task = asyncio.create_task(self._connect(), name="hub-connect")
+
+    def _state_changed(self) -> None:
+        """SDK handler thread, no arguments, at every connect and disconnect: hand over to the loop."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens any more
+                loop.call_soon_threadsafe(self._check_connection)
+
+    def _check_connection(self) -> None:
+        """On the loop: read the state now (handler calls may arrive late or out of order), tell on change."""
+        connected = self.connected
+        if connected == self._was_connected:
+            return
+        self._was_connected = connected
+        if connected:
+            log.info("hub: connected")
+        else:
+            log.warning("hub: disconnected; the SDK reconnects by itself")
+        for listener in list(self._watchers):
+            try:
+                listener(connected)
+            except Exception:  # one listener must not keep the news from the others
+                log.exception("hub: a connection listener failed")
 
     async def _connect(self) -> None:
         while True:
@@ -82,10 +166,10 @@ class HubClient:
                 log.warning("hub: cannot connect (%s); retrying in %.1f s", self.last_error, delay)
                 await asyncio.sleep(delay)
                 continue
-            log.info("hub: connected")
             self._retry.reset()
             self.last_error = None
             self.connected_once.set()
+            self._check_connection()  # pushed now, whenever the SDK's handler thread gets to it
             return
 
     async def send_to_output(

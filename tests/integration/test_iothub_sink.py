@@ -7,9 +7,10 @@ import asyncio
 import base64
 import os
 import secrets
+import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,10 @@ from typing import Any
 import pytest
 from fakehub import SDK_SOCKET_LEAK, FakeHub, HubMessage, collect_sdk_garbage
 
+from edge_runtime.backoff import Backoff
 from edge_runtime.domain import BoundingBox, Event, EventKind
 from edge_runtime.errors import ConfigError
-from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits
+from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, default_retry
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.outbox import Outbox
 from edge_runtime.iotedge.hub import HubClient
@@ -92,7 +94,11 @@ class Running:
 
 @asynccontextmanager
 async def running_sink(
-    settings: HubSettings, tmp_path: Path, output: str = "defects", publish_timeout_s: float = 10.0
+    settings: HubSettings,
+    tmp_path: Path,
+    output: str = "defects",
+    publish_timeout_s: float = 10.0,
+    retry: Callable[[], Backoff] = default_retry,
 ) -> AsyncIterator[Running]:
     """HubClient + IotHubSink behind a Dispatcher and a sqlite outbox, wired as app.py does."""
     hub = HubClient.from_settings(settings)
@@ -100,7 +106,7 @@ async def running_sink(
     outbox = Outbox(tmp_path / "outbox.db")
     await outbox.open()
     sink = IotHubSink(IotHubSettings(output=output, publish_timeout_s=publish_timeout_s), hub)
-    dispatcher = Dispatcher(outbox, [sink], OutboxLimits())
+    dispatcher = Dispatcher(outbox, [sink], OutboxLimits(), retry=retry)
     await dispatcher.start()
     try:
         yield Running(hub, dispatcher)
@@ -264,6 +270,45 @@ async def test_hub_down_at_start_events_wait_in_outbox(
         assert running.hub.last_error is None
     assert {m.message_id for m in messages} == {e.id for e in events}
     assert fake_hub.shared_access_key not in caplog.text
+
+
+@pytest.mark.slow
+async def test_the_sdks_reconnect_ends_the_dispatchers_retry_wait(fake_hub: FakeHub, tmp_path: Path) -> None:
+    """The SDK reports connection changes on its own threads; HubClient hands them to the loop, and the
+    iothub sink passes them to the dispatcher: the event stored during an outage goes out as soon as
+    the SDK has reconnected, not after the dispatcher's (here: one minute) retry back-off."""
+    settings = HubSettings(connection_string=fake_hub.connection_string, ca_file=fake_hub.ca_file)
+    seen: list[tuple[bool, bool, float]] = []  # (connected, on the loop's thread, when)
+    loop_thread = threading.get_ident()
+
+    def note(connected: bool) -> None:
+        seen.append((connected, threading.get_ident() == loop_thread, time.monotonic()))
+
+    def minute() -> Backoff:
+        return Backoff(60.0, 60.0, jitter=0.0)
+
+    async with running_sink(settings, tmp_path, publish_timeout_s=1.0, retry=minute) as running:
+        running.hub.watch_connection(note)
+        async with asyncio.timeout(15):
+            await running.hub.connected_once.wait()
+        await asyncio.to_thread(fake_hub.stop_broker)
+        async with asyncio.timeout(10):
+            while not seen:  # the drop is pushed, not found by polling
+                await asyncio.sleep(0.02)
+        assert seen[0][:2] == (False, True) and not running.hub.connected
+        event = make_event(0)
+        await running.dispatcher.publish(event)
+        await asyncio.sleep(1.5)  # the send failed (no hub, 1 s timeout): a minute's back-off begins
+        assert await running.backlog() == 1
+        await asyncio.to_thread(fake_hub.start_broker)
+        async with asyncio.timeout(SDK_RETRY_S + 10):
+            while len(seen) < 2:
+                await asyncio.sleep(0.02)
+            await running.wait_drained(timeout=SDK_RETRY_S + 10)  # acked: sent again by the dispatcher
+        drained_after = time.monotonic() - seen[1][2]
+        assert seen[1][:2] == (True, True) and running.hub.connected
+        assert drained_after < 5.0, f"delivered {drained_after:.1f} s after the reconnect"
+    assert {m.message_id for m in fake_hub.messages("defects")} == {event.id}
 
 
 # ------------------------------------------------------------------------------ bad connection strings

@@ -634,16 +634,30 @@ async def test_expired_messages_are_dropped_and_counted(
 
 
 class FakeHub:
+    """A HubOutput: `up()` / `down()` change the connection and tell the watchers, as HubClient does."""
+
     def __init__(self) -> None:
         self.connected_once = asyncio.Event()
         self.connected = False
         self.last_error: str | None = None
         self.sent: list[tuple[str, bytes, str, dict[str, str]]] = []
         self.hang = False
+        self.watchers: list[Callable[[bool], None]] = []
 
     def up(self) -> None:
         self.connected = True
         self.connected_once.set()
+        for listener in list(self.watchers):
+            listener(True)
+
+    def down(self) -> None:
+        self.connected = False
+        for listener in list(self.watchers):
+            listener(False)
+
+    def watch_connection(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        self.watchers.append(listener)
+        return lambda: self.watchers.remove(listener)
 
     async def send_to_output(
         self, output: str, body: bytes, message_id: str, properties: Mapping[str, str]
@@ -662,7 +676,7 @@ def record_of(event: Event, seq: int = 1) -> OutboxRecord:
 async def test_iothub_sink_sends_the_event_with_its_id_and_properties() -> None:
     hub = FakeHub()
     hub.up()
-    sink = IotHubSink(IotHubSettings(output="line1"), hub)  # type: ignore[arg-type]
+    sink = IotHubSink(IotHubSettings(output="line1"), hub)
     event = make_event(0, camera="cam-7", tag="scratch", kind=EventKind.ENDED)
     await sink.publish(record_of(event))
     [(output, body, message_id, properties)] = hub.sent
@@ -678,7 +692,7 @@ async def test_iothub_sink_sends_the_event_with_its_id_and_properties() -> None:
 async def test_iothub_sink_summary_carries_only_its_type() -> None:
     hub = FakeHub()
     hub.up()
-    sink = IotHubSink(IotHubSettings(), hub)  # type: ignore[arg-type]
+    sink = IotHubSink(IotHubSettings(), hub)
     body = SummaryCounter(T0).take("S1", T0 + 1)
     await sink.publish(OutboxRecord(1, "iothub", MessageType.SUMMARY, "S1", T0, 0, body))
     [(output, payload, message_id, properties)] = hub.sent
@@ -689,7 +703,7 @@ async def test_iothub_sink_summary_carries_only_its_type() -> None:
 async def test_iothub_sink_is_unavailable_before_the_first_connection() -> None:
     hub = FakeHub()
     hub.last_error = "ConnectionRefusedError: no edgeHub"
-    sink = IotHubSink(IotHubSettings(), hub)  # type: ignore[arg-type]
+    sink = IotHubSink(IotHubSettings(), hub)
     with pytest.raises(SinkUnavailableError, match="no edgeHub"):
         await sink.publish(record_of(make_event(0)))
     assert hub.sent == []
@@ -699,7 +713,7 @@ async def test_iothub_sink_times_out_without_confirmation() -> None:
     hub = FakeHub()
     hub.up()
     hub.hang = True
-    sink = IotHubSink(IotHubSettings(publish_timeout_s=0.05), hub)  # type: ignore[arg-type]
+    sink = IotHubSink(IotHubSettings(publish_timeout_s=0.05), hub)
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         await sink.publish(record_of(make_event(0)))
@@ -708,7 +722,7 @@ async def test_iothub_sink_times_out_without_confirmation() -> None:
 
 async def test_iothub_sink_behind_the_dispatcher_waits_for_the_hub(outbox: Outbox) -> None:
     hub = FakeHub()
-    sink = IotHubSink(IotHubSettings(), hub)  # type: ignore[arg-type]
+    sink = IotHubSink(IotHubSettings(), hub)
     dispatcher = fast_dispatcher(outbox, [sink])
     await dispatcher.start()
     events = [make_event(i) for i in range(3)]
@@ -722,6 +736,30 @@ async def test_iothub_sink_behind_the_dispatcher_waits_for_the_hub(outbox: Outbo
         assert [message_id for _, _, message_id, _ in hub.sent] == [e.id for e in events]
     finally:
         await dispatcher.close(drain_timeout=1.0)
+    assert await outbox_ids(outbox, "iothub") == []
+
+
+async def test_a_hub_reconnect_ends_the_retry_wait_of_the_iothub_sink(outbox: Outbox) -> None:
+    hub = FakeHub()
+    sink = IotHubSink(IotHubSettings(), hub)
+    dispatcher = fast_dispatcher(outbox, [sink], retry=retry_policy(10.0, 10.0))  # not to be waited out
+    await dispatcher.start()
+    event = make_event(0)
+    try:
+        failed = sample("edge_runtime_sink_failed_total", sink="iothub")
+        await dispatcher.publish(event)
+        await wait_for(lambda: sample("edge_runtime_sink_failed_total", sink="iothub") == failed + 1)
+        assert hub.sent == []  # not connected yet: in the back-off now
+        reconnected_at = time.monotonic()
+        hub.up()
+        await wait_for(lambda: len(hub.sent) == 1, timeout=2.0)
+        assert time.monotonic() - reconnected_at < 0.5
+        assert sample("edge_runtime_sink_connected", sink="iothub") == 1
+        hub.down()
+        assert sample("edge_runtime_sink_connected", sink="iothub") == 0, "the gauge follows the hub"
+    finally:
+        await dispatcher.close(drain_timeout=1.0)
+    assert hub.watchers == [], "close unsubscribes the sink and the dispatcher"
     assert await outbox_ids(outbox, "iothub") == []
 
 
