@@ -16,12 +16,13 @@ from edge_runtime.api import errors
 from edge_runtime.api.admin import register_admin_routes
 from edge_runtime.api.body import BodyLimits, expect_continue, image_from_body, parse_json, received_body
 from edge_runtime.api.client_errors import ClientErrorLog, quiet_aiohttp_server_log
-from edge_runtime.api.errors import ApiError
+from edge_runtime.api.errors import ApiError, answer_for
 from edge_runtime.api.schemas import CloudIds, ResponseIds, cloud_prediction_body, dumps, prediction_body
-from edge_runtime.api.urlfetch import TooLarge, UrlRefused, fetch_image
+from edge_runtime.api.urlfetch import fetch_image
 from edge_runtime.app_keys import BOARD, BODIES, DELIVERY, INFERENCE, SETTINGS, URL_POLICY
-from edge_runtime.errors import ImageDecodeError, ImageTooLargeError, InferenceError
+from edge_runtime.errors import EdgeRuntimeError, InferenceError
 from edge_runtime.inference.service import Answer, InferenceService, ModelNotReady, Overloaded
+from edge_runtime.model_card import ModelCard
 
 log = logging.getLogger(__name__)
 CLIENT_ERRORS = ClientErrorLog(log)
@@ -100,9 +101,14 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
         _check_expect(request)
         response = await handler(request)
     except ApiError as exc:
-        response = exc.response()
-        if exc.status < 500:
-            CLIENT_ERRORS.mistake(exc.code, exc.status, exc.message)
+        response = _answer(exc)
+    except EdgeRuntimeError as exc:  # the package's own errors: one table (api/errors.py) says the answer
+        answer = answer_for(exc)
+        if answer is None:
+            raise  # no request should meet it: a fault of ours, answered below
+        if isinstance(exc, InferenceError):
+            CLIENT_ERRORS.fault("inference", f"inference failed: {exc}", exc)
+        response = _answer(answer)
     except web.HTTPException as exc:
         if exc.status < 400:
             metrics.HTTP_REQUESTS.labels(route, request.method, str(exc.status)).inc()
@@ -113,6 +119,12 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
         response = errors.internal(f"internal error ({type(exc).__name__})").response()
     metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
     return response
+
+
+def _answer(error: ApiError) -> web.Response:
+    if error.status < 500:
+        CLIENT_ERRORS.mistake(error.code, error.status, error.message)
+    return error.response()
 
 
 def _check_expect(request: web.Request) -> None:
@@ -196,13 +208,6 @@ async def _run(service: InferenceService, data: bytes, busy_status: int) -> Answ
         raise errors.busy(retry_after_s=1, status=busy_status) from exc
     except ModelNotReady as exc:
         raise errors.not_ready(str(exc)) from exc
-    except ImageTooLargeError as exc:
-        raise errors.image_dimensions(str(exc)) from exc
-    except ImageDecodeError as exc:
-        raise errors.bad_image(str(exc)) from exc
-    except InferenceError as exc:
-        CLIENT_ERRORS.fault("inference", f"inference failed: {exc}", exc)
-        raise errors.inference_failed(str(exc)) from exc
 
 
 async def _image_in_body(request: web.Request, body: bytes) -> bytes:
@@ -226,20 +231,15 @@ async def _image_at_url(request: web.Request, body: bytes) -> bytes:
             raise errors.busy(retry_after_s=1, what="request bodies held in memory are at their limit")
         request[HELD_BYTES] = request.get(HELD_BYTES, 0) + size
 
-    try:
-        return await fetch_image(
-            url,
-            request.app[URL_POLICY],
-            settings.server.max_body_bytes,
-            fetch.connect_timeout_s,
-            fetch.read_timeout_s,
-            fetch.max_redirects,
-            hold,
-        )
-    except TooLarge as exc:
-        raise errors.image_too_big(str(exc)) from exc
-    except UrlRefused as exc:
-        raise errors.bad_url(str(exc)) from exc
+    return await fetch_image(  # refusals raise ImageFetchError: answered through api/errors.py's table
+        url,
+        request.app[URL_POLICY],
+        settings.server.max_body_bytes,
+        fetch.connect_timeout_s,
+        fetch.read_timeout_s,
+        fetch.max_redirects,
+        hold,
+    )
 
 
 async def predict_image(request: web.Request) -> web.Response:
@@ -288,7 +288,6 @@ async def health_ready(request: web.Request) -> web.Response:
             "sinks": sinks,
         }
         return _json(body, status=503)
-    spec = predictor.spec
     failed, judged = predictor.health.recent_failures
     # "degraded" still answers 200: clients choose the inputs, and a few odd ones must not take the
     # runtime out of its orchestrator's rotation (where nothing would ever bring it back).
@@ -303,20 +302,7 @@ async def health_ready(request: web.Request) -> web.Response:
             },
             "cameras": cameras,
             "sinks": sinks,
-            "model": {
-                "id": spec.model_id,
-                "sha1": spec.sha1,
-                "path": str(spec.shown_path),
-                "task": spec.task.value,
-                "domain": spec.domain,
-                "flavour": spec.flavour,
-                "postprocess": spec.postprocess.value,
-                "labels": list(spec.labels),
-                "device": predictor.device,
-                "device_reason": predictor.plan.reason,
-                "fallback_from": predictor.plan.fallback_from,
-                "warmup_ms": round(predictor.warmup_seconds * 1000, 2),
-            },
+            "model": ModelCard.of(predictor).readiness(),
         },
     )
 

@@ -25,11 +25,6 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-# The old names, until api/routes.py catches the errors.py names (or uses api/errors.answer_for).
-UrlRefused = ImageFetchError
-TooLarge = ImageFetchTooLargeError
-
-
 class _AddressRefused(OSError):
     pass
 

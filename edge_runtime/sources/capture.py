@@ -30,10 +30,11 @@ from collections.abc import Callable
 from edge_runtime import metrics
 from edge_runtime.backoff import Backoff
 from edge_runtime.domain import Frame
+from edge_runtime.errors import SourceError
 from edge_runtime.redact import redact_url
 from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.frame_slot import FrameSlot
-from edge_runtime.sources.readers import FrameReader, SourceError, open_reader
+from edge_runtime.sources.readers import FrameReader, open_reader
 from edge_runtime.status import CameraState, CameraStatus, Failure, FailureReason
 
 __all__ = ["CameraState", "CameraStatus", "Capture", "Failure", "FailureReason"]

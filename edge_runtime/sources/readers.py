@@ -12,15 +12,6 @@ from numpy.typing import NDArray
 
 from edge_runtime.errors import SourceError
 
-__all__ = [  # SourceError is errors.py's, importable here until sources/capture.py imports it from there
-    "ConveyorReader",
-    "FrameReader",
-    "OpenCvReader",
-    "SourceError",
-    "configure_ffmpeg_capture",
-    "open_reader",
-]
-
 FFMPEG_CAPTURE_OPTIONS = "rtsp_transport;tcp"
 
 

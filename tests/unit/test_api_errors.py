@@ -8,7 +8,6 @@ import pytest
 
 from edge_runtime.api import errors as api
 from edge_runtime.api.errors import ApiError, answer_for
-from edge_runtime.api.urlfetch import TooLarge, UrlRefused
 from edge_runtime.errors import (
     ConfigError,
     DeviceUnavailableError,
@@ -23,7 +22,6 @@ from edge_runtime.errors import (
     SinkUnavailableError,
     SourceError,
 )
-from edge_runtime.sources import readers
 
 ANSWERS: dict[type[EdgeRuntimeError], tuple[int, str, Callable[[str], ApiError]]] = {
     ImageFetchTooLargeError: (413, "BadRequestImageSizeBytes", api.image_too_big),
@@ -73,6 +71,3 @@ def test_the_tree_is_closed() -> None:
     assert issubclass(ImageFetchTooLargeError, ImageFetchError)
     assert issubclass(ImageFetchError, ImageError)
     assert issubclass(SourceError, EdgeRuntimeError)
-    # The old names stay importable until their last users move.
-    assert UrlRefused is ImageFetchError and TooLarge is ImageFetchTooLargeError
-    assert readers.SourceError is SourceError

@@ -16,12 +16,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from edge_runtime.domain import Event, Frame, Roi
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, SourceError
 from edge_runtime.events.snapshots import SnapshotStore
 from edge_runtime.inference.service import RoiPredictions
 from edge_runtime.settings import CameraSettings, build_settings
 from edge_runtime.sources.capture import CameraState, Capture, FailureReason
-from edge_runtime.sources.readers import SourceError
 from edge_runtime.sources.sampler import CameraSampler
 
 

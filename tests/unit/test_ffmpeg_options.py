@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from edge_runtime.errors import SourceError
 from edge_runtime.sources import readers
 
 VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
@@ -48,6 +49,6 @@ def test_open_reader_configures_before_opencv_opens(monkeypatch: pytest.MonkeyPa
 def test_synthetic_and_missing_sources_do_not_touch_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(VARIABLE, raising=False)
     assert isinstance(readers.open_reader("synthetic://conveyor", 1.0, 1.0), readers.ConveyorReader)
-    with pytest.raises(readers.SourceError, match="does not exist"):
+    with pytest.raises(SourceError, match="does not exist"):
         readers.open_reader("/no/such/video.mp4", 1.0, 1.0)
     assert VARIABLE not in os.environ
