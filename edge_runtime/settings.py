@@ -26,6 +26,12 @@ from pydantic import (
 
 from edge_runtime.config_files import read_config_file, resolve_secret_files
 from edge_runtime.errors import ConfigError
+from edge_runtime.model.limits import (
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_JPEG_SCANS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_RESIZED_PIXELS,
+)
 from edge_runtime.model.spec import Resize
 
 ENV_PREFIX = "EDGE_RUNTIME_"
@@ -75,15 +81,19 @@ class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535, description="the module image sets 80, the container's port")
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="413 above this (the container's 4 MiB)")
-    max_image_pixels: int = Field(50_000_000, gt=0, description="400 above this many pixels (bombs)")
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="400 above this many pixels (bombs)")
     max_resized_pixels: int = Field(
-        16_000_000, gt=0, description="400 when the recipe's resize would make more pixels (thin images)"
+        DEFAULT_MAX_RESIZED_PIXELS,
+        gt=0,
+        description="400 when the recipe's resize would make more pixels (thin images)",
     )
     max_jpeg_scans: int = Field(
-        100, gt=0, description="400 for JPEGs with more scans (progressive scan bombs); decode-time bound"
+        DEFAULT_MAX_JPEG_SCANS,
+        gt=0,
+        description="400 for JPEGs with more scans (progressive scan bombs); decode-time bound",
     )
     image_formats: tuple[str, ...] = Field(
-        ("JPEG", "PNG", "BMP", "GIF", "WEBP"),
+        DEFAULT_FORMATS,
         description="decoders an uploaded image may use (PIL names; TIFF possible); others get 400",
     )
     body_timeout_s: float = Field(60.0, gt=0, description="408 when a request body takes longer")
