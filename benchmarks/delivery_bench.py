@@ -200,12 +200,12 @@ class Subscriber:
             self.client.loop_stop()
             self.client = None
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, granted: object) -> None:
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, _granted: object) -> None:
         with self._cond:
             self._subscribed = True
             self._cond.notify_all()
 
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         at = time.perf_counter()
         if self.thread_id is None:
             self.thread_id = threading.get_native_id()
@@ -291,7 +291,7 @@ def raw_paho(port: int, count: int, payload: bytes) -> Raw:
     acked: set[int] = set()
     cond = threading.Condition()
 
-    def on_publish(client: mqtt.Client, userdata: object, mid: int) -> None:
+    def on_publish(_client: mqtt.Client, _userdata: object, mid: int) -> None:
         with cond:
             acked.add(mid)
             cond.notify_all()

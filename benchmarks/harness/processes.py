@@ -42,7 +42,7 @@ def exit_on_signals() -> None:
     action ends the process at once and they would outlive it); SIGINT raises KeyboardInterrupt even when
     a script started us in the background with it ignored."""
 
-    def _exit(signum: int, frame: FrameType | None) -> None:
+    def _exit(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
