@@ -11,7 +11,8 @@ from typing import Any
 
 import control_harness
 import pytest
-from control_harness import FakeLoader, camera, wait_until, without_nulls
+from control_harness import FakeLoader, camera, without_nulls
+from waiting import eventually
 
 from edge_runtime.control import merge_patch
 from edge_runtime.iotedge.methods import DirectMethods
@@ -216,9 +217,9 @@ async def test_twin_agent_applies_the_twin_then_patches_in_order_and_reports_cha
     await asyncio.sleep(0.05)
     assert hub.twin_reads == 0 and hub.on_patch is None  # nothing before the first connection
     hub.connected_once.set()
-    await wait_until(lambda: h.controller.config.desired_version == 5)
+    await eventually(lambda: h.controller.config.desired_version == 5)
     assert h.controller.settings.log_level == "DEBUG"
-    await wait_until(lambda: len(hub.reported) == 1)
+    await eventually(lambda: len(hub.reported) == 1)
     assert hub.reported[0] == reported_properties(h.controller.status())
 
     assert hub.on_patch is not None
@@ -227,7 +228,7 @@ async def test_twin_agent_applies_the_twin_then_patches_in_order_and_reports_cha
     hub.on_patch({"$version": 6, "log_level": "ERROR"})  # not newer than 7: skipped
     hub.on_patch({"$version": 8, "cameras": {"c1": camera(fps=0)}})  # rejected, kept
     hub.on_patch({"$version": 9, "cameras": {"c1": None}})
-    await wait_until(lambda: h.controller.config.desired_version == 9)
+    await eventually(lambda: h.controller.config.desired_version == 9)
     assert h.controller.settings.log_level == "WARNING"
     assert h.controller.settings.events.outbox_max_events == 3
     assert h.controller.desired == {
@@ -237,7 +238,7 @@ async def test_twin_agent_applies_the_twin_then_patches_in_order_and_reports_cha
         "cameras": {},
     }
     assert h.controller.config.status == "applied"
-    await wait_until(
+    await eventually(
         lambda: (
             without_nulls(hub.twin_reported()) == without_nulls(reported_properties(h.controller.status()))
         )
@@ -255,7 +256,7 @@ async def test_twin_agent_resyncs_the_whole_twin_after_a_reconnect(make: Any, ag
     hub = FakeHub({"$version": 1, "log_level": "DEBUG"})
     await agents(hub, h.controller, board=h.board).start()
     hub.connected_once.set()
-    await wait_until(lambda: len(hub.reported) == 1)
+    await eventually(lambda: len(hub.reported) == 1)
     hub.connected = False
     await asyncio.sleep(0.06)  # the reporter notices the disconnection
     # Patches sent meanwhile never arrived; the twin holds them.
@@ -264,9 +265,9 @@ async def test_twin_agent_resyncs_the_whole_twin_after_a_reconnect(make: Any, ag
     await asyncio.sleep(0.06)
     assert len(hub.reported) == 1
     hub.connected = True
-    await wait_until(lambda: h.controller.config.desired_version == 4)
+    await eventually(lambda: h.controller.config.desired_version == 4)
     assert hub.twin_reads == 2 and h.controller.settings.log_level == "ERROR"
-    await wait_until(
+    await eventually(
         lambda: (
             without_nulls(hub.twin_reported()) == without_nulls(reported_properties(h.controller.status()))
         )
@@ -279,11 +280,11 @@ async def test_twin_agent_skips_a_whole_twin_that_is_not_newer(agents: Any) -> N
     hub = FakeHub({"$version": 10, "log_level": "DEBUG"})
     await agents(hub, controller).start()
     hub.connected_once.set()
-    await wait_until(lambda: len(hub.reported) == 1)  # still reported
+    await eventually(lambda: len(hub.reported) == 1)  # still reported
     assert controller.applied == []
     hub.on_patch({"$version": 10, "log_level": "INFO"})
     hub.on_patch({"log_level": "INFO"})  # no version: applied
-    await wait_until(lambda: len(controller.patched) == 1)
+    await eventually(lambda: len(controller.patched) == 1)
     assert controller.patched == [{"log_level": "INFO"}]
 
 
@@ -293,7 +294,7 @@ async def test_twin_agent_retries_reading_the_twin(agents: Any) -> None:
     hub.twin_errors = 2
     await agents(hub, controller).start()
     hub.connected_once.set()
-    await wait_until(lambda: controller.applied == [{"$version": 3}])
+    await eventually(lambda: controller.applied == [{"$version": 3}])
     assert hub.twin_reads == 3
 
 
@@ -303,10 +304,10 @@ async def test_a_failing_patch_does_not_stop_the_twin_loop(agents: Any) -> None:
     hub = FakeHub({"$version": 1})
     await agents(hub, controller).start()
     hub.connected_once.set()
-    await wait_until(lambda: hub.on_patch is not None and controller.applied != [])
+    await eventually(lambda: hub.on_patch is not None and controller.applied != [])
     hub.on_patch({"$version": 2, "log_level": "DEBUG"})
     hub.on_patch({"$version": 3, "log_level": "INFO"})
-    await wait_until(lambda: controller.config.desired_version == 3)
+    await eventually(lambda: controller.config.desired_version == 3)
     assert [p["$version"] for p in controller.patched] == [2, 3]
 
 
@@ -316,7 +317,7 @@ async def test_twin_agent_retries_a_failed_report(agents: Any) -> None:
     hub.report_errors = 1
     await agents(hub, controller).start()
     hub.connected_once.set()
-    await wait_until(lambda: len(hub.reported) == 1)
+    await eventually(lambda: len(hub.reported) == 1)
     assert hub.report_attempts == 2
     assert hub.reported[0] == reported_properties(controller.status())  # the whole state, not a diff
 
@@ -326,12 +327,12 @@ async def test_twin_agent_answers_every_direct_method(agents: Any) -> None:
     hub = FakeHub()
     await agents(hub, controller).start()
     hub.connected_once.set()
-    await wait_until(lambda: hub.on_method is not None)
+    await eventually(lambda: hub.on_method is not None)
     hub.respond_errors = 1
     hub.on_method(SimpleNamespace(name="lost", payload=None))  # the answer fails: the loop goes on
     hub.on_method(SimpleNamespace(name="explode", payload=None))
     hub.on_method(SimpleNamespace(name="echo", payload={"x": 1}))
-    await wait_until(lambda: len(hub.responses) == 2)
+    await eventually(lambda: len(hub.responses) == 2)
     assert hub.responses == [
         ("explode", 500, {"error": "RuntimeError: method broke"}),
         ("echo", 200, {"name": "echo", "payload": {"x": 1}}),
@@ -346,23 +347,23 @@ async def test_twin_desired_model_that_fails_is_reported_while_the_old_one_serve
     agent = agents(hub, h.controller, DirectMethods(h.controller, h.cameras, h.delivery), h.board)
     await agent.start()
     hub.connected_once.set()
-    await wait_until(lambda: hub.twin_reported().get("model", {}).get("status") == "ready")
+    await eventually(lambda: hub.twin_reported().get("model", {}).get("status") == "ready")
     loader.results["bad"] = ValueError("corrupt graph")
     assert hub.on_patch is not None
     hub.on_patch({"$version": 2, "model": {"path": "/models/bad"}})
-    await wait_until(lambda: hub.twin_reported().get("model", {}).get("status") == "failed")
-    await wait_until(lambda: hub.twin_reported()["model"].get("configured") == "/models/good")
+    await eventually(lambda: hub.twin_reported().get("model", {}).get("status") == "failed")
+    await eventually(lambda: hub.twin_reported()["model"].get("configured") == "/models/good")
     reported = hub.twin_reported()
     assert reported["model"]["error"] == "ValueError: corrupt graph"
     assert reported["model"]["source"] == "/models/bad" and reported["model"]["id"] == "good"
     assert reported["config"]["desired_version"] == 2 and reported["config"]["status"] == "applied"
     # A later patch of another section builds on the serving model; the bad one is not retried.
     hub.on_patch({"$version": 3, "log_level": "DEBUG"})
-    await wait_until(lambda: h.controller.config.desired_version == 3)
+    await eventually(lambda: h.controller.config.desired_version == 3)
     assert loader.calls == ["good", "bad"]
     # reloadModel reloads the model that serves.
     hub.on_method(SimpleNamespace(name="reloadModel", payload=None))
-    await wait_until(lambda: bool(hub.responses))
+    await eventually(lambda: bool(hub.responses))
     assert hub.responses[-1][:2] == ("reloadModel", 200) and loader.calls[-1] == "good"
 
 
@@ -372,7 +373,7 @@ async def test_twin_agent_close_stops_its_tasks(agents: Any) -> None:
     agent = agents(hub, controller)
     await agent.start()
     hub.connected_once.set()
-    await wait_until(lambda: len(hub.reported) == 1)
+    await eventually(lambda: len(hub.reported) == 1)
     await asyncio.wait_for(agent.close(), 1)
     hub.on_patch({"$version": 5})
     await asyncio.sleep(0.05)
