@@ -43,6 +43,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from certs import make_tls_files
+from processes import free_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 SDK_PORT = 8883
@@ -92,12 +93,6 @@ def collect_sdk_garbage() -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", SDK_SOCKET_LEAK_MESSAGE, ResourceWarning)
         gc.collect()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _query_params(topic: str) -> dict[str, str]:

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import make_event
 from mosquitto import Broker, Observer, mosquitto_available
+from waiting import eventually
 
 from edge_runtime.backoff import Backoff
-from edge_runtime.domain import Event, EventKind
+from edge_runtime.domain import EventKind
 from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, default_retry
-from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.outbox import Outbox
 from edge_runtime.settings import MqttSettings
 from edge_runtime.sinks.mqtt import MqttSink
@@ -41,6 +42,7 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "faults"
+STARTED, ENDED = EventKind.STARTED, EventKind.ENDED
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,29 +190,6 @@ def mqtt_settings(port: int, **overrides: Any) -> MqttSettings:
     return MqttSettings(**values)
 
 
-def make_event(camera: str = "cam-1", roi: str = "full", tag: str = "stain", kind: str = "started") -> Event:
-    return Event(
-        id=new_event_id(),
-        kind=EventKind(kind),
-        camera=camera,
-        roi=roi,
-        tag=tag,
-        probability=0.9,
-        boxes=(),
-        captured_at=time.time(),
-        model_id="faults",
-        model_sha1="0" * 40,
-    )
-
-
-async def eventually(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
-
-
 # --------------------------------------------------------------------------------------------------
 # 15. The reconnect pace has a floor
 
@@ -260,7 +239,7 @@ async def test_a_publish_never_confirmed_is_logged_as_a_missing_puback(
     try:
         with caplog.at_level(logging.WARNING, logger="edge_runtime.events.dispatcher"):
             await dispatcher.start()
-            await eventually(lambda: sink.status()["connected"], 5, "CONNACK from the muted broker")
+            await eventually(lambda: sink.status().connected, 5, "CONNACK from the muted broker")
             await dispatcher.publish(make_event())
             await eventually(
                 lambda: any("delivery failed" in r.getMessage() for r in caplog.records), 5, "a failure"
@@ -307,7 +286,7 @@ async def test_a_fresh_alarm_overtakes_the_backlog_and_keys_keep_their_order(
 ) -> None:
     await runtime.start()
     stored = [
-        make_event(camera=f"cam-{i % 3}", tag=f"tag-{i % 2}", kind="started" if i % 4 < 2 else "ended")
+        make_event(camera=f"cam-{i % 3}", tag=f"tag-{i % 2}", kind=STARTED if i % 4 < 2 else ENDED)
         for i in range(BACKLOG)
     ]
     for event in stored:  # the broker is down: all of them wait in the outbox
@@ -316,7 +295,7 @@ async def test_a_fresh_alarm_overtakes_the_backlog_and_keys_keep_their_order(
     back = time.monotonic()
     await observer.until(lambda: len(observer.received()) >= 100, 10, "the backlog draining")
     alarm = make_event(camera="cam-9", tag="crack")  # nothing of its key is stored
-    ended = make_event(camera="cam-1", tag="tag-1", kind="ended")  # cam-1/tag-1 has ~500 stored rows
+    ended = make_event(camera="cam-1", tag="tag-1", kind=ENDED)  # cam-1/tag-1 has ~500 stored rows
     published = time.time()
     await runtime.dispatcher.publish(alarm)
     await runtime.dispatcher.publish(ended)

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import make_event
 from fakehub import SDK_SOCKET_LEAK, FakeHub, HubMessage, collect_sdk_garbage
 
 from edge_runtime.backoff import Backoff
-from edge_runtime.domain import BoundingBox, Event, EventKind
+from edge_runtime.domain import Event, EventKind
 from edge_runtime.errors import ConfigError
 from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, default_retry
-from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.outbox import Outbox
 from edge_runtime.iotedge.hub import HubClient
 from edge_runtime.settings import HubSettings, IotHubSettings
@@ -57,24 +57,6 @@ def use_edge_environment(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
     for name, value in hub.edge_env().items():
         monkeypatch.setenv(name, value)
-
-
-def make_event(
-    i: int, camera: str = "cam1", tag: str = "scratch", kind: EventKind = EventKind.STARTED
-) -> Event:
-    return Event(
-        id=new_event_id(),
-        kind=kind,
-        camera=camera,
-        roi="full",
-        tag=tag,
-        probability=0.5 + i / 1000,
-        boxes=(BoundingBox(0.1, 0.2, 0.3, 0.4),),
-        captured_at=time.time(),
-        model_id="model-1",
-        model_sha1="0" * 40,
-        snapshot=f"/snapshots/{i}.jpg",
-    )
 
 
 @dataclass

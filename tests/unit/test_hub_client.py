@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from waiting import eventually
 
 from edge_runtime.backoff import Backoff
 from edge_runtime.iotedge.hub import HubClient, HubOutput, TwinChannel
@@ -46,12 +47,6 @@ class SdkClient:
         self.change(False)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 def quick() -> Backoff:
     return Backoff(0.01, 0.02, jitter=0.0)
 
@@ -70,15 +65,15 @@ async def test_connection_changes_reach_the_listeners_on_the_loop_once_each() ->
     unwatch = hub.watch_connection(lambda up: seen.append((up, threading.get_ident() == loop_thread)))
     await hub.start()
     try:
-        await until(lambda: len(seen) == 1)
+        await eventually(lambda: len(seen) == 1)
         assert seen == [(True, True)] and hub.connected and hub.connected_once.is_set()
         sdk.change(False)  # a drop: the SDK reconnects by itself
-        await until(lambda: len(seen) == 2)
+        await eventually(lambda: len(seen) == 2)
         for _ in range(3):  # late or repeated reports of the same state change nothing
             sdk.report()
         await asyncio.sleep(0.05)
         sdk.change(True)
-        await until(lambda: len(seen) == 3)
+        await eventually(lambda: len(seen) == 3)
         assert seen == [(True, True), (False, True), (True, True)]
         unwatch()
         sdk.change(False)
@@ -101,7 +96,7 @@ async def test_a_listener_that_raises_does_not_silence_the_others(caplog: pytest
     hub.watch_connection(seen.append)
     await hub.start()
     try:
-        await until(lambda: seen == [True])
+        await eventually(lambda: seen == [True])
     finally:
         await hub.close()
     assert any("connection listener failed" in r.getMessage() for r in caplog.records)
@@ -113,10 +108,10 @@ async def test_the_first_connection_is_retried_with_its_backoff() -> None:
     hub = HubClient(sdk, retry)
     await hub.start()
     try:
-        await until(lambda: sdk.connects >= 2)
+        await eventually(lambda: sdk.connects >= 2)
         assert hub.last_error == "ConnectionRefusedError: no edgeHub"
         assert not hub.connected_once.is_set()
-        await until(hub.connected_once.is_set)
+        await eventually(hub.connected_once.is_set)
         assert sdk.connects == 4
         assert hub.last_error is None
         assert retry.upcoming == retry.initial, "reset after the connection"

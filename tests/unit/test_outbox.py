@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from fakes import FakeClock
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.events.outbox import Backlog, MessageType, Outbox, Trimmed, order_key
@@ -25,20 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 LARGE = 10**6
 
 
-class FakeTime:
-    """The outbox's clock: `now` until a test moves it."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-async def clocked(tmp_path: Path) -> AsyncIterator[tuple[Outbox, FakeTime]]:
+async def clocked(tmp_path: Path) -> AsyncIterator[tuple[Outbox, FakeClock]]:
     """An open outbox whose clock the test sets."""
-    clock = FakeTime(0.0)
+    clock = FakeClock(0.0)
     box = Outbox(tmp_path / "outbox.sqlite3", clock=clock)
     await box.open()
     yield box, clock
@@ -47,7 +38,7 @@ async def clocked(tmp_path: Path) -> AsyncIterator[tuple[Outbox, FakeTime]]:
 
 async def put_n(box: Outbox, sinks: list[str], n: int, start: int = 0, max_per_sink: int = LARGE) -> None:
     for i in range(start, start + n):
-        await box.put(sinks, "event", f"m{i}", {"n": i, "camera": "cam-1"}, max_per_sink)
+        await box.put(sinks, MessageType.EVENT, f"m{i}", {"n": i, "camera": "cam-1"}, max_per_sink)
 
 
 async def ids(box: Outbox, sink: str, limit: int = 1000) -> list[str]:
@@ -72,9 +63,9 @@ async def test_put_peek_ack_keeps_the_order(outbox: Outbox) -> None:
 
 
 async def test_each_sink_has_its_own_copy(outbox: Outbox) -> None:
-    dropped = await outbox.put(["a", "b"], "event", "m0", {"n": 0}, LARGE)
+    dropped = await outbox.put(["a", "b"], MessageType.EVENT, "m0", {"n": 0}, LARGE)
     assert dropped == {"a": 0, "b": 0}
-    await outbox.put(["b"], "summary", "s0", {"type": "summary"}, LARGE)
+    await outbox.put(["b"], MessageType.SUMMARY, "s0", {"type": "summary"}, LARGE)
     [a0] = await outbox.peek("a", 10)
     b0, s0 = await outbox.peek("b", 10)
     assert (a0.id, b0.id, s0.id) == ("m0", "m0", "s0")
@@ -96,7 +87,7 @@ async def test_note_attempt_counts_failures(outbox: Outbox) -> None:
     assert (first_again.attempts, second_again.attempts) == (2, 0)
 
 
-async def test_backlog_and_pending(clocked: tuple[Outbox, FakeTime]) -> None:
+async def test_backlog_and_pending(clocked: tuple[Outbox, FakeClock]) -> None:
     outbox, clock = clocked
     assert await outbox.backlog("a") == Backlog(0, None)
     assert await outbox.pending_by_sink() == {}
@@ -131,7 +122,7 @@ async def test_rows_survive_close_and_reopen(tmp_path: Path) -> None:
         assert await ids(second, "a") == ["m1", "m2", "m3"]
         assert await ids(second, "b") == ["m0", "m1", "m2"]
         assert (await second.peek("a", 1))[0].attempts == 1
-        await second.put(["a"], "event", "new", {}, LARGE)
+        await second.put(["a"], MessageType.EVENT, "new", {}, LARGE)
         new = (await second.peek("a", 10))[-1]
         assert new.id == "new" and new.seq > m3b.seq  # seq never goes back, even after deletes
     finally:
@@ -176,13 +167,13 @@ async def test_the_file_is_wal_with_full_sync(outbox: Outbox) -> None:
 
 async def test_count_bound_drops_the_oldest_and_reports_it(outbox: Outbox) -> None:
     await put_n(outbox, ["a", "b"], 3, max_per_sink=3)
-    dropped = await outbox.put(["a", "b"], "event", "m3", {"n": 3}, 3)
+    dropped = await outbox.put(["a", "b"], MessageType.EVENT, "m3", {"n": 3}, 3)
     assert dropped == {"a": 1, "b": 1}
     assert await ids(outbox, "a") == ["m1", "m2", "m3"]
     assert await ids(outbox, "b") == ["m1", "m2", "m3"]
 
     # A smaller bound (e.g. after a settings change) drops everything above it at once.
-    assert await outbox.put(["a"], "event", "m4", {"n": 4}, 1) == {"a": 3}
+    assert await outbox.put(["a"], MessageType.EVENT, "m4", {"n": 4}, 1) == {"a": 3}
     assert await ids(outbox, "a") == ["m4"]
     assert await ids(outbox, "b") == ["m1", "m2", "m3"]  # the other sink's bound is its own
 
@@ -196,7 +187,7 @@ async def test_trim_by_count(outbox: Outbox) -> None:
     assert await outbox.trim("a", max_events=2, max_age_s=3600) == Trimmed()
 
 
-async def test_trim_by_age(clocked: tuple[Outbox, FakeTime]) -> None:
+async def test_trim_by_age(clocked: tuple[Outbox, FakeClock]) -> None:
     outbox, clock = clocked
     clock.now = 10_000.0
     await put_n(outbox, ["a", "b"], 2)  # created 10000
@@ -213,7 +204,7 @@ async def test_trim_by_age(clocked: tuple[Outbox, FakeTime]) -> None:
     assert await outbox.backlog("a") == Backlog(0, None)
 
 
-async def test_trim_reports_both_bounds_at_once(clocked: tuple[Outbox, FakeTime]) -> None:
+async def test_trim_reports_both_bounds_at_once(clocked: tuple[Outbox, FakeClock]) -> None:
     outbox, clock = clocked
     clock.now = 0.0
     await put_n(outbox, ["a"], 2)
@@ -249,7 +240,7 @@ async def test_a_damaged_file_is_moved_aside_and_a_new_outbox_starts(
     await box.open()
     try:
         assert await box.pending_by_sink() == {}
-        await box.put(["a"], "event", "fresh", {}, LARGE)
+        await box.put(["a"], MessageType.EVENT, "fresh", {}, LARGE)
         assert await ids(box, "a") == ["fresh"]
     finally:
         await box.close()
@@ -328,7 +319,7 @@ async def test_damaged_table_pages_are_found_at_open(tmp_path: Path) -> None:
     await box.open()
     try:
         assert await box.peek("a", 10) == []
-        await box.put(["a"], "event", "fresh", {}, LARGE)
+        await box.put(["a"], MessageType.EVENT, "fresh", {}, LARGE)
         assert await ids(box, "a") == ["fresh"]
     finally:
         await box.close()
@@ -336,7 +327,7 @@ async def test_damaged_table_pages_are_found_at_open(tmp_path: Path) -> None:
 
 
 async def test_two_damaged_files_in_one_second_are_both_kept(tmp_path: Path) -> None:
-    clock = FakeTime(1_700_000_000.25)
+    clock = FakeClock(1_700_000_000.25)
     path = tmp_path / "outbox.sqlite3"
     for content in (b"first damaged file " * 100, b"second damaged file " * 100):
         path.write_bytes(content)
@@ -353,7 +344,7 @@ async def test_two_damaged_files_in_one_second_are_both_kept(tmp_path: Path) -> 
 
 
 async def put_event(box: Outbox, message_id: str, camera: str, tag: str, roi: str = "full") -> int:
-    await box.put(["a"], "event", message_id, {"camera": camera, "roi": roi, "tag": tag}, LARGE)
+    await box.put(["a"], MessageType.EVENT, message_id, {"camera": camera, "roi": roi, "tag": tag}, LARGE)
     return await box.last_seq("a")
 
 
@@ -433,9 +424,9 @@ async def test_the_search_for_free_fresh_rows_is_bounded(outbox: Outbox) -> None
 
 
 async def test_summaries_keep_their_own_order(outbox: Outbox) -> None:
-    await outbox.put(["a"], "summary", "s1", {"type": "summary"}, LARGE)
+    await outbox.put(["a"], MessageType.SUMMARY, "s1", {"type": "summary"}, LARGE)
     fresh_after = await put_event(outbox, "old-e", "cam-1", "stain")
-    await outbox.put(["a"], "summary", "s2", {"type": "summary"}, LARGE)
+    await outbox.put(["a"], MessageType.SUMMARY, "s2", {"type": "summary"}, LARGE)
     assert await batch_ids(outbox, fresh_after) == ["s1", "s2", "old-e"]
 
 
