@@ -32,7 +32,7 @@ from edge_runtime.settings import ServerSettings
 T = TypeVar("T")
 
 
-class ModelNotReady(EdgeRuntimeError):  # noqa: N818 (it reads as the state it reports)
+class ModelNotReady(EdgeRuntimeError):
     """No model serves yet: it is loading, or the load failed (`error`)."""
 
     def __init__(self, error: str | None) -> None:
@@ -40,7 +40,7 @@ class ModelNotReady(EdgeRuntimeError):  # noqa: N818 (it reads as the state it r
         super().__init__(f"model failed to load: {error}" if error else "model is loading")
 
 
-class Overloaded(EdgeRuntimeError):  # noqa: N818
+class Overloaded(EdgeRuntimeError):
     """Every inference slot stayed taken for the whole bounded wait."""
 
 

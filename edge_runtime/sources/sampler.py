@@ -18,11 +18,10 @@ from edge_runtime.engine import Predictor
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.rules import Decision, RuleEngine
 from edge_runtime.events.snapshots import Drawing, SnapshotStore
-from edge_runtime.inference.service import RoiPredictions, predict_rois
+from edge_runtime.inference.service import RoiPredictions
 from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.capture import Capture
 
-__all__ = ["CameraSampler", "Inference", "Publisher", "predict_rois"]  # predict_rois: until tests move
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
