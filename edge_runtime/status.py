@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -253,7 +253,7 @@ class StatusBoard:
     def snapshot(self) -> Board:
         return Board(MappingProxyType(dict(self._entries)), self._version)
 
-    async def changes(self) -> AsyncIterator[Board]:
+    async def changes(self) -> AsyncGenerator[Board]:
         """The board now, then again after every change; a reader that falls behind skips to the latest."""
         seen = -1
         while True:

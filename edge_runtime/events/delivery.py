@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
@@ -131,7 +131,7 @@ class Delivery:
     async def apply(self, config: DeliveryConfig) -> list[str]:
         if config == self.config:
             return []
-        old = self.config
+        old, old_snapshots = self.config, self._snapshots
         await self._stop(self.DRAIN_ON_SWAP_S)
         if config.snapshot_settings() != old.snapshot_settings():
             self._snapshots = config.snapshot_store()
@@ -139,7 +139,7 @@ class Delivery:
             await self._start(config)
         except Exception as exc:
             log.error("new sinks failed to start (%s); restoring the previous ones", scrub(str(exc)))
-            self._snapshots = old.snapshot_store() if self._snapshots is not None else None
+            self._snapshots = old_snapshots  # the same store: a save in flight keeps its directory lock
             try:
                 await self._start(old)
             except Exception:
@@ -177,15 +177,10 @@ class Delivery:
                 queue.get_nowait()
             queue.put_nowait(event)
 
-    async def watch(self) -> AsyncIterator[Event]:
-        """Events as they are published, from now on (not durable: for live views)."""
-        queue: asyncio.Queue[Event] = asyncio.Queue(self.WATCH_QUEUE)
-        self._observers.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._observers.discard(queue)
+    def watch(self) -> EventFeed:
+        """Events published from this call on, for live views (not durable: a watcher more than
+        WATCH_QUEUE events behind loses the oldest). `aclose()` (or `async with`) ends it."""
+        return EventFeed(self._observers, self.WATCH_QUEUE)
 
     async def backlog(self) -> dict[str, int]:
         return {} if self._dispatcher is None else await self._dispatcher.backlog()
@@ -248,3 +243,30 @@ def where_events_go(config: DeliveryConfig) -> str:
         f"events go to {', '.join(sinks) or 'no sink'}; snapshots to {snapshots}; "
         f"undelivered events wait in {events.outbox_path.resolve()}"
     )
+
+
+class EventFeed:
+    """One live observer of published events; registered when made, so nothing published after
+    watch() returns is missed."""
+
+    def __init__(self, observers: set[asyncio.Queue[Event]], size: int) -> None:
+        self._observers = observers
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(size)
+        observers.add(self._queue)
+
+    def __aiter__(self) -> EventFeed:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._queue not in self._observers:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        self._observers.discard(self._queue)
+
+    async def __aenter__(self) -> EventFeed:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

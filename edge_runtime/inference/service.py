@@ -96,7 +96,8 @@ class InferenceService:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # Off the loop: predictions in flight finish (the shutdown waits for them) while it runs on.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     @property
     def serving(self) -> Predictor | None:

@@ -359,11 +359,6 @@ async def test_the_snapshot_store_is_kept_across_a_swap_unless_its_settings_chan
         assert delivery.snapshots is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="delivery.py apply(): the rollback sets self._snapshots = old.snapshot_store() only when the "
-    "failed config's store is not None, so rolling back from a config with snapshots off leaves none",
-)
 async def test_a_failed_swap_that_turned_snapshots_off_restores_them(
     tmp_path: Path, starter: Starter
 ) -> None:
@@ -377,11 +372,6 @@ async def test_a_failed_swap_that_turned_snapshots_off_restores_them(
         assert delivery.snapshots is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="delivery.py apply(): the rollback always builds a new SnapshotStore (old.snapshot_store()), "
-    "though the snapshots property promises a store replaced only when the snapshot settings change",
-)
 async def test_a_failed_swap_keeps_the_snapshot_store(tmp_path: Path, starter: Starter) -> None:
     snapshots = tmp_path / "snapshots"
     old = config(tmp_path, "a.jsonl", snapshot_dir=snapshots)
