@@ -10,13 +10,13 @@ import itertools
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import DEFAULT_LIMITS, fast_dispatcher, make_event, quick_retry, sample, stored_ids, unique
+from factories import fast_dispatcher, make_event, quick_retry, sample, stored_ids, unique
 from fakes import FakeSink
 from waiting import eventually
 
@@ -25,28 +25,6 @@ from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits
 from edge_runtime.events.ids import EVENT_ID_PATTERN
 from edge_runtime.events.outbox import MessageType, Outbox, OutboxRecord
 from edge_runtime.settings import DeliverySettings
-
-
-@pytest.fixture
-async def dispatchers() -> AsyncIterator[list[Dispatcher]]:
-    """Dispatchers a test leaves running are closed before its outbox."""
-    made: list[Dispatcher] = []
-    yield made
-    for dispatcher in made:
-        await dispatcher.close(drain_timeout=0.05)
-
-
-@pytest.fixture
-def dispatcher_for(outbox: Outbox, dispatchers: list[Dispatcher]) -> Callable[..., Dispatcher]:
-    """A fast_dispatcher for these sinks, closed at the end of the test."""
-
-    def make(*sinks: FakeSink, limits: OutboxLimits = DEFAULT_LIMITS, **options: Any) -> Dispatcher:
-        dispatcher = fast_dispatcher(outbox, sinks, limits, **options)
-        dispatchers.append(dispatcher)
-        return dispatcher
-
-    return make
-
 
 # --------------------------------------------------------------------------------------------------
 # Delivery

@@ -8,42 +8,19 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-from factories import DEFAULT_LIMITS, fast_dispatcher, make_event, quick_retry, stored_ids, unique
+from factories import make_event, quick_retry, stored_ids, unique
 from fakes import FakeSink
 from waiting import eventually
 
 from edge_runtime.domain import EventKind
 from edge_runtime.errors import SinkUnavailableError
-from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, failure_reason
+from edge_runtime.events.dispatcher import Dispatcher, failure_reason
 from edge_runtime.events.outbox import Outbox, OutboxRecord
 from edge_runtime.events.ratelimit import TokenBucket
 from edge_runtime.settings import DeliverySettings
-
-
-@pytest.fixture
-async def dispatchers() -> AsyncIterator[list[Dispatcher]]:
-    """Dispatchers a test leaves running are closed before its outbox."""
-    made: list[Dispatcher] = []
-    yield made
-    for dispatcher in made:
-        await dispatcher.close(drain_timeout=0.05)
-
-
-@pytest.fixture
-def dispatcher_for(outbox: Outbox, dispatchers: list[Dispatcher]) -> Callable[..., Dispatcher]:
-    """A fast_dispatcher for these sinks, closed at the end of the test."""
-
-    def make(*sinks: FakeSink, limits: OutboxLimits = DEFAULT_LIMITS, **options: Any) -> Dispatcher:
-        dispatcher = fast_dispatcher(outbox, sinks, limits, **options)
-        dispatchers.append(dispatcher)
-        return dispatcher
-
-    return make
-
 
 # --------------------------------------------------------------------------------------------------
 # Every logged failure names its reason
