@@ -20,7 +20,10 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Self, TypeVar
+from typing import Protocol, Self, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
 
 from edge_runtime import metrics
 from edge_runtime.domain import FULL_FRAME, Frame, Prediction, PredictionResult, Roi
@@ -65,7 +68,13 @@ class Answer:
 RoiPredictions = list[tuple[Roi, tuple[Prediction, ...]]]
 
 
-def predict_rois(predictor: Predictor, frame: Frame, rois: tuple[Roi, ...]) -> RoiPredictions:
+class FramePredictor(Protocol):
+    """What predicting camera frames needs of a predictor (engine.Predictor is one)."""
+
+    def predict_frame(self, frame: NDArray[np.uint8]) -> PredictionResult: ...
+
+
+def predict_rois(predictor: FramePredictor, frame: Frame, rois: tuple[Roi, ...]) -> RoiPredictions:
     """Predict each ROI crop; boxes come back in full-frame fractions."""
     height, width = frame.image.shape[:2]
     results = []

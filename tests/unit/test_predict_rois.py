@@ -45,7 +45,7 @@ def test_predict_rois_crops_each_roi_and_maps_boxes_back() -> None:
     frame = Frame(np.zeros((480, 640, 3), np.uint8), T0, 1)
     rois = (FULL_FRAME, Roi("q", 0.5, 0.5, 0.5, 0.5), Roi("left", 0.0, 0.25, 0.25, 0.5))
     fake = FakePredictor()
-    results = predict_rois(fake, frame, rois)  # type: ignore[arg-type]
+    results = predict_rois(fake, frame, rois)
     assert fake.shapes == [(480, 640, 3), (240, 320, 3), (240, 160, 3)]
     assert [roi for roi, _ in results] == list(rois)
     for roi, predictions in results:
