@@ -102,17 +102,20 @@ class Capture:
 
     # --- the capture thread -----------------------------------------------------------------------
     def _declare_stall(self, reason: str) -> None:
-        self._stall_seen = None
         if self._state is CameraState.STALLED:
+            self._stall_seen = None
             return
-        self._stalls += 1
-        metrics.CAMERA_STALLS.labels(self.settings.id).inc()
-        self._failed(FailureReason.STALLED, reason)
-        log.warning("camera %s (%s) stalled: %s", self.settings.id, self._url, reason)
+        # Counted here, then the watchdog's flag cleared at once: status() counts a flagged stall
+        # the thread has not counted yet, so a reader sees it exactly once (but for a few bytecodes).
+        self._failed(FailureReason.STALLED, reason, stall=True)
+        self._stall_seen = None
         self._set_state(CameraState.STALLED)
+        metrics.CAMERA_STALLS.labels(self.settings.id).inc()
+        log.warning("camera %s (%s) stalled: %s", self.settings.id, self._url, reason)
         self._reopen.set()
 
-    def _failed(self, reason: FailureReason, error: str) -> None:
+    def _failed(self, reason: FailureReason, error: str, stall: bool = False) -> None:
+        self._stalls += stall
         self._failures += 1
         self._last_failure = Failure(reason, time.time())
         self._last_error = error
@@ -120,17 +123,19 @@ class Capture:
 
     def status(self) -> CameraStatus:
         stall = self._stall_seen
+        # A stall the watchdog saw and the thread (still blocked in a read) has not counted yet.
+        pending = stall is not None and self._state is CameraState.STREAMING
         return CameraStatus(
             camera=self.settings.id,
             url=self._url,
-            state=self.state,
+            state=CameraState.STALLED if pending else self._state,
             frames=self._frames,
             superseded=self.slot.dropped,
             reconnects=self._reconnects,
-            stalls=self._stalls,
+            stalls=self._stalls + pending,
             last_frame_at=self._last_frame_at,
-            last_error=self._last_error if stall is None else stall,
-            failures=self._failures,
+            last_error=stall if pending else self._last_error,
+            failures=self._failures + pending,
             last_failure=self._last_failure,
         )
 
