@@ -40,14 +40,13 @@ from edge_runtime.control import Controller
 from edge_runtime.engine import Predictor, PredictorOptions
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.events.delivery import Delivery, DeliveryConfig
-from edge_runtime.events.dispatcher import ConnectionWatch
 from edge_runtime.inference.models import ModelService
 from edge_runtime.inference.service import Capacity, InferenceService
 from edge_runtime.model.imaging import ImageLimits
 from edge_runtime.model.loader import LoadOptions
 from edge_runtime.settings import Settings
 from edge_runtime.sources.cameras import Cameras
-from edge_runtime.status import SinkStatus, StatusBoard, sink_key
+from edge_runtime.status import StatusBoard, show_connection
 
 if TYPE_CHECKING:
     from edge_runtime.iotedge.hub import HubClient
@@ -127,7 +126,8 @@ async def parts_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 class HubPart:
-    """The IoT Hub / edgeHub module client when enabled (it connects in the background), else None."""
+    """The IoT Hub / edgeHub module client when enabled (it connects in the background), else None;
+    its connection is shown on the board as sink `hub`."""
 
     def __init__(self, settings: Settings, board: StatusBoard) -> None:
         self._settings = settings
@@ -141,16 +141,9 @@ class HubPart:
         from edge_runtime.iotedge.hub import HubClient  # the SDK is imported only when used
 
         hub = self._client = HubClient.from_settings(self._settings.hub)
-        self._report()
-        if isinstance(hub, ConnectionWatch):
-            self._unwatch = hub.watch_connection(lambda connected: self._report())
+        self._unwatch = show_connection(self._board, "hub", hub)
         await hub.start()
         return hub
-
-    def _report(self) -> None:
-        hub = self._client
-        if hub is not None:
-            self._board.put(sink_key("hub"), SinkStatus("hub", hub.connected, hub.last_error))
 
     async def __aexit__(self, *exc: object) -> None:
         if self._unwatch is not None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Protocol
 
 # ---- cameras ------------------------------------------------------------------------------------
 
@@ -178,6 +179,19 @@ class ConfigStatus:
 
 Status = CameraStatus | SinkStatus | ModelStatus | ConfigStatus
 
+
+class Connection(Protocol):
+    """Something with a connection that pushes its changes (the hub client)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+    def watch_connection(self, listener: Callable[[bool], None]) -> Callable[[], None]: ...
+
+
 MODEL = "model"
 CONFIG = "config"
 
@@ -262,3 +276,13 @@ class StatusBoard:
             board = self.snapshot()
             seen = board.version
             yield board
+
+
+def show_connection(board: StatusBoard, name: str, connection: Connection) -> Callable[[], None]:
+    """Keep `sink/<name>` on the board in step with `connection`, from now on; returns the unsubscribe."""
+
+    def put(_: bool = False) -> None:
+        board.put(sink_key(name), SinkStatus(name, connection.connected, connection.last_error))
+
+    put()
+    return connection.watch_connection(put)

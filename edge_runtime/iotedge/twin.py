@@ -19,7 +19,7 @@ import logging
 from typing import Any, Self
 
 from edge_runtime.control import Controller
-from edge_runtime.iotedge.hub import HubClient
+from edge_runtime.iotedge.hub import TwinChannel
 from edge_runtime.iotedge.methods import DirectMethods
 from edge_runtime.redact import scrub
 from edge_runtime.status import StatusBoard
@@ -38,7 +38,7 @@ class TwinAgent:
     RETRY_S = 2.0  # after a failed twin read or report
 
     def __init__(
-        self, hub: HubClient, controller: Controller, methods: DirectMethods, board: StatusBoard
+        self, hub: TwinChannel, controller: Controller, methods: DirectMethods, board: StatusBoard
     ) -> None:
         self._hub = hub
         self._controller = controller

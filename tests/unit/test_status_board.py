@@ -335,3 +335,20 @@ def test_config_status_to_dict_reports_a_copy_of_the_changes() -> None:
         "error": None,
         "changes": [],
     }
+
+
+def test_show_connection_keeps_the_board_in_step_until_unsubscribed() -> None:
+    from fakes import FakeHub
+
+    from edge_runtime.status import show_connection
+
+    board, hub = StatusBoard(), FakeHub()
+    hub.last_error = "refused"
+    unwatch = show_connection(board, "hub", hub)
+    assert board.snapshot().sinks()["hub"] == SinkStatus("hub", False, "refused")
+    hub.last_error = None
+    hub.up()
+    assert board.snapshot().sinks()["hub"] == SinkStatus("hub", True, None)
+    unwatch()
+    hub.down()
+    assert board.snapshot().sinks()["hub"].connected is True  # no longer followed

@@ -12,12 +12,13 @@ from typing import Any
 import control_harness
 import pytest
 from control_harness import FakeLoader, camera, without_nulls
+from fakes import FakeHub
 from waiting import eventually
 
 from edge_runtime.control import merge_patch
 from edge_runtime.iotedge.methods import DirectMethods
 from edge_runtime.iotedge.twin import TwinAgent, _newer, reported_patch, reported_properties
-from edge_runtime.status import SinkStatus, StatusBoard, sink_key
+from edge_runtime.status import SinkStatus, StatusBoard, show_connection, sink_key
 
 # The shared fixtures (tests/control_harness.py); the autouse one puts the root log level back.
 _restore_root_log_level = control_harness._restore_root_log_level
@@ -96,64 +97,6 @@ def test_newer(version: object, applied: int | None, newer: bool) -> None:
 # TwinAgent with a fake hub
 
 
-class FakeHub:
-    """The hub's connection changes reach the status board, as app.py's HubPart pushes them."""
-
-    def __init__(self, desired: dict[str, Any] | None = None, board: StatusBoard | None = None) -> None:
-        self.connected_once = asyncio.Event()
-        self.board = board
-        self._connected = True
-        self.desired = desired if desired is not None else {"$version": 1}
-        self.twin_reads = 0
-        self.twin_errors = 0
-        self.report_errors = 0
-        self.report_attempts = 0
-        self.reported: list[dict[str, Any]] = []
-        self.responses: list[tuple[str, int, dict[str, Any]]] = []
-        self.respond_errors = 0
-        self.on_patch: Callable[[dict[str, Any]], None] | None = None
-        self.on_method: Callable[[Any], None] | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @connected.setter
-    def connected(self, connected: bool) -> None:
-        self._connected = connected
-        if self.board is not None:
-            self.board.put(sink_key("hub"), SinkStatus("hub", connected))
-
-    async def listen(self, on_patch: Callable[..., None], on_method: Callable[..., None]) -> None:
-        self.on_patch, self.on_method = on_patch, on_method
-
-    async def get_twin(self) -> dict[str, Any]:
-        self.twin_reads += 1
-        if self.twin_errors:
-            self.twin_errors -= 1
-            raise ConnectionError("hub dropped")
-        return {"desired": dict(self.desired), "reported": {}}
-
-    async def patch_reported(self, patch: dict[str, Any]) -> None:
-        self.report_attempts += 1
-        if self.report_errors:
-            self.report_errors -= 1
-            raise ConnectionError("hub dropped")
-        self.reported.append(patch)
-
-    async def respond(self, request: Any, status: int, payload: dict[str, Any]) -> None:
-        if self.respond_errors:
-            self.respond_errors -= 1
-            raise ConnectionError("cannot answer")
-        self.responses.append((request.name, status, payload))
-
-    def twin_reported(self) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for patch in self.reported:
-            merged = merge_patch(merged, patch)
-        return merged
-
-
 class FakeController:
     """What TwinAgent uses of the Controller, with patches that can be made to fail."""
 
@@ -191,13 +134,15 @@ class FailingMethods:
 @pytest.fixture
 async def agents() -> AsyncIterator[Callable[..., TwinAgent]]:
     made: list[TwinAgent] = []
+    unwatch: list[Callable[[], None]] = []
 
     def factory(
         hub: FakeHub, controller: Any, methods: Any = None, board: StatusBoard | None = None
     ) -> TwinAgent:
-        board = board or getattr(controller, "board", None) or StatusBoard()
-        hub.board = board
-        agent = TwinAgent(hub, controller, methods or FailingMethods(), board)  # type: ignore[arg-type]
+        board = board or StatusBoard()
+        hub.connected = True  # connected from the start; `connected_once` is the test's to set
+        unwatch.append(show_connection(board, "hub", hub))  # as app.py's HubPart does
+        agent = TwinAgent(hub, controller, methods or FailingMethods(), board)
         agent.RETRY_S = 0.02
         made.append(agent)
         return agent
