@@ -7,6 +7,8 @@
     │   └── UnsupportedModelError   a real export we cannot run (ONNX 1.0, TensorFlow, ...)
     ├── DeviceUnavailableError      the requested device is not on this machine
     ├── InferenceError              the backend failed while running a loaded model
+    ├── ModelNotReady               no model serves yet: loading, or its load failed
+    ├── Overloaded                  every inference slot stayed taken for the whole bounded wait
     ├── SinkUnavailableError        a sink cannot take messages now (they wait in the outbox)
     ├── SourceError                 a camera source cannot be opened (message safe to log: no credentials)
     └── ImageError                  bytes that are not a usable image
@@ -84,3 +86,15 @@ class ImageFetchTooLargeError(ImageFetchError):
 
 class SourceError(EdgeRuntimeError):
     """A camera source could not be opened; the message is safe to log (no credentials)."""
+
+
+class ModelNotReady(EdgeRuntimeError):
+    """No model serves yet: it is loading, or the load failed (`error`)."""
+
+    def __init__(self, error: str | None) -> None:
+        self.error = error
+        super().__init__(f"model failed to load: {error}" if error else "model is loading")
+
+
+class Overloaded(EdgeRuntimeError):
+    """Every inference slot stayed taken for the whole bounded wait."""

@@ -17,6 +17,7 @@ from edge_runtime.errors import (
     ImageFetchTooLargeError,
     ImageTooLargeError,
     InferenceError,
+    ModelNotReady,
 )
 
 
@@ -83,6 +84,10 @@ def inference_failed(message: str) -> ApiError:
     return ApiError(500, "ModelInferenceFailed", message)
 
 
+def not_ready(reason: str) -> ApiError:
+    return ApiError(503, "ModelNotReady", reason, {"Retry-After": "5"})
+
+
 def internal(message: str) -> ApiError:
     return ApiError(500, "InternalServerError", message)
 
@@ -94,6 +99,7 @@ _ANSWERS: dict[type[EdgeRuntimeError], Callable[[str], ApiError]] = {
     ImageTooLargeError: image_dimensions,  # 400 BadRequestImageDimensions
     ImageDecodeError: bad_image,  # 400 BadRequestImageFormat
     InferenceError: inference_failed,  # 500 ModelInferenceFailed
+    ModelNotReady: not_ready,  # 503 ModelNotReady, Retry-After 5
 }
 
 
@@ -121,7 +127,3 @@ HTTP_CODES = {
     417: "ExpectationFailed",
     431: "RequestHeaderFieldsTooLarge",
 }
-
-
-def not_ready(reason: str) -> ApiError:
-    return ApiError(503, "ModelNotReady", reason, {"Retry-After": "5"})

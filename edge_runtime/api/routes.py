@@ -20,8 +20,8 @@ from edge_runtime.api.errors import ApiError, answer_for
 from edge_runtime.api.schemas import CloudIds, ResponseIds, cloud_prediction_body, dumps, prediction_body
 from edge_runtime.api.urlfetch import fetch_image
 from edge_runtime.app_keys import BOARD, BODIES, DELIVERY, INFERENCE, SETTINGS, URL_POLICY
-from edge_runtime.errors import EdgeRuntimeError, InferenceError
-from edge_runtime.inference.service import Answer, InferenceService, ModelNotReady, Overloaded
+from edge_runtime.errors import EdgeRuntimeError, InferenceError, Overloaded
+from edge_runtime.inference.service import Answer, InferenceService
 from edge_runtime.model_card import ModelCard
 
 log = logging.getLogger(__name__)
@@ -161,13 +161,6 @@ def _ids(request: web.Request) -> ResponseIds:
     return ResponseIds(server.response_id, server.response_project, server.response_iteration)
 
 
-def _check_ready(service: InferenceService) -> None:
-    try:
-        service.predictor()
-    except ModelNotReady as exc:
-        raise errors.not_ready(str(exc)) from exc
-
-
 ImageOf = Callable[[web.Request, bytes], Awaitable[bytes]]
 HELD_BYTES = web.RequestKey("held_bytes", int)  # bytes of a /url download counted in the body budget
 
@@ -177,7 +170,7 @@ async def _predict(request: web.Request, image_of: ImageOf, cloud: bool = False)
     503 — 429 on the cloud paths, the cloud's code), inference in the executor, the answer."""
     _check_key(request)
     service = request.app[INFERENCE]
-    _check_ready(service)  # refuse early while loading: no point reading a body
+    service.predictor()  # refuse early (ModelNotReady: 503) while loading: no point reading a body
     bodies = request.app[BODIES]
     start = time.perf_counter()
     try:
@@ -204,10 +197,8 @@ async def _run(service: InferenceService, data: bytes, busy_status: int) -> Answ
     try:
         async with service.slot():
             return await service.predict_bytes(data)
-    except Overloaded as exc:
+    except Overloaded as exc:  # answered per route: 503 on the container's, 429 on the cloud's
         raise errors.busy(retry_after_s=1, status=busy_status) from exc
-    except ModelNotReady as exc:
-        raise errors.not_ready(str(exc)) from exc
 
 
 async def _image_in_body(request: web.Request, body: bytes) -> bytes:

@@ -28,23 +28,13 @@ from numpy.typing import NDArray
 from edge_runtime import metrics
 from edge_runtime.domain import FULL_FRAME, Frame, Prediction, PredictionResult, Roi
 from edge_runtime.engine import Predictor
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import ModelNotReady, Overloaded
 from edge_runtime.inference.models import ModelService
 from edge_runtime.settings import ServerSettings
 
+__all__ = ["Answer", "Capacity", "InferenceService", "ModelNotReady", "Overloaded", "predict_rois"]
+
 T = TypeVar("T")
-
-
-class ModelNotReady(EdgeRuntimeError):
-    """No model serves yet: it is loading, or the load failed (`error`)."""
-
-    def __init__(self, error: str | None) -> None:
-        self.error = error
-        super().__init__(f"model failed to load: {error}" if error else "model is loading")
-
-
-class Overloaded(EdgeRuntimeError):
-    """Every inference slot stayed taken for the whole bounded wait."""
 
 
 @dataclass(frozen=True, slots=True)

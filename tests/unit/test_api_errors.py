@@ -19,6 +19,7 @@ from edge_runtime.errors import (
     ImageTooLargeError,
     InferenceError,
     ModelLoadError,
+    ModelNotReady,
     SinkUnavailableError,
     SourceError,
 )
@@ -40,6 +41,14 @@ def test_each_error_has_its_answer(cls: type[EdgeRuntimeError]) -> None:
     assert (answer.status, answer.code, answer.message, answer.headers) == (status, code, "the message", {})
     # Byte for byte what the routes answered with the helper before the table existed.
     assert answer.response().body == helper("the message").response().body
+
+
+def test_a_model_not_ready_is_503_with_retry_after_and_says_why() -> None:
+    loading, failed = answer_for(ModelNotReady(None)), answer_for(ModelNotReady("corrupt graph"))
+    assert loading is not None and failed is not None
+    assert (loading.status, loading.code, loading.message) == (503, "ModelNotReady", "model is loading")
+    assert failed.message == "model failed to load: corrupt graph"
+    assert loading.headers == {"Retry-After": "5"}
 
 
 def test_the_most_specific_class_wins() -> None:
