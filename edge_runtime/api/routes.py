@@ -19,7 +19,7 @@ from edge_runtime.api.client_errors import ClientErrorLog, quiet_aiohttp_server_
 from edge_runtime.api.errors import ApiError, answer_for
 from edge_runtime.api.schemas import CloudIds, ResponseIds, cloud_prediction_body, dumps, prediction_body
 from edge_runtime.api.urlfetch import fetch_image
-from edge_runtime.app_keys import BOARD, BODIES, DELIVERY, INFERENCE, SETTINGS, URL_POLICY
+from edge_runtime.app_keys import BOARD, BODIES, CAMERAS, DELIVERY, INFERENCE, SETTINGS, URL_POLICY
 from edge_runtime.errors import EdgeRuntimeError, InferenceError, Overloaded
 from edge_runtime.inference.service import Answer, InferenceService
 from edge_runtime.model_card import ModelCard
@@ -267,7 +267,8 @@ async def health_ready(request: web.Request) -> web.Response:
     models = request.app[INFERENCE].models
     predictor = models.predictor
     board = request.app[BOARD].snapshot()
-    cameras = {camera: s.to_dict() for camera, s in board.cameras().items()}
+    # Read from the cameras now: the board's frame counts and ages may be up to a second old.
+    cameras = {camera: s.to_dict() for camera, s in request.app[CAMERAS].statuses().items()}
     # Informative: a broker outage does not make inference unready.
     sinks = {name: s.to_dict() for name, s in board.sinks().items()}
     if predictor is None:

@@ -86,7 +86,12 @@ class Cameras:
         return self.samplers[camera_id].capture.slot.peek()
 
     def status(self, camera_id: str) -> CameraStatus:
+        """Read now (frame counts and age exact); the board gets the same at every state change and
+        frame progress at most once a second."""
         return self.samplers[camera_id].capture.status()
+
+    def statuses(self) -> dict[str, CameraStatus]:
+        return {camera_id: self.status(camera_id) for camera_id in self.samplers}
 
     # ---- inside -----------------------------------------------------------------------------------
     def _start(self, camera: CameraSettings) -> None:

@@ -185,6 +185,14 @@ async def test_demo_pipeline_end_to_end(tmp_path: Path, reader_starts: list[floa
             assert ready["cameras"][CAMERA]["state"] == "streaming"
             assert ready["cameras"][CAMERA]["url"] == "synthetic://conveyor"
             assert ready["cameras"][CAMERA]["frames"] > 0
+            # ...with its newest frame's age as of the request (the conveyor makes ~10 frames a second;
+            # the status board's copy of the counters may be up to a second old).
+            ages = []
+            for _ in range(5):
+                async with client.get(f"{base}/health/ready") as response:
+                    ages.append((await response.json())["cameras"][CAMERA]["last_frame_age_s"])
+                await asyncio.sleep(0.25)
+            assert max(ages) < 0.6, ages
 
             # Metrics: the events counted per camera / tag / kind, frame ages observed.
             async with client.get(f"{base}/metrics") as response:
