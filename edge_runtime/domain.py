@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -60,13 +62,48 @@ class PredictionResult:
     timings: StageTimings
 
 
-@dataclass(frozen=True, slots=True)
 class Frame:
-    """One decoded camera frame (OpenCV BGR, H x W x 3) and when it was read from the source."""
+    """One decoded camera frame and when it was captured (wall clock: the stream's own where the camera
+    gives one, else when it was read).
 
-    image: NDArray[np.uint8]
-    captured_at: float  # wall clock (time.time()) at read, for frame age and event times
-    sequence: int
+    `image` (OpenCV BGR, H x W x 3) is converted from the decoder's picture the first time someone
+    asks, once, and kept: a capture thread hands every decoded frame over, and only the sampled ones
+    are ever converted. Safe to read from several threads (the conversion runs once, under a lock).
+    """
+
+    __slots__ = ("_convert", "_image", "_lock", "captured_at", "sequence")
+
+    def __init__(
+        self,
+        image: NDArray[np.uint8] | Callable[[], NDArray[np.uint8]],
+        captured_at: float,
+        sequence: int,
+    ) -> None:
+        self.captured_at = captured_at
+        self.sequence = sequence
+        self._lock = threading.Lock()
+        if callable(image):
+            self._convert: Callable[[], NDArray[np.uint8]] | None = image
+            self._image: NDArray[np.uint8] | None = None
+        else:
+            self._convert, self._image = None, image
+
+    @property
+    def image(self) -> NDArray[np.uint8]:
+        with self._lock:
+            if self._image is None:
+                assert self._convert is not None
+                self._image, self._convert = self._convert(), None
+            return self._image
+
+    @property
+    def converted(self) -> bool:
+        return self._image is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"Frame(sequence={self.sequence}, captured_at={self.captured_at:.3f}, converted={self.converted})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from edge_runtime.domain import StageTimings
@@ -109,6 +111,37 @@ OUTBOX_DEPTH = Gauge("edge_runtime_outbox_depth", "Messages waiting in the outbo
 OUTBOX_OLDEST_AGE = Gauge(
     "edge_runtime_outbox_oldest_age_seconds", "Age of the oldest undelivered message (0 when empty)", ["sink"]
 )
+
+
+CAMERA_STREAM = Gauge(
+    "edge_runtime_camera_stream_info",
+    "1 for how the camera's stream is read now: decoder (software or the hardware accelerator), decode"
+    " (all | keyframes), clock (rtcp | pts | arrival: the source of frame times and ages), stream (inspect"
+    " | view)",
+    ["camera", "stream", "decoder", "decode", "clock"],
+)
+CAMERA_KEYFRAME_INTERVAL = Gauge(
+    "edge_runtime_camera_keyframe_interval_seconds",
+    "The stream's keyframe interval, measured from its timestamps (0 until measured)",
+    ["camera", "stream"],
+)
+
+
+def set_camera_stream(
+    camera: str, stream: str, labels: tuple[str, str, str] | None, keyframe_s: float
+) -> None:
+    """One series per camera and stream: the old label set is removed when the reader changes."""
+    old = _stream_labels.pop((camera, stream), None)
+    if old is not None:
+        with contextlib.suppress(KeyError):
+            CAMERA_STREAM.remove(camera, stream, *old)
+    if labels is not None:
+        _stream_labels[camera, stream] = labels
+        CAMERA_STREAM.labels(camera, stream, *labels).set(1)
+        CAMERA_KEYFRAME_INTERVAL.labels(camera, stream).set(keyframe_s)
+
+
+_stream_labels: dict[tuple[str, str], tuple[str, str, str]] = {}
 
 
 def set_camera_state(camera: str, state: str, all_states: list[str]) -> None:

@@ -33,6 +33,7 @@ from edge_runtime.model.limits import (
     DEFAULT_MAX_RESIZED_PIXELS,
 )
 from edge_runtime.model.spec import Resize
+from edge_runtime.sources.decoding import DecodeMode, HwAccel, ReaderKind
 
 ENV_PREFIX = "EDGE_RUNTIME_"
 CONFIG_ENV = "EDGE_RUNTIME_CONFIG"
@@ -190,7 +191,16 @@ class RuleSettings(_Section):
 class CameraSettings(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     url: str = Field(description="rtsp://..., a local video file (loops), or synthetic://conveyor")
+    detect_url: str | None = Field(
+        None, description="a lower-resolution stream (substream) for inference; `url` then serves snapshots"
+    )
     fps: float = Field(2.0, gt=0, le=60, description="sampling rate for inference")
+    decode: DecodeMode = Field(
+        DecodeMode.AUTO, description="auto: keyframes only when 1/fps >= the stream's keyframe interval"
+    )
+    hwaccel: HwAccel = Field(HwAccel.AUTO, description="video decoder: auto, none, cuda, qsv, vaapi, v4l2m2m")
+    hwaccel_fallback: bool = Field(False, description="decode in software when the named hwaccel is missing")
+    reader: ReaderKind = Field(ReaderKind.PYAV, description="pyav; opencv: the pre-0.2 reader (every frame)")
     rois: tuple[RoiSettings, ...] = ()
     # No rules, no events: an implicit catch-all would alarm on the OK class too.
     rules: tuple[RuleSettings, ...] = ()
@@ -210,12 +220,29 @@ class CameraSettings(_Section):
     def _rules(cls, value: Any) -> Any:
         return _keyed(value, "tag")
 
-    @field_validator("url")
+    @field_validator("url", "detect_url")
     @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.strip():
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("camera url is empty")
         return value
+
+    @model_validator(mode="after")
+    def _reader_controls(self) -> CameraSettings:
+        legacy = self.reader is ReaderKind.OPENCV
+        if legacy and (
+            self.decode is DecodeMode.KEYFRAMES or self.hwaccel not in (HwAccel.AUTO, HwAccel.NONE)
+        ):
+            raise ValueError(
+                f"camera {self.id!r}: reader: opencv decodes every frame in software;"
+                " decode and hwaccel need reader: pyav"
+            )
+        return self
+
+    @property
+    def inspect_url(self) -> str:
+        """The stream the sampler inspects: detect_url when given, else url."""
+        return self.detect_url or self.url
 
     @model_validator(mode="after")
     def _backoff_range(self) -> CameraSettings:

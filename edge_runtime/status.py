@@ -64,6 +64,8 @@ class CameraStatus:
     last_error: str | None
     failures: int = 0
     last_failure: Failure | None = None
+    stream: StreamInfo | None = None  # what the reader does (decoder, decode mode, clock); None before
+    view: ViewStatus | None = None  # the snapshot stream, when the camera inspects a detect_url
 
     @property
     def last_frame_age_s(self) -> float | None:
@@ -82,6 +84,53 @@ class CameraStatus:
             "last_frame_age_s": None if age is None else round(age, 3),
             "last_error": self.last_error,
             "last_failure": None if self.last_failure is None else self.last_failure.to_dict(),
+            **({} if self.stream is None else self.stream.to_dict()),
+            **({} if self.view is None else {"snapshot_stream": self.view.to_dict()}),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """How a camera's stream is read: shown so that no fallback is silent."""
+
+    decoder: str  # software, cuda, qsv, vaapi, v4l2m2m; opencv (legacy reader); synthetic
+    decoder_note: str  # why this decoder (the hwaccel plan)
+    decode: str  # all | keyframes: the frames decoded now
+    decode_note: str  # why (decode: auto follows the measured keyframe interval)
+    clock: str  # rtcp | pts | arrival: where frame times (and ages) come from
+    keyframe_interval_s: float | None
+    resolution: tuple[int, int] | None  # width, height
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "decoder": self.decoder,
+            "decoder_note": self.decoder_note,
+            "decode": self.decode,
+            "decode_note": self.decode_note,
+            "clock": self.clock,
+            "keyframe_interval_s": self.keyframe_interval_s,
+            "resolution": None if self.resolution is None else f"{self.resolution[0]}x{self.resolution[1]}",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ViewStatus:
+    """The second stream of a camera with a detect_url: `url`, read for snapshots (keyframes only)."""
+
+    url: str  # redacted
+    state: CameraState
+    last_frame_at: float | None
+    last_error: str | None
+    stream: StreamInfo | None
+
+    def to_dict(self) -> dict[str, object]:
+        age = None if self.last_frame_at is None else max(0.0, time.time() - self.last_frame_at)
+        return {
+            "url": self.url,
+            "state": self.state.value,
+            "last_frame_age_s": None if age is None else round(age, 3),
+            "last_error": self.last_error,
+            **({} if self.stream is None else self.stream.to_dict()),
         }
 
 

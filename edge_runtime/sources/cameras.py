@@ -23,7 +23,17 @@ from edge_runtime.status import CameraStatus, StatusBoard, camera_key
 log = logging.getLogger(__name__)
 
 # What a change to these camera fields needs: a new stream; anything else is applied in place.
-CAPTURE_FIELDS = ("url", "open_timeout_s", "stall_timeout_s", "backoff_initial_s", "backoff_max_s")
+CAPTURE_FIELDS = (
+    "url",
+    "detect_url",
+    "reader",
+    "hwaccel",
+    "hwaccel_fallback",
+    "open_timeout_s",
+    "stall_timeout_s",
+    "backoff_initial_s",
+    "backoff_max_s",
+)
 STOP_TIMEOUT_S = 10.0
 
 
@@ -134,5 +144,6 @@ class Cameras:
             await self._stop(camera.id)
             self._start(camera)
         else:
+            sampler.capture.retune(camera)  # fps and decode policy: followed at the next read
             sampler.reconfigure(camera)
             log.info("camera %s: sampling settings updated in place", camera.id)

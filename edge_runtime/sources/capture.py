@@ -1,4 +1,10 @@
-"""One capture thread per camera: reads continuously into a latest-wins slot, reopens by itself.
+"""One capture thread per camera stream: reads continuously into a latest-wins slot, reopens by itself.
+
+The reader hands over decoded frames unconverted (a Frame converts on first look), so a frame nobody
+samples costs its decode only. After every read the thread applies the camera's decode policy
+(decoding.choose_decode: keyframes only when the sampling period allows it, following the measured
+keyframe interval) and pushes a status when what the reader does changes (decoder, decode mode, clock).
+A `view` capture (the snapshot stream of a camera with a detect_url) always decodes keyframes only.
 
 States: connecting -> streaming; a failed open or a stream that ends -> backoff (capped exponential,
 jittered) -> connecting. The sampler calls `watchdog()`: a streaming camera with no frame for
@@ -33,25 +39,32 @@ from edge_runtime.domain import Frame
 from edge_runtime.errors import SourceError
 from edge_runtime.redact import redact_url
 from edge_runtime.settings import CameraSettings
+from edge_runtime.sources.decoding import DecodeChoice, DecodeMode, choose_decode
 from edge_runtime.sources.frame_slot import FrameSlot
-from edge_runtime.sources.readers import FrameReader, open_reader
-from edge_runtime.status import CameraState, CameraStatus, Failure, FailureReason
+from edge_runtime.sources.readers import FrameReader, Pending, ReaderInfo, StreamSpec, open_reader
+from edge_runtime.status import CameraState, CameraStatus, Failure, FailureReason, StreamInfo
 
 __all__ = ["CameraState", "CameraStatus", "Capture", "Failure", "FailureReason"]
 log = logging.getLogger(__name__)
 
-Opener = Callable[[str, float, float], FrameReader]
+Opener = Callable[[StreamSpec], FrameReader]
 Report = Callable[[CameraStatus], None]
 PROGRESS_EVERY_S = 1.0  # frame counts reach the status board this often at most
 
 
 class Capture:
     def __init__(
-        self, settings: CameraSettings, opener: Opener = open_reader, report: Report | None = None
+        self,
+        settings: CameraSettings,
+        opener: Opener = open_reader,
+        report: Report | None = None,
+        view: bool = False,
     ) -> None:
         """`report(status)` is called from the capture thread (and from watchdog()); it must be
-        thread-safe (StatusBoard.put_threadsafe)."""
+        thread-safe. `view`: read `url` for snapshots (keyframes only), not the inspected stream."""
         self.settings = settings
+        self.view = view
+        self.stream_name = "view" if view else "inspect"
         self.slot = FrameSlot()
         self._opener = opener
         self._report = report
@@ -69,7 +82,18 @@ class Capture:
         self._last_frame_at: float | None = None
         self._last_reported = 0.0
         self._last_error: str | None = None
-        self._url = redact_url(settings.url)
+        self._url = redact_url(self.url)
+        self._reader_info: ReaderInfo | None = None
+        self._decode = DecodeChoice(False, "")
+        self._stream: StreamInfo | None = None
+
+    @property
+    def url(self) -> str:
+        return self.settings.url if self.view else self.settings.inspect_url
+
+    def retune(self, settings: CameraSettings) -> None:
+        """New sampling settings (fps, decode) for the running stream: the thread reads them next."""
+        self.settings = settings
 
     # --- called from the loop -------------------------------------------------------------------
     def start(self) -> None:
@@ -94,7 +118,11 @@ class Capture:
         now = time.monotonic() if now is None else now
         last = self._last_frame_mono
         streaming = self._state is CameraState.STREAMING and last is not None
-        overdue = streaming and last is not None and now - last > self.settings.stall_timeout_s
+        allowed = self.settings.stall_timeout_s
+        info = self._reader_info
+        if self._decode.keyframes_only and info is not None and info.keyframe_interval_s:
+            allowed += info.keyframe_interval_s  # a frame comes once a keyframe interval
+        overdue = streaming and last is not None and now - last > allowed
         if overdue and last is not None and self._stall_seen is None:
             self._stall_seen = f"no frame for {now - last:.1f} s"
             self._reopen.set()
@@ -137,6 +165,7 @@ class Capture:
             last_error=stall if pending else self._last_error,
             failures=self._failures + pending,
             last_failure=self._last_failure,
+            stream=self._stream,
         )
 
     @property
@@ -162,44 +191,99 @@ class Capture:
             metrics.set_camera_state(self.settings.id, state.value, [s.value for s in CameraState])
             self._push()
 
+    def _spec(self) -> StreamSpec:
+        s = self.settings
+        return StreamSpec(
+            self.url, s.open_timeout_s, max(0.5, s.stall_timeout_s), s.reader, s.hwaccel, s.hwaccel_fallback
+        )
+
+    def _follow(self, reader: FrameReader) -> None:
+        """Apply the decode policy and show what the reader does when that changed."""
+        info = reader.info
+        mode = DecodeMode.KEYFRAMES if self.view else self.settings.decode
+        choice = choose_decode(mode, 1.0 / self.settings.fps, info.keyframe_interval_s)
+        if choice != self._decode:
+            if choice.keyframes_only != self._decode.keyframes_only:
+                reader.set_keyframes_only(choice.keyframes_only)
+            log.info("camera %s (%s stream): %s", self.settings.id, self.stream_name, choice.reason)
+            self._decode = choice
+            info = reader.info
+        if info == self._reader_info:
+            return
+        self._reader_info = info
+        self._stream = StreamInfo(
+            decoder=info.decoder,
+            decoder_note=info.decoder_note,
+            decode=info.decode.value,
+            decode_note=self._decode.reason,
+            clock=info.clock.value,
+            keyframe_interval_s=info.keyframe_interval_s,
+            resolution=info.resolution,
+        )
+        metrics.set_camera_stream(
+            self.settings.id,
+            self.stream_name,
+            (info.decoder, info.decode.value, info.clock.value),
+            info.keyframe_interval_s or 0.0,
+        )
+        self._push()
+
     def _run(self) -> None:
         s = self.settings
         backoff = Backoff(s.backoff_initial_s, s.backoff_max_s)
-        read_timeout = max(0.5, s.stall_timeout_s)
         sequence = 0
         while not self._stop.is_set():
-            self._set_state(CameraState.CONNECTING)
+            if self._state is not CameraState.STALLED:  # a stall stays shown until the stream is back
+                self._set_state(CameraState.CONNECTING)
             self._reopen.clear()
             self._stall_seen = None  # a new stream: the watchdog may flag it afresh
+            spec = self._spec()
             try:
-                reader = self._opener(s.url, s.open_timeout_s, read_timeout)
+                reader = self._opener(spec)
             except (SourceError, OSError, RuntimeError, ValueError) as exc:
                 self._failed(FailureReason.OPEN_FAILED, str(exc) or type(exc).__name__)
                 log.warning("camera %s (%s): %s", s.id, self._url, self._last_error)
                 self._backoff(backoff.next_delay())
                 continue
+            self._decode = DecodeChoice(False, "")  # a new reader decodes every frame until told
+            self._reader_info = None
+            if reader.info.decoder_note:
+                log.info(
+                    "camera %s (%s stream): decoder %s (%s)",
+                    s.id,
+                    self.stream_name,
+                    reader.info.decoder,
+                    reader.info.decoder_note,
+                )
             try:
                 while not self._stop.is_set() and not self._reopen.is_set():
                     started = time.monotonic()
-                    image = reader.read()
+                    try:
+                        picture = reader.read()
+                        failure = None
+                    except (SourceError, OSError) as exc:
+                        picture, failure = None, str(exc) or type(exc).__name__
                     waited = time.monotonic() - started
-                    if waited >= 0.9 * read_timeout and self._state is CameraState.STREAMING:
+                    if waited >= 0.9 * spec.read_timeout_s and self._state is CameraState.STREAMING:
                         # A read that ran into its timeout: a hung source. FFmpeg may still hand back a
                         # leftover frame here; it is not fresh, so it is dropped, never published.
                         self._declare_stall(f"no frame for {waited:.1f} s")
                         break
-                    if image is None:
-                        self._failed(FailureReason.STREAM_ENDED, "the stream ended or a read failed")
+                    if picture is None:
+                        self._failed(FailureReason.STREAM_ENDED, failure or "the stream ended")
                         break
                     if self._reopen.is_set():
                         if self._stall_seen is not None:  # the watchdog gave up on this stream
                             self._declare_stall(self._stall_seen)
                         break
+                    self._follow(reader)
+                    if isinstance(picture, Pending):
+                        continue
                     sequence += 1
                     self._frames += 1
                     self._last_frame_mono = time.monotonic()
-                    self._last_frame_at = time.time()
-                    self.slot.put(Frame(image, self._last_frame_at, sequence))
+                    self._last_frame_at = picture.captured_at
+                    self.slot.put(Frame(picture.pixels, picture.captured_at, sequence))
                     metrics.CAMERA_FRAMES.labels(s.id).inc()
                     if self._state is not CameraState.STREAMING and not self._reopen.is_set():
                         self._set_state(CameraState.STREAMING)

@@ -1,9 +1,16 @@
-"""Frame readers a capture thread opens: OpenCV for RTSP and files, a synthetic conveyor for the demo."""
+"""What a capture thread opens: the reader contract, and the readers besides PyAV's.
+
+`open_reader(spec)` picks one: PyAV for streams and files (pyav_reader.py), OpenCV when a camera asks
+for the legacy reader (`reader: opencv`: it decodes and converts every frame), a synthetic conveyor for
+the demo.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -11,6 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_runtime.errors import SourceError
+from edge_runtime.sources.decoding import DecodeMode, HwAccel, ReaderKind
+from edge_runtime.sources.stream_clock import ClockSource
 
 FFMPEG_CAPTURE_OPTIONS = "rtsp_transport;tcp"
 
@@ -29,9 +38,59 @@ def configure_ffmpeg_capture() -> None:
     os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_CAPTURE_OPTIONS)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """What to open and how (from a camera's settings; `url` is the stream's, detect_url or url)."""
+
+    url: str
+    open_timeout_s: float
+    read_timeout_s: float
+    reader: ReaderKind = ReaderKind.PYAV
+    hwaccel: HwAccel = HwAccel.AUTO
+    hwaccel_fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """A decoded frame as a reader hands it over: pixels converted on demand, captured_at by the clock."""
+
+    pixels: Callable[[], NDArray[np.uint8]]
+    captured_at: float
+
+    @classmethod
+    def of(cls, image: NDArray[np.uint8], captured_at: float | None = None) -> Picture:
+        return cls(lambda: image, time.time() if captured_at is None else captured_at)
+
+
+class Pending:
+    """Packets arrive, no frame is due yet (keyframes only, a long GOP): the source is alive."""
+
+
+PENDING = Pending()
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderInfo:
+    """What a reader is doing, shown per camera (status, metric labels)."""
+
+    decoder: str  # "software", a hardware accelerator, "opencv" (legacy reader) or "synthetic"
+    decoder_note: str
+    decode: DecodeMode  # ALL or KEYFRAMES: what is being decoded now
+    clock: ClockSource
+    keyframe_interval_s: float | None = None
+    resolution: tuple[int, int] | None = None  # width, height
+
+
 class FrameReader(Protocol):
-    def read(self) -> NDArray[np.uint8] | None:
-        """The next frame (BGR), or None when the stream ended or failed; may block up to the read timeout."""
+    @property
+    def info(self) -> ReaderInfo: ...
+
+    def read(self) -> Picture | Pending | None:
+        """The next frame; PENDING while the source is alive but no frame is due; None when the stream
+        ended; SourceError (or OSError) when it failed. Blocks up to the read timeout."""
+
+    def set_keyframes_only(self, on: bool) -> None:
+        """Decode keyframes only (or all frames again); readers that cannot, ignore it (see info)."""
 
     def release(self) -> None: ...
 
@@ -51,11 +110,16 @@ class OpenCvReader:
             self._cap.release()
             raise SourceError("cannot open the stream (refused, timed out, or unsupported codec)")
         self._loop = loop
+        size = (int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self.info = ReaderInfo("opencv", "reader: opencv", DecodeMode.ALL, ClockSource.ARRIVAL, None, size)
         fps = self._cap.get(cv2.CAP_PROP_FPS) if loop else 0.0
         self._period = 1.0 / fps if fps and 0 < fps < 240 else 0.0
         self._next = time.monotonic()
 
-    def read(self) -> NDArray[np.uint8] | None:
+    def set_keyframes_only(self, on: bool) -> None:
+        """OpenCV decodes every frame (settings refuse `decode: keyframes` with this reader)."""
+
+    def read(self) -> Picture | None:
         import cv2
 
         if self._period:  # a file plays at its own frame rate, like a camera would
@@ -70,7 +134,7 @@ class OpenCvReader:
         if not ok or frame is None:
             return None
         image: NDArray[np.uint8] = np.asarray(frame, dtype=np.uint8)
-        return image
+        return Picture.of(image)
 
     def release(self) -> None:
         self._cap.release()
@@ -92,6 +156,11 @@ class ConveyorReader:
         self._period = 1.0 / fps
         self._start = time.monotonic() if start is None else start
         self._next = self._start
+        size = (self.WIDTH, self.HEIGHT)
+        self.info = ReaderInfo("synthetic", "synthetic", DecodeMode.ALL, ClockSource.ARRIVAL, None, size)
+
+    def set_keyframes_only(self, on: bool) -> None:
+        """Rendered, not decoded: nothing to skip."""
 
     @classmethod
     def defect_at(cls, seconds: float) -> str | None:
@@ -114,18 +183,19 @@ class ConveyorReader:
             frame[180:276, x : x + 96] = value
         return frame
 
-    def read(self) -> NDArray[np.uint8] | None:
+    def read(self) -> Picture | None:
         delay = self._next - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         self._next = max(self._next + self._period, time.monotonic() - self._period)
-        return self.render(time.monotonic() - self._start)
+        return Picture.of(self.render(time.monotonic() - self._start))
 
     def release(self) -> None:
         pass
 
 
-def open_reader(url: str, open_timeout_s: float, read_timeout_s: float) -> FrameReader:
+def open_reader(spec: StreamSpec) -> FrameReader:
+    url = spec.url
     if url.startswith("synthetic://"):
         kind = url.removeprefix("synthetic://").split("?")[0]
         if kind != "conveyor":
@@ -133,5 +203,16 @@ def open_reader(url: str, open_timeout_s: float, read_timeout_s: float) -> Frame
         return ConveyorReader()
     if "://" not in url and not Path(url).is_file():
         raise SourceError(f"video file {url} does not exist")
-    configure_ffmpeg_capture()
-    return OpenCvReader(url, open_timeout_s, read_timeout_s, loop="://" not in url)
+    if spec.reader is ReaderKind.OPENCV:
+        configure_ffmpeg_capture()
+        return OpenCvReader(url, spec.open_timeout_s, spec.read_timeout_s, loop="://" not in url)
+    from edge_runtime.sources.pyav_reader import PyAvReader
+
+    return PyAvReader(
+        url,
+        spec.open_timeout_s,
+        spec.read_timeout_s,
+        spec.hwaccel,
+        spec.hwaccel_fallback,
+        file_loop="://" not in url,
+    )

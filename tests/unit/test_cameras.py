@@ -21,7 +21,7 @@ from edge_runtime.inference.service import RoiPredictions
 from edge_runtime.redact import redact_url
 from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.cameras import Cameras
-from edge_runtime.sources.readers import FrameReader
+from edge_runtime.sources.readers import FrameReader, StreamSpec
 from edge_runtime.sources.sampler import Inference, Publisher
 from edge_runtime.status import Board, CameraState, StatusBoard, camera_key
 
@@ -133,8 +133,8 @@ async def test_a_streaming_camera_shows_its_progress_on_the_board(stack: context
 
 
 async def test_a_camera_that_cannot_open_shows_why(stack: contextlib.AsyncExitStack) -> None:
-    def refuse(url: str, open_timeout_s: float, read_timeout_s: float) -> FrameReader:
-        raise SourceError(f"cannot open {url}: refused")
+    def refuse(spec: StreamSpec) -> FrameReader:
+        raise SourceError(f"cannot open {spec.url}: refused")
 
     board = StatusBoard()
     cameras, _ = make_cameras((camera("down", "rtsp://cam/down"),), board, opener=refuse)

@@ -1,4 +1,4 @@
-"""OpenCV's FFmpeg options are set by a call (serve, open_reader), not by importing the readers."""
+"""OpenCV's FFmpeg options (the legacy reader) are set by a call (serve, open_reader), not by importing."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from edge_runtime.errors import SourceError
 from edge_runtime.sources import readers
+from edge_runtime.sources.decoding import ReaderKind
 
 VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
@@ -41,14 +42,16 @@ def test_open_reader_configures_before_opencv_opens(monkeypatch: pytest.MonkeyPa
             self.loop = loop
 
     monkeypatch.setattr(readers, "OpenCvReader", FakeReader)
-    reader = readers.open_reader("rtsp://camera.invalid/stream", 1.0, 1.0)
+    spec = readers.StreamSpec("rtsp://camera.invalid/stream", 1.0, 1.0, reader=ReaderKind.OPENCV)
+    reader = readers.open_reader(spec)
     assert seen == ["rtsp_transport;tcp"]
     assert isinstance(reader, FakeReader) and reader.loop is False
 
 
 def test_synthetic_and_missing_sources_do_not_touch_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(VARIABLE, raising=False)
-    assert isinstance(readers.open_reader("synthetic://conveyor", 1.0, 1.0), readers.ConveyorReader)
+    conveyor = readers.StreamSpec("synthetic://conveyor", 1.0, 1.0)
+    assert isinstance(readers.open_reader(conveyor), readers.ConveyorReader)
     with pytest.raises(SourceError, match="does not exist"):
-        readers.open_reader("/no/such/video.mp4", 1.0, 1.0)
+        readers.open_reader(readers.StreamSpec("/no/such/video.mp4", 1.0, 1.0))
     assert VARIABLE not in os.environ
