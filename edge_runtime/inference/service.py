@@ -64,22 +64,26 @@ class FramePredictor(Protocol):
     def predict_frame(self, frame: NDArray[np.uint8]) -> PredictionResult: ...
 
 
+def predict_roi(predictor: FramePredictor, frame: Frame, roi: Roi) -> tuple[Roi, tuple[Prediction, ...]]:
+    """Predict one ROI crop (the frame is converted to pixels here, off the loop, once for all ROIs);
+    boxes come back in full-frame fractions."""
+    image = frame.image
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = roi.pixels(width, height)
+    result = predictor.predict_frame(image[y0:y1, x0:x1])
+    metrics.observe_prediction("camera", result.timings)
+    mapped = tuple(
+        p
+        if p.bounding_box is None
+        else Prediction(p.tag_name, p.probability, p.tag_id, roi.to_frame(p.bounding_box))
+        for p in result.predictions
+    )
+    return roi, mapped
+
+
 def predict_rois(predictor: FramePredictor, frame: Frame, rois: tuple[Roi, ...]) -> RoiPredictions:
-    """Predict each ROI crop; boxes come back in full-frame fractions."""
-    height, width = frame.image.shape[:2]
-    results = []
-    for roi in rois or (FULL_FRAME,):
-        x0, y0, x1, y1 = roi.pixels(width, height)
-        result = predictor.predict_frame(frame.image[y0:y1, x0:x1])
-        metrics.observe_prediction("camera", result.timings)
-        mapped = tuple(
-            p
-            if p.bounding_box is None
-            else Prediction(p.tag_name, p.probability, p.tag_id, roi.to_frame(p.bounding_box))
-            for p in result.predictions
-        )
-        results.append((roi, mapped))
-    return results
+    """Predict each ROI crop in turn; boxes come back in full-frame fractions."""
+    return [predict_roi(predictor, frame, roi) for roi in rois or (FULL_FRAME,)]
 
 
 class InferenceService:
@@ -139,7 +143,12 @@ class InferenceService:
         the caller took (a sampler keeps its rule state per predictor); default the one in service."""
         predictor = predictor or self.predictor()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, predict_rois, predictor, frame, rois)
+        # Each ROI is its own job: a camera's ROIs run side by side on the pool, in order in the result.
+        jobs = [
+            loop.run_in_executor(self._executor, predict_roi, predictor, frame, roi)
+            for roi in rois or (FULL_FRAME,)
+        ]
+        return list(await asyncio.gather(*jobs))
 
     async def offload(self, fn: Callable[..., T], *args: object) -> T:
         """CPU work that belongs with inference (snapshot encoding): the same bounded pool."""

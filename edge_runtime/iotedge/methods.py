@@ -67,7 +67,7 @@ class DirectMethods:
                 "state": self._cameras.status(camera).state.value,
             }
         snapshot_id = new_event_id()
-        await asyncio.to_thread(store.save, snapshot_id, frame.image)
+        await asyncio.to_thread(lambda: store.save(snapshot_id, frame.image))  # converted off the loop
         return 200, {
             "id": snapshot_id,
             "path": store.url_for(snapshot_id),

@@ -1,15 +1,22 @@
 """The Cameras part: one capture thread and one sampling task per enabled camera, changed live.
 
 `apply(cameras)` adds, removes, restarts (a stream field changed: CAPTURE_FIELDS) or reconfigures in
-place (fps, ROIs, rules: the stream keeps running). It receives the inference service and the delivery
-part once, at construction; each capture pushes its status to the board.
+place (fps, decode, ROIs, rules: the stream keeps running). It receives the inference service and the
+delivery part once, at construction; each capture pushes its status to the board.
+
+A camera with a `detect_url` has two captures: the inspected one reads detect_url (the substream) for
+the sampler; a `view` capture reads `url` keyframes only, for snapshots and the latest frame. ROIs and
+boxes are fractions of the frame, so they land on the same scene in both when the two streams show the
+same field of view, whatever their sizes and aspect ratios (704x576 against 1920x1080).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Self
 
 from edge_runtime.domain import Frame
@@ -18,7 +25,7 @@ from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.capture import Capture, Opener
 from edge_runtime.sources.readers import open_reader
 from edge_runtime.sources.sampler import CameraSampler, Inference, Publisher
-from edge_runtime.status import CameraStatus, StatusBoard, camera_key
+from edge_runtime.status import CameraStatus, StatusBoard, ViewStatus, camera_key
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +99,17 @@ class Cameras:
 
     # ---- what others use --------------------------------------------------------------------------
     def latest_frame(self, camera_id: str) -> Frame | None:
-        """The newest frame of a running camera, left for its sampler; KeyError for an unknown one."""
-        return self.samplers[camera_id].capture.slot.peek()
+        """The newest frame of a running camera (of its `url` stream when it inspects a detect_url),
+        left for its sampler; KeyError for an unknown one."""
+        sampler = self.samplers[camera_id]
+        view = None if sampler.view is None else sampler.view.slot.peek()
+        return view or sampler.capture.slot.peek()
 
     def status(self, camera_id: str) -> CameraStatus:
         """Read now (frame counts and age exact); the board gets the same at every state change and
         frame progress at most once a second."""
-        return self.samplers[camera_id].capture.status()
+        sampler = self.samplers[camera_id]
+        return with_view(sampler.capture.status(), sampler.view)
 
     def statuses(self) -> dict[str, CameraStatus]:
         return {camera_id: self.status(camera_id) for camera_id in self.samplers}
@@ -106,25 +117,35 @@ class Cameras:
     # ---- inside -----------------------------------------------------------------------------------
     def _start(self, camera: CameraSettings) -> None:
         loop = asyncio.get_running_loop()
-        holder: list[Capture] = []
 
-        def report(status: CameraStatus) -> None:  # from the capture thread (or the watchdog)
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody reads any more
-                loop.call_soon_threadsafe(self._report, holder[0], status)
+        def reporter(holder: list[Capture]) -> Callable[[CameraStatus], None]:
+            def report(status: CameraStatus) -> None:  # from the capture thread (or the watchdog)
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody reads any more
+                    loop.call_soon_threadsafe(self._report, holder[0], status)
 
-        capture = Capture(camera, self._opener, report)
-        holder.append(capture)
-        self._board.put(camera_key(camera.id), capture.status())
-        capture.start()
-        sampler = CameraSampler(capture, self._inference, self._delivery)
+            return report
+
+        captures: list[Capture] = []
+        for view in (False, True) if camera.detect_url else (False,):
+            holder: list[Capture] = []
+            holder.append(Capture(camera, self._opener, reporter(holder), view=view))
+            captures.append(holder[0])
+        capture, view_capture = captures[0], (captures[1] if len(captures) > 1 else None)
+        sampler = CameraSampler(capture, self._inference, self._delivery, view_capture)
         self.samplers[camera.id] = sampler
+        self._board.put(camera_key(camera.id), self.status(camera.id))
+        for each in captures:
+            each.start()
         self._tasks[camera.id] = asyncio.create_task(sampler.run(), name=f"sampler-{camera.id}")
-        log.info("camera %s: %s at %.1f fps", camera.id, redact_url(camera.url), camera.fps)
+        detect = f", inspecting {redact_url(camera.detect_url)}" if camera.detect_url else ""
+        log.info("camera %s: %s at %.1f fps%s", camera.id, redact_url(camera.url), camera.fps, detect)
 
     def _report(self, capture: Capture, status: CameraStatus) -> None:
         sampler = self.samplers.get(capture.settings.id)
-        if sampler is not None and sampler.capture is capture:
-            self._board.put(camera_key(capture.settings.id), status)
+        if sampler is None or capture not in (sampler.capture, sampler.view):
+            return  # a stopped camera's last words
+        inspected = status if capture is sampler.capture else sampler.capture.status()
+        self._board.put(camera_key(capture.settings.id), with_view(inspected, sampler.view))
 
     async def _stop(self, camera_id: str) -> bool:
         """Stop sampling, then the capture thread; False if the thread did not stop in time."""
@@ -133,6 +154,8 @@ class Cameras:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         stopped = await asyncio.to_thread(sampler.capture.stop, STOP_TIMEOUT_S)
+        if sampler.view is not None:
+            stopped = await asyncio.to_thread(sampler.view.stop, STOP_TIMEOUT_S) and stopped
         self._board.remove(camera_key(camera_id))
         log.info("camera %s: stopped", camera_id)
         return stopped
@@ -144,6 +167,17 @@ class Cameras:
             await self._stop(camera.id)
             self._start(camera)
         else:
-            sampler.capture.retune(camera)  # fps and decode policy: followed at the next read
+            for capture in (sampler.capture, sampler.view):
+                if capture is not None:
+                    capture.retune(camera)  # fps and decode policy: followed at the next read
             sampler.reconfigure(camera)
             log.info("camera %s: sampling settings updated in place", camera.id)
+
+
+def with_view(status: CameraStatus, view: Capture | None) -> CameraStatus:
+    """The inspected stream's status, with the snapshot stream's summary when there is one."""
+    if view is None:
+        return status
+    shown = view.status()
+    summary = ViewStatus(shown.url, shown.state, shown.last_frame_at, shown.last_error, shown.stream)
+    return dataclasses.replace(status, view=summary)

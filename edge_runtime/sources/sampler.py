@@ -49,8 +49,12 @@ class Publisher(Protocol):
 
 
 class CameraSampler:
-    def __init__(self, capture: Capture, inference: Inference, outlet: Publisher) -> None:
+    def __init__(
+        self, capture: Capture, inference: Inference, outlet: Publisher, view: Capture | None = None
+    ) -> None:
+        """`view`: the camera's `url` stream when `capture` reads its detect_url (snapshots from it)."""
         self.capture = capture
+        self.view = view
         self._inference = inference
         self._outlet = outlet
         self._dropped_seen = 0
@@ -132,13 +136,26 @@ class CameraSampler:
             roi_name=decision.roi,
         )
 
+    def _snapshot_frame(self, frame: Frame) -> Frame:
+        """The view stream's newest frame (full resolution) when it shows about the same moment: at
+        most one keyframe interval plus a sampling period from the inspected frame (the view stream
+        decodes keyframes only). Else the inspected frame itself (a stalled view stream, a long GOP)."""
+        view = None if self.view is None else self.view.slot.peek()
+        if view is None or self.view is None:
+            return frame
+        stream = self.view.status().stream
+        interval = (stream.keyframe_interval_s if stream is not None else None) or 0.0
+        window = interval + 1.0 / self.settings.fps
+        return view if frame.captured_at - window <= view.captured_at <= frame.captured_at + window else frame
+
     async def _event(self, decision: Decision, frame: Frame, predictor: Predictor) -> Event:
         event_id = new_event_id()
         snapshot = None
         snapshots = self._outlet.snapshots
         if snapshots is not None:
-            try:
-                await self._inference.offload(snapshots.save, event_id, frame.image, self._drawing(decision))
+            shown, drawing = self._snapshot_frame(frame), self._drawing(decision)
+            try:  # converted (if not yet) on the pool, not on the loop
+                await self._inference.offload(lambda: snapshots.save(event_id, shown.image, drawing))
                 snapshot = snapshots.url_for(event_id)
             except OSError as exc:
                 log.warning("snapshot for event %s failed: %s", event_id, exc)

@@ -55,7 +55,7 @@ async def test_methods_reload_model(make: Any, loader: FakeLoader, tmp_path: Pat
 def fake_sampler(frame: Frame | None, state: str = "streaming") -> Any:
     status = SimpleNamespace(state=SimpleNamespace(value=state))
     return SimpleNamespace(
-        capture=SimpleNamespace(slot=SimpleNamespace(peek=lambda: frame), status=lambda: status)
+        capture=SimpleNamespace(slot=SimpleNamespace(peek=lambda: frame), status=lambda: status), view=None
     )
 
 
