@@ -93,6 +93,9 @@ SLICES: tuple[tuple[str, Callable[[Settings], object]], ...] = (
 )
 
 
+TWIN_STREAM_FIELDS = ("decoder", "decode", "clock")
+
+
 class Controller:
     def __init__(
         self,
@@ -247,8 +250,13 @@ class Controller:
         status = {
             "version": __version__,
             "model": self.model_status(),
+            # State and reader only (no counters): the twin is patched when these change.
             "cameras": {
-                cid: {"state": s.state.value, "last_error": s.last_error}
+                cid: {
+                    "state": s.state.value,
+                    "last_error": s.last_error,
+                    **({} if s.stream is None else {k: s.stream.to_dict()[k] for k in TWIN_STREAM_FIELDS}),
+                }
                 for cid, s in board.cameras().items()
             },
             "sinks": {name: s.to_dict() for name, s in board.sinks().items()},

@@ -13,6 +13,7 @@ from typing import Any
 
 import control_harness
 from control_harness import FakeStarter, base_data, camera
+from waiting import eventually
 
 from edge_runtime import __version__
 from edge_runtime.events.delivery import DeliveryConfig
@@ -207,7 +208,15 @@ async def test_camera_add_change_in_place_restart_and_remove(make: Any) -> None:
     assert list(h.cameras.samplers) == ["c1"]
     first = h.cameras.samplers["c1"]
     assert set(h.controller.status()["cameras"]) == {"c1"}
-    assert set(h.controller.status()["cameras"]["c1"]) == {"state", "last_error"}
+    reader = {"decoder", "decode", "clock"}  # shown once the stream is open
+    assert (
+        {"state", "last_error"}
+        <= set(h.controller.status()["cameras"]["c1"])
+        <= {"state", "last_error"} | reader
+    )
+    await eventually(lambda: "decoder" in h.controller.status()["cameras"]["c1"], what="the reader shown")
+    shown = h.controller.status()["cameras"]["c1"]
+    assert (shown["decoder"], shown["decode"], shown["clock"]) == ("synthetic", "all", "arrival")
 
     in_place = await h.controller.patch(
         {"cameras": {"c1": {"fps": 4.0, "rules": {"stain": {"k": 1, "n": 1}}}}}
