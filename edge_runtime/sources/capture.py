@@ -202,29 +202,31 @@ class Capture:
         info = reader.info
         mode = DecodeMode.KEYFRAMES if self.view else self.settings.decode
         choice = choose_decode(mode, 1.0 / self.settings.fps, info.keyframe_interval_s)
-        if choice != self._decode:
-            if choice.keyframes_only != self._decode.keyframes_only:
-                reader.set_keyframes_only(choice.keyframes_only)
+        if choice.keyframes_only != self._decode.keyframes_only:
+            reader.set_keyframes_only(choice.keyframes_only)
             log.info("camera %s (%s stream): %s", self.settings.id, self.stream_name, choice.reason)
-            self._decode = choice
             info = reader.info
-        if info == self._reader_info:
-            return
+        self._decode = choice
         self._reader_info = info
-        self._stream = StreamInfo(
+        interval = info.keyframe_interval_s
+        stream = StreamInfo(
             decoder=info.decoder,
             decoder_note=info.decoder_note,
             decode=info.decode.value,
-            decode_note=self._decode.reason,
+            decode_note=choice.reason,
             clock=info.clock.value,
-            keyframe_interval_s=info.keyframe_interval_s,
+            # Shown to 0.1 s: a live stream's keyframes jitter by milliseconds, not worth a push each.
+            keyframe_interval_s=None if interval is None else round(interval, 1),
             resolution=info.resolution,
         )
+        if stream == self._stream:
+            return
+        self._stream = stream
         metrics.set_camera_stream(
             self.settings.id,
             self.stream_name,
             (info.decoder, info.decode.value, info.clock.value),
-            info.keyframe_interval_s or 0.0,
+            stream.keyframe_interval_s or 0.0,
         )
         self._push()
 

@@ -8,8 +8,9 @@ feeds them lives in sources/hwprobe.py and the reader that follows them in sourc
   missing is an error (DecoderUnavailable) unless fallback is allowed, and then the fallback is in
   the plan's note. The plan is always shown (status, metric label, twin): never a silent fallback.
 - `choose_decode(mode, sample_period_s, keyframe_interval_s)`: `auto` decodes keyframes only when the
-  sampling period is at least the keyframe interval measured from the stream (every sampled frame is
-  then a keyframe or newer than the last one), all frames otherwise or while nothing is measured yet.
+  sampling period is at least the keyframe interval measured from the stream (within
+  KEYFRAME_TOLERANCE: every sampled frame is then at most one keyframe interval old), all frames
+  otherwise or while nothing is measured yet.
 - `KeyframeMeter`: the keyframe interval from the stream's own timestamps, following changes.
 
 A decoded frame could stay on the accelerator for inference (PyAV's `is_hw_owned` + DLPack into
@@ -48,6 +49,9 @@ class DecodeMode(StrEnum):
 
 
 SOFTWARE = "software"
+# A live source's timestamps jitter by milliseconds: sampling every 2 s with keyframes every 2.003 s
+# is "keyframes only" (a sampled frame is then at most one keyframe interval old).
+KEYFRAME_TOLERANCE = 0.05
 # What `auto` prefers: a discrete GPU's decoder first, then the iGPU's, then SoC decoders.
 AUTO_ORDER = (HwAccel.CUDA, HwAccel.QSV, HwAccel.VAAPI, HwAccel.V4L2M2M)
 
@@ -110,12 +114,12 @@ def choose_decode(
         return DecodeChoice(True, "decode: keyframes")
     if keyframe_interval_s is None:
         return DecodeChoice(False, "decode: auto, keyframe interval not measured yet")
-    keyframes_only = sample_period_s >= keyframe_interval_s
+    keyframes_only = sample_period_s >= (1 - KEYFRAME_TOLERANCE) * keyframe_interval_s
     relation = ">=" if keyframes_only else "<"
     return DecodeChoice(
         keyframes_only,
         f"decode: auto, sampling every {sample_period_s:g} s {relation}"
-        f" keyframes every {keyframe_interval_s:g} s",
+        f" keyframes every {keyframe_interval_s:.1f} s",
     )
 
 
