@@ -36,6 +36,8 @@ def configure_ffmpeg_capture() -> None:
     so buffered frames are superseded within a second.
     """
     os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_CAPTURE_OPTIONS)
+    # FFmpeg's own warnings (on every retry) stay out of the log: the reader's error says what failed.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 @dataclass(frozen=True, slots=True)
