@@ -49,8 +49,8 @@ def describe_av_error(exc: BaseException, timeout_s: float) -> str:
         return "unsupported codec: PyAV's FFmpeg has no decoder for it"
     if isinstance(exc, av.error.InvalidDataError):
         return "invalid data: not a video stream FFmpeg can read (wrong URL, path or format)"
-    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return str(reason)
+    # strerror, never str(exc): FFmpeg's exceptions quote the URL (and its credentials) in str().
+    return str(getattr(exc, "strerror", None) or type(exc).__name__)
 
 
 def _is_key(packet: Any) -> bool:
@@ -96,7 +96,7 @@ class PyAvReader:
             self._packets = self._demux()
             self._first: Picture | None = self._first_frame(started, open_timeout_s)
         except BaseException:
-            self._container.close()
+            self.release()
             raise
 
     # ---- the reader -------------------------------------------------------------------------------
@@ -144,6 +144,11 @@ class PyAvReader:
         return None
 
     def release(self) -> None:
+        # The demux generator refers to the reader: closed here, the decoder (FFmpeg threads, frame
+        # pool) is freed now rather than at the next cyclic garbage collection.
+        packets = getattr(self, "_packets", None)
+        if packets is not None:
+            packets.close()
         self._container.close()
 
     # ---- inside -----------------------------------------------------------------------------------
