@@ -1,4 +1,5 @@
-"""Helpers for the real-RTSP camera tests: start/kill/hang the test server, decode frame time stamps.
+"""Helpers for the real-RTSP camera tests: start/kill/hang the test server, decode frame time stamps,
+and a second client that keeps a shared stream playing and sees its keyframes pass (`StreamWatcher`).
 
 The server (tests/rtsp_server.py) is gst-rtsp-server through python3-gi, which exists only for the
 system interpreter, so it runs as a `/usr/bin/python3` subprocess. Its stdout goes to a file (never a
@@ -11,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,10 +68,21 @@ def closed_port() -> int:
 
 
 class RtspServer:
-    """One test-server process; `restart()` brings a new one up on the same port."""
+    """One test-server process; `restart()` brings a new one up on the same port.
 
-    def __init__(self, log_dir: Path, fps: float = 25) -> None:
+    `keyframe_s`: seconds between keyframes (default: one a second). `auth`: (user, password) the
+    server demands (HTTP Basic; anything else is answered 401)."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        fps: float = 25,
+        keyframe_s: float | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.fps = fps
+        self.keyframe_s = keyframe_s
+        self.auth = auth
         self.port = 0
         self._log_dir = log_dir
         self._proc: subprocess.Popen[bytes] | None = None
@@ -77,7 +90,11 @@ class RtspServer:
 
     @property
     def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}{MOUNT}"
+        """The stream's URL, with the server's credentials when it demands some."""
+        return self.url_as(*self.auth) if self.auth is not None else f"rtsp://127.0.0.1:{self.port}{MOUNT}"
+
+    def url_as(self, user: str, password: str, path: str = MOUNT) -> str:
+        return f"rtsp://{user}:{password}@127.0.0.1:{self.port}{path}"
 
     @property
     def pid(self) -> int:
@@ -91,9 +108,13 @@ class RtspServer:
             self._starts += 1
             log = self._log_dir / f"rtsp-server-{self._starts}.log"
             with log.open("wb") as out:
-                fps = f"{self.fps:g}"
+                args = [str(self.port), f"{self.fps:g}"]
+                if self.keyframe_s is not None:
+                    args += ["--keyframe-s", f"{self.keyframe_s:g}"]
+                if self.auth is not None:
+                    args += ["--auth", ":".join(self.auth)]
                 self._proc = subprocess.Popen(
-                    [SYSTEM_PYTHON, str(SERVER_SCRIPT), str(self.port), fps],
+                    [SYSTEM_PYTHON, str(SERVER_SCRIPT), *args],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -135,6 +156,53 @@ class RtspServer:
         os.kill(self.pid, signal.SIGCONT)
 
 
+class StreamWatcher:
+    """A second RTSP client (PyAV, in a thread) that keeps a shared stream playing and notes when its
+    keyframes pass. The test server encodes for its first client: a camera that joins while a watcher
+    plays starts mid-GOP, like a camera that joins a real, always-running one."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        import av
+
+        self._container = av.open(url, options={"rtsp_transport": "tcp"}, timeout=(timeout, timeout))
+        self.keyframes: list[float] = []  # monotonic times
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._new = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="stream-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for packet in self._container.demux(self._container.streams.video[0]):
+                if packet.is_keyframe and packet.size:
+                    with self._new:
+                        self.keyframes.append(time.monotonic())
+                        self._new.notify_all()
+                if self._stop.is_set():
+                    break
+        except Exception as exc:  # reported by wait_keyframes()
+            self.error = exc
+        finally:
+            self._container.close()
+
+    def wait_keyframes(self, count: int, timeout: float) -> float:
+        """Wait until `count` keyframes have passed since the watcher opened; the last one's monotonic
+        time (the first one's is late by FFmpeg's probing: it came with the open)."""
+        with self._new:
+            if not self._new.wait_for(
+                lambda: len(self.keyframes) >= count or self.error is not None, timeout
+            ):
+                raise AssertionError(f"{len(self.keyframes)} keyframes, not {count}, within {timeout:g} s")
+        if self.error is not None:
+            raise AssertionError(f"the watcher's stream failed: {self.error!r}")
+        return self.keyframes[-1]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 def decode_stamp(image: NDArray[np.uint8]) -> int | None:
     """The server's wall time stamp (ms mod 2**32) from a decoded frame, or None when it is damaged.
 
@@ -157,6 +225,12 @@ def age_ms(stamp: int, now: float | None = None) -> int:
     """How old a stamped frame is, in ms of wall time (the stamp wraps every ~49.7 days)."""
     now_ms = int((time.time() if now is None else now) * 1000)
     return (now_ms - stamp) % STAMP_MODULO
+
+
+def offset_ms(stamp: int, at: float) -> int:
+    """`at` (a wall time) minus the stamp, in ms, signed: negative when `at` is before the stamp."""
+    half = STAMP_MODULO // 2
+    return (int(at * 1000) - stamp + half) % STAMP_MODULO - half
 
 
 def wait_until(

@@ -2,7 +2,12 @@
 
 Run with the SYSTEM interpreter (python3-gi is built for Debian's Python, not for the venv):
 
-    /usr/bin/python3 tests/rtsp_server.py [PORT|0] [FPS]   # prints "READY <port>" once listening
+    /usr/bin/python3 tests/rtsp_server.py [PORT|0] [FPS] [--keyframe-s S] [--auth USER:PASSWORD]
+    # prints "READY <port>" once listening
+
+--keyframe-s: a keyframe every S seconds (x264enc key-int-max = FPS x S, no scene-cut keyframes);
+by default one a second. --auth: the mount asks for HTTP Basic credentials (a wrong or missing
+password is answered 401 Unauthorized).
 
 Frames are GRAY8 320x240. Rows 0-15 hold the wall-clock time (ms, mod 2**32) when the frame was pushed,
 as 32 blocks of 10x16 pixels, most significant bit first, white = 1. Rows 16-31 hold the same bits
@@ -15,6 +20,7 @@ The process exits by itself when its parent dies, so a crashed test run leaves n
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -69,10 +75,39 @@ class Camera:
         return True
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="H.264 RTSP test camera")
+    parser.add_argument("port", nargs="?", default="0")
+    parser.add_argument("fps", nargs="?", type=float, default=25.0)  # may be below 1 (a slow camera)
+    parser.add_argument("--keyframe-s", type=float, default=None, help="seconds between keyframes")
+    parser.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="require Basic auth")
+    return parser.parse_args(argv)
+
+
+def require_auth(
+    server: GstRtspServer.RTSPServer, factory: GstRtspServer.RTSPMediaFactory, credentials: str
+) -> None:
+    """Only `credentials` (USER:PASSWORD) may see and play the mount; anyone else gets 401."""
+    user, _, password = credentials.partition(":")
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+    auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+    server.set_auth(auth)
+    permissions = GstRtspServer.RTSPPermissions()
+    permissions.add_permission_for_role("viewer", GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS, True)
+    permissions.add_permission_for_role("viewer", GstRtspServer.RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, True)
+    factory.set_permissions(permissions)
+
+
 def main() -> int:
-    port = sys.argv[1] if len(sys.argv) > 1 else "0"
-    fps = float(sys.argv[2]) if len(sys.argv) > 2 else 25.0  # may be below 1 (a slow camera)
+    args = parse_args(sys.argv[1:])
+    port, fps = args.port, args.fps
     rate = Fraction(fps).limit_denominator(1000)
+    if args.keyframe_s is None:
+        gop = f"key-int-max={max(1, round(fps))}"
+    else:  # only the interval asked for: no extra keyframe at a "scene cut"
+        gop = f"key-int-max={max(1, round(fps * args.keyframe_s))} option-string=scenecut=0"
     Gst.init(None)
     camera = Camera()
     factory = GstRtspServer.RTSPMediaFactory()
@@ -80,7 +115,7 @@ def main() -> int:
         f"( appsrc name=src is-live=true do-timestamp=true format=time leaky-type=downstream max-buffers=2 "
         f"caps=video/x-raw,format=GRAY8,width={WIDTH},height={HEIGHT},"
         f"framerate={rate.numerator}/{rate.denominator} "
-        f"! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={max(1, round(fps))} "
+        f"! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast {gop} "
         f"! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
     factory.set_shared(True)
@@ -90,6 +125,8 @@ def main() -> int:
     server.set_address("127.0.0.1")
     server.set_service(port)
     server.get_mount_points().add_factory("/test", factory)
+    if args.auth is not None:
+        require_auth(server, factory, args.auth)
     if server.attach(None) == 0:
         print(f"FAILED cannot listen on 127.0.0.1:{port}", flush=True)
         return 1
