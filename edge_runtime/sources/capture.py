@@ -120,8 +120,10 @@ class Capture:
         streaming = self._state is CameraState.STREAMING and last is not None
         allowed = self.settings.stall_timeout_s
         info = self._reader_info
-        if self._decode.keyframes_only and info is not None and info.keyframe_interval_s:
-            allowed += info.keyframe_interval_s  # a frame comes once a keyframe interval
+        if self._decode.keyframes_only and info is not None:
+            # A frame comes once a keyframe interval; before one is measured (a new reader), allow
+            # what an open allows for the first keyframe. A hung source still hits the read timeout.
+            allowed += info.keyframe_interval_s or self.settings.open_timeout_s
         overdue = streaming and last is not None and now - last > allowed
         if overdue and last is not None and self._stall_seen is None:
             self._stall_seen = f"no frame for {now - last:.1f} s"

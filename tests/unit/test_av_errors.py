@@ -109,11 +109,6 @@ def test_describe_av_error_names_the_reason_without_the_url(exc: BaseException, 
     assert clean(describe_av_error(exc, 2.5)) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: describe_av_error falls back to str(exc), which quotes the URL when strerror is "
-    "empty; fix: `reason = getattr(exc, 'strerror', None) or type(exc).__name__`",
-)
 @pytest.mark.parametrize(
     "exc",
     [av.error.UnknownError(CODE.UNKNOWN.value, "", URL), OSError(errno.EIO, "", URL)],

@@ -365,13 +365,6 @@ def test_decode_auto_waits_a_gop_for_each_keyframe_without_a_stall() -> None:
     assert (status.stalls, status.reconnects, len(readers)) == (0, 0, 1), status
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: with decode: keyframes (and on every `view` stream) the watchdog allows only "
-    "stall_timeout_s until the keyframe interval is measured, so a GOP longer than stall_timeout_s "
-    "stalls after the first frame, and again after every reopen (a new reader measures afresh); "
-    "fix in Capture.watchdog: `allowed += info.keyframe_interval_s or self.settings.open_timeout_s`",
-)
 def test_decode_keyframes_waits_a_gop_for_each_keyframe_without_a_stall() -> None:
     status, readers = run_gop_camera("keyframes", 2.0)
     assert status.stream is not None and status.stream.decode == "keyframes", status

@@ -188,14 +188,6 @@ def test_a_frame_handed_over_converts_after_its_reader_was_released_and_freed(tm
     assert image.mean() <= 3, image.mean()  # the first frame: black
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: PyAvReader keeps its demux generator (self._packets = self._demux()), which refers "
-    "to the reader: a released reader, with its decoder (FFmpeg threads, frame pool), lives until the "
-    "next cyclic GC (tests/integration/test_rtsp_camera.py::test_reconnect_cycles_and_stop_leave_no_threads "
-    "fails on it: 2 FFmpeg threads left after stop); fix: `self._packets.close()` in release() and before "
-    "the re-raise in __init__",
-)
 def test_a_released_reader_is_freed_at_once(tmp_path: Path) -> None:
     reader = PyAvReader(str(h264_file(tmp_path / "camera.mp4")), 2.0, 2.0, HwAccel.NONE, file_loop=True)
     assert isinstance(reader.read(), Picture)
