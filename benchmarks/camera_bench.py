@@ -10,7 +10,10 @@ the PyAV reader, both against the cheapest decode-only path.
    once with GStreamer and kept in the cache folder (default ~/.cache/edge-runtime-bench).
 2. The cameras: one gst-rtsp-server (rtsp_file_server.py `serve`, system Python) publishing
    rtsp://127.0.0.1:<port>/cam0..cam<K-1>, one non-shared mount per camera: every session gets its own
-   pipeline reading the file from its start, sent in real time (no encoding while measuring).
+   pipeline reading the file, sent in real time (no encoding while measuring). Camera i's sessions start
+   frac(0.618 i) x 2 s into the file (mid-GOP, P-frames first), so the cameras' keyframes are spread over
+   the interval as real cameras' are; --keyframes-in-step starts every session at the file's first
+   keyframe (all keyframes together, like cameras that open each session with an IDR, all at once).
 3. The runtime: `python -m edge_runtime serve` in its own process with a generated YAML config naming N
    cameras (no rules: sampled and inferred, no events) and the model on the CPU. Once every camera
    streams, a warm-up, then a window: the runtime's CPU from /proc/<pid>/stat (utime + stime), the
@@ -119,10 +122,11 @@ def stream_file(cache: Path) -> Path:
 class FileServer:
     """rtsp_file_server.py `serve` under the system Python, its output in a temporary log file."""
 
-    def __init__(self, path: Path, mounts: int) -> None:
+    def __init__(self, path: Path, mounts: int, in_step: bool = False) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="bench-rtsp-")
         self.log_path = Path(self._dir.name) / "rtsp.log"
         cmd = [SYSTEM_PYTHON, str(FILE_SERVER), "serve", str(path), "--mounts", str(mounts)]
+        cmd += ["--in-step"] if in_step else []
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.port = self._wait_ready()
@@ -496,9 +500,12 @@ def decode_only(method: str, urls: Sequence[str], warmup: float, duration: float
             threads.append(threading.Thread(target=pyav, args=(i, url, method == "pyav-key"), daemon=True))
     for t in threads:
         t.start()
-    deadline = time.monotonic() + open_timeout + GOP_S + 5
-    for event in first:
-        event.wait(max(0.0, deadline - time.monotonic()))
+    # OpenCV opens one stream at a time (its FFmpeg backend holds a global lock while it probes, about
+    # a second per camera here), so the deadline grows with N.
+    deadline = time.monotonic() + open_timeout + GOP_S + 5 + 3 * len(urls)
+    for i, event in enumerate(first):
+        if not event.wait(max(0.0, deadline - time.monotonic())):
+            errors.append(f"cam{i}: no frame before the window")
     time.sleep(warmup)
     print("START", flush=True)
     cpu0, t0, frames0 = cpu_seconds(os.getpid()), time.perf_counter(), list(counts)
@@ -640,7 +647,12 @@ def measure(args: argparse.Namespace, model: Path) -> CameraRun:
         stream_file=path,
         stream_mbps=path.stat().st_size * 8 / FILE_SECONDS / 1e6,
         rtsp="gst-rtsp-server, one non-shared mount per camera (/cam0, /cam1, ...): every session its own "
-        "pipeline (filesrc ! qtdemux ! h264parse ! rtph264pay) from the file's start, sent in real time",
+        "pipeline (filesrc ! qtdemux ! h264parse ! rtph264pay) from the file's start, sent in real time, "
+        + (
+            "every session from the file's first keyframe (keyframes in step)"
+            if args.keyframes_in_step
+            else "camera i's sessions from frac(0.618 i) x 2 s into the file (keyframes spread out)"
+        ),
         fps=tuple(args.fps),
         modes=tuple(args.modes),
         cameras=tuple(args.cameras),
@@ -653,7 +665,7 @@ def measure(args: argparse.Namespace, model: Path) -> CameraRun:
         progress(line)
     points: list[RuntimePoint] = []
     references: list[ReferencePoint] = []
-    with FileServer(path, max(args.cameras)) as rtsp:
+    with FileServer(path, max(args.cameras), args.keyframes_in_step) as rtsp:
         for fps in args.fps:
             for mode in args.modes:
                 points += runtime_series(args, rtsp, model, mode, fps)
@@ -828,6 +840,7 @@ def report(run: CameraRun) -> None:
         Col("N", 2),
         Col("CPU/cam %", 9, ".1f"),
         Col("decoded fps", 11, ".1f"),
+        Col("ms/frame", 8, ".2f"),
         Col("rtsp %", 6, ".1f"),
         Col("other", 5, ".2f"),
         Col("errors", 6),
@@ -838,6 +851,7 @@ def report(run: CameraRun) -> None:
             r.cameras,
             r.cpu_per_camera,
             r.read_fps,
+            ratio(r.cpu_per_camera * 10, r.read_fps),
             r.rtsp_cores * 100,
             r.other_cores,
             len(r.errors),
@@ -845,7 +859,8 @@ def report(run: CameraRun) -> None:
     table.print()
     print(
         "grab: OpenCV grab() of every frame (decode, no conversion); pyav-all: PyAV decoding every frame;\n"
-        "pyav-key: PyAV with skip_frame NONKEY (keyframes only). No colour conversion, no inference."
+        "pyav-key: PyAV with skip_frame NONKEY (keyframes only). No colour conversion, no inference.\n"
+        "ms/frame: CPU per decoded frame (for pyav-key it includes demuxing the skipped frames)."
     )
 
     print()
@@ -915,6 +930,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ref-duration", type=float, help="decode-only window (default 5)")
     parser.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help=f"stream file folder ({DEFAULT_CACHE})"
+    )
+    parser.add_argument(
+        "--keyframes-in-step",
+        action="store_true",
+        help="every session from the file's first keyframe: all cameras' keyframes at the same moment "
+        "(default: spread over the keyframe interval)",
     )
     parser.add_argument(
         "--bisect",

@@ -3,7 +3,7 @@
 Run with the SYSTEM interpreter (python3-gi is built for Debian's Python, not for the venv):
 
     /usr/bin/python3 benchmarks/rtsp_file_server.py make OUT.mp4 [--seconds 120]
-    /usr/bin/python3 benchmarks/rtsp_file_server.py serve FILE.mp4 [--mounts 8] [--port 0]
+    /usr/bin/python3 benchmarks/rtsp_file_server.py serve FILE.mp4 [--mounts 8] [--port 0] [--in-step]
 
 `make` encodes the benchmark's stream once (GStreamer, no FFmpeg CLI needed): 1920x1080 at 30 fps,
 4:2:0, x264 constant bitrate 4000 kb/s, High profile, no B-frames (like most IP cameras), a keyframe
@@ -13,11 +13,14 @@ half a zone plate whose phase changes every frame, and 10 % of video snow is ble
 frame (sensor noise). It writes OUT.part and renames it, so a cached file is always complete.
 
 `serve` publishes rtsp://127.0.0.1:<port>/cam0 .. /cam<mounts-1>, one media factory per mount, not
-shared: every client session gets its own pipeline, reading the file from its start (so each camera's
-stream lasts the file's length). The pipeline is `filesrc ! qtdemux ! h264parse ! rtph264pay`; the
-server's sinks synchronise to the pipeline clock, so a file is sent at its own frame rate, in real time,
-not as fast as the disk allows (camera_bench checks the rate the runtime sees). It prints
-`READY <port>` once listening, and exits by itself when its parent dies.
+shared: every client session gets its own pipeline reading the file (so each camera's stream lasts the
+file's length). The pipeline is `filesrc ! qtdemux ! h264parse ! rtph264pay`; the server's sinks
+synchronise to the pipeline clock, so a file is sent at its own frame rate, in real time, not as fast
+as the disk allows (camera_bench checks the rate the runtime sees). Mount i's sessions start
+frac(0.618 i) x 2 s into the file (the frames before are dropped, the rest re-stamped), so that the
+cameras' keyframes are spread over the keyframe interval, as real cameras' are, and each begins mid-GOP
+with P-frames; `--in-step` starts every session at the file's first keyframe. It prints `READY <port>`
+once listening, and exits by itself when its parent dies.
 
 No third-party modules besides GI: /usr/bin/python3 has no numpy.
 """
@@ -81,7 +84,13 @@ def make(out: Path, seconds: float) -> int:
     return 0
 
 
-def serve(path: Path, mounts: int, port: int) -> int:
+def phase_s(i: int) -> float:
+    """How far into the file mount i's sessions start: golden-ratio steps through one keyframe interval,
+    so that any number of cameras has its keyframes spread out (real cameras are not in step)."""
+    return ((i * 0.6180339887) % 1.0) * GOP / FPS
+
+
+def serve(path: Path, mounts: int, port: int, stagger: bool) -> int:
     if not path.is_file():
         print(f"FAILED no such file {path}", flush=True)
         return 1
@@ -91,12 +100,15 @@ def serve(path: Path, mounts: int, port: int) -> int:
     server.set_service(str(port))
     points = server.get_mount_points()
     launch = (
-        f"( filesrc location={path} ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+        f"( filesrc location={path} ! qtdemux ! h264parse name=parse "
+        "! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
     for i in range(mounts):
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(launch)
-        factory.set_shared(False)  # each session its own pipeline, from the file's start
+        factory.set_shared(False)  # each session its own pipeline
+        if stagger and phase_s(i) > 0:
+            factory.connect("media-configure", skip_media_start, round(phase_s(i) * Gst.SECOND))
         points.add_factory(f"/cam{i}", factory)
     if server.attach(None) == 0:
         print(f"FAILED cannot listen on 127.0.0.1:{port}", flush=True)
@@ -122,6 +134,27 @@ def serve(path: Path, mounts: int, port: int) -> int:
     return 0
 
 
+def skip_media_start(_factory: object, media: GstRtspServer.RTSPMedia, skip_ns: int) -> None:
+    """The session starts `skip_ns` into the file: earlier frames are dropped and the rest are
+    re-stamped `skip_ns` earlier, before the payloader, so the stream plays from there at once with
+    consistent RTP times and sender reports (a pad offset instead left the sender reports off by the
+    shift). Like a camera joined mid-GOP, it begins with P-frames whose keyframe the client never got."""
+    parse = media.get_element().get_by_name("parse")
+
+    def shift(_pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        buffer = info.get_buffer()
+        if buffer is None or buffer.pts == Gst.CLOCK_TIME_NONE:
+            return Gst.PadProbeReturn.OK
+        if buffer.pts < skip_ns:
+            return Gst.PadProbeReturn.DROP
+        buffer.pts -= skip_ns
+        if buffer.dts != Gst.CLOCK_TIME_NONE:
+            buffer.dts = max(0, buffer.dts - skip_ns)
+        return Gst.PadProbeReturn.OK
+
+    parse.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, shift)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -134,10 +167,15 @@ def main() -> int:
     p_serve.add_argument("file", type=Path)
     p_serve.add_argument("--mounts", type=int, default=8)
     p_serve.add_argument("--port", type=int, default=0)
+    p_serve.add_argument(
+        "--in-step",
+        action="store_true",
+        help="every session from the file's first keyframe (keyframes in step)",
+    )
     args = parser.parse_args()
     if args.command == "make":
         return make(args.out, args.seconds)
-    return serve(args.file.resolve(), args.mounts, args.port)
+    return serve(args.file.resolve(), args.mounts, args.port, not args.in_step)
 
 
 if __name__ == "__main__":
