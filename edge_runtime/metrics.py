@@ -56,6 +56,13 @@ MODEL_INFO = Gauge(
     ["model_id", "sha1", "task", "domain", "device", "fallback_from"],
 )
 MODEL_READY = Gauge("edge_runtime_model_ready", "1 when the model is loaded and warmed up")
+MODEL_LOADS = Counter(
+    "edge_runtime_model_loads_total",
+    "Model loads settled: ready (swapped in, serving) or failed (the previous model, if any, keeps serving)",
+    ["outcome"],
+)
+for _outcome in ("ready", "failed"):  # both series from the start: increase() sees the first load
+    MODEL_LOADS.labels(_outcome)
 
 
 def observe_prediction(source: str, timings: StageTimings) -> None:
@@ -84,6 +91,11 @@ CAMERA_FAILURES = Counter(
     "Stream failures by reason: open_failed, stream_ended (the source closed it: a server crash),"
     " stalled (no frame within stall_timeout_s); each is followed by a reopen",
     ["camera", "reason"],
+)
+CAMERA_SAMPLING_PERIOD = Gauge(
+    "edge_runtime_camera_sampling_period_seconds",
+    "The camera's configured sampling period for inference (1/fps)",
+    ["camera"],
 )
 CAMERA_SAMPLING_OVERRUNS = Counter(
     "edge_runtime_camera_sampling_overruns_total",

@@ -202,6 +202,7 @@ class ModelService:
                 "still serving the previous model" if self.predictor else "no model",
             )
             self._publish()
+            metrics.MODEL_LOADS.labels("failed").inc()
             return self.state
         # Requests in flight hold the old predictor; it is freed when the last of them finishes.
         self.predictor = predictor
@@ -209,6 +210,7 @@ class ModelService:
         _model_metrics(predictor)
         self.serving = update
         self.state = replace(self.state, status=LoadState.READY)
+        metrics.MODEL_LOADS.labels("ready").inc()
         log.info(
             "model update %d: swapped in %s (%s) on %s",
             update,

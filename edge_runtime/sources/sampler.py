@@ -65,6 +65,8 @@ class CameraSampler:
     def reconfigure(self, settings: CameraSettings) -> None:
         """New fps, ROIs or rules without touching the stream (rule state starts over)."""
         self.settings = settings
+        metrics.CAMERA_SAMPLING_PERIOD.labels(settings.id).set(1.0 / settings.fps)
+        metrics.CAMERA_SAMPLING_OVERRUNS.labels(settings.id)  # at 0 from the start: rate() sees the first
         self._rois = tuple(Roi(r.name, r.x, r.y, r.width, r.height) for r in settings.rois) or (FULL_FRAME,)
         self._rules_changed = True  # the rule engine is rebuilt (carrying episodes over) on the next frame
 
