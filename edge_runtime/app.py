@@ -47,6 +47,7 @@ from edge_runtime.model.loader import LoadOptions
 from edge_runtime.settings import Settings
 from edge_runtime.sources.cameras import Cameras
 from edge_runtime.status import StatusBoard, show_connection
+from edge_runtime.ui.routes import register_ui_routes
 
 if TYPE_CHECKING:
     from edge_runtime.iotedge.hub import HubClient
@@ -99,6 +100,7 @@ def create_app(
     app[URL_POLICY] = UrlPolicy.from_allow_list(settings.url_fetch.allow)
     app.cleanup_ctx.append(parts_ctx)
     register_routes(app)
+    register_ui_routes(app)
     return app
 
 

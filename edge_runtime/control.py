@@ -137,6 +137,16 @@ class Controller:
         async with self._lock:  # merged under the lock: concurrent patches never undo each other
             return await self._apply_document(merge_patch(self.desired, patch))
 
+    async def check(self, patch: Mapping[str, Any]) -> str | None:
+        """Whether a patch would apply, without applying or keeping it: None, else why not (what the
+        operator page shows before anything changes)."""
+        async with self._lock:
+            try:
+                self._validate(merge_patch(self.desired, patch))
+            except Exception as exc:
+                return scrub(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}")
+        return None
+
     async def _apply_document(self, desired: Mapping[str, Any]) -> ApplyResult:
         version = desired.get("$version")
         version = version if isinstance(version, int) else None

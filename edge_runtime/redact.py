@@ -75,3 +75,28 @@ class ScrubFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
+
+
+SECRET_KEYS = frozenset({"password", "connection_string", "prediction_key", "admin_key", "viewer_key"})
+
+
+def masked_tree(tree: object) -> object:
+    """A configuration tree fit to show: secrets (SecretStr values, SECRET_KEYS) as MASK, every value
+    under a key ending in "url" redacted (a camera URL shows its host, not its credentials)."""
+    from pydantic import SecretStr
+
+    if isinstance(tree, dict):
+        out: dict[object, object] = {}
+        for key, value in tree.items():
+            if isinstance(value, SecretStr) or (str(key) in SECRET_KEYS and value):
+                out[key] = MASK
+            elif str(key).endswith("url") and isinstance(value, str):
+                out[key] = redact_url(value)
+            else:
+                out[key] = masked_tree(value)
+        return out
+    if isinstance(tree, list | tuple):
+        return [masked_tree(item) for item in tree]
+    if isinstance(tree, SecretStr):
+        return MASK
+    return tree

@@ -143,6 +143,27 @@ class ServerSettings(_Section):
         return names
 
 
+class UiSettings(_Section):
+    enabled: bool = Field(True, description="the operator page at /ui/ and its APIs under /ui/api/")
+    viewer_key: SecretStr | None = Field(
+        None, description="lets people log in to watch (cameras, events, test); the admin key also edits"
+    )
+    open_on_loopback: bool = Field(
+        True,
+        description="clients on 127.0.0.1/::1 may watch without a key (a reverse proxy on the box is one!)",
+    )
+    live_fps: float = Field(2.0, gt=0, le=10, description="camera view refreshes per second, at most")
+    max_live_clients: int = Field(16, ge=1, description="live connections (SSE) at once; 503 above")
+    session_ttl_s: float = Field(12 * 3600.0, gt=0, description="a login lasts this long")
+
+    @field_validator("viewer_key")
+    @classmethod
+    def _long_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 12:
+            raise ValueError("the viewer key must be at least 12 characters long")
+        return value
+
+
 class UrlFetchSettings(_Section):
     allow: tuple[str, ...] = Field((), description="hosts or CIDRs /url may reach even if private/loopback")
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -275,6 +296,11 @@ class EventSettings(_Section):
         100_000, ge=1, description="per sink; the oldest is dropped (counted) above"
     )
     outbox_max_age_s: float = Field(7 * 24 * 3600.0, gt=0, description="older undelivered events are dropped")
+    history_path: Path | None = Field(
+        Path("var/history.sqlite3"), description="the event history the operator page queries; null = off"
+    )
+    history_max_events: int = Field(100_000, ge=1, description="the newest kept; older ones are pruned")
+    history_max_age_s: float = Field(30 * 24 * 3600.0, gt=0, description="older events are pruned")
 
 
 class DeliverySettings(_Section):
@@ -365,6 +391,7 @@ class SinkSettings(_Section):
 class Settings(_Section):
     model: ModelSettings = ModelSettings()
     server: ServerSettings = ServerSettings()
+    ui: UiSettings = UiSettings()
     url_fetch: UrlFetchSettings = UrlFetchSettings()
     cameras: tuple[CameraSettings, ...] = ()
     events: EventSettings = EventSettings()

@@ -27,7 +27,7 @@ from edge_runtime.api.body import BodyLimits, expect_continue, parse_json, recei
 from edge_runtime.api.errors import ApiError
 from edge_runtime.app_keys import BODIES, CONTROLLER, SETTINGS
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.redact import scrub
+from edge_runtime.redact import masked_tree, scrub
 
 MAX_DEPTH = 32  # a desired document is about 6 levels deep; deeper ones would strain recursion later
 
@@ -55,7 +55,7 @@ def _authorise(request: web.Request) -> None:
         raise ApiError(401, "Unauthorized", "missing or wrong 'Authorization: Bearer <admin key>' header")
 
 
-async def _object_body(request: web.Request, what: str) -> dict[str, Any]:
+async def object_body(request: web.Request, what: str) -> dict[str, Any]:
     # Read like every body: bounded in size and time, decoded (gzip/deflate), within the shared budget.
     async with received_body(
         request, BodyLimits.of(request.app[SETTINGS].server), request.app[BODIES]
@@ -102,19 +102,19 @@ async def admin_status(request: web.Request) -> web.Response:
 
 async def admin_get_desired(request: web.Request) -> web.Response:
     _authorise(request)
-    return _json(_masked(request.app[CONTROLLER].desired))
+    return _json(masked_tree(request.app[CONTROLLER].desired))
 
 
 async def admin_patch_desired(request: web.Request) -> web.Response:
     _authorise(request)
-    patch = await _object_body(request, "a desired-properties patch")
+    patch = await object_body(request, "a desired-properties patch")
     result = await request.app[CONTROLLER].patch(patch)
     return _json(result.to_dict(), status=200 if result.applied else 400)
 
 
 async def admin_put_model(request: web.Request) -> web.Response:
     _authorise(request)
-    body = await _object_body(request, '{"url": ..., "sha256": ...} or {"path": ...}')
+    body = await object_body(request, '{"url": ..., "sha256": ...} or {"path": ...}')
     if not ({"url", "path"} & body.keys()):
         raise ApiError(400, "BadRequest", 'body must be {"url": ..., "sha256": ...} or {"path": ...}')
     # The other source is cleared, so the request names exactly one model.
@@ -138,14 +138,3 @@ async def admin_reload_model(request: web.Request) -> web.Response:
     except EdgeRuntimeError as exc:
         return _json({"error": scrub(str(exc)), "model": controller.status()["model"]}, status=500)
     return _json({"model": controller.status()["model"]})
-
-
-SECRET_KEYS = ("password", "connection_string", "url", "prediction_key", "admin_key")
-
-
-def _masked(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: ("***" if k in SECRET_KEYS and v else _masked(v)) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_masked(item) for item in tree]
-    return tree

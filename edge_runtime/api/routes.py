@@ -176,7 +176,7 @@ async def _predict(request: web.Request, image_of: ImageOf, cloud: bool = False)
     try:
         async with received_body(request, BodyLimits.of(request.app[SETTINGS].server), bodies) as body:
             data = await image_of(request, body)
-            answer = await _run(service, data, 429 if cloud else 503)
+            answer = await predict_in_slot(service, data, 429 if cloud else 503)
     finally:
         bodies.give(request.get(HELD_BYTES, 0))
     result = answer.result
@@ -192,7 +192,7 @@ async def _predict(request: web.Request, image_of: ImageOf, cloud: bool = False)
     return web.Response(body=text.encode(), headers={"Content-Type": "application/json"})
 
 
-async def _run(service: InferenceService, data: bytes, busy_status: int) -> Answer:
+async def predict_in_slot(service: InferenceService, data: bytes, busy_status: int) -> Answer:
     """An inference slot (a bounded wait, then `busy_status`), then the prediction."""
     try:
         async with service.slot():

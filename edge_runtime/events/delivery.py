@@ -1,6 +1,7 @@
 """The Delivery part: outbox, snapshot store and sinks behind one stable `publish()`.
 
     publish(event) -> the durable outbox (one row per sink) -> a delivery loop per sink (dispatcher.py)
+                   -> the event history (history.py: queried by the operator page; bounded retention)
                    -> live observers (watch(): the web UI's feed; not durable, a slow one loses events)
 
 Sinks are replaced in place by `apply()` when their settings change: the old ones close first (two MQTT
@@ -22,8 +23,10 @@ from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 from edge_runtime.domain import Event
 from edge_runtime.errors import ConfigError
 from edge_runtime.events.dispatcher import ConnectionWatch, Dispatcher, OutboxLimits, Sink
-from edge_runtime.events.outbox import Outbox
+from edge_runtime.events.history import EventHistory, HistoryLimits
+from edge_runtime.events.outbox import Backlog, Outbox
 from edge_runtime.events.snapshots import SnapshotStore
+from edge_runtime.latest import Latest
 from edge_runtime.redact import scrub
 from edge_runtime.settings import EventSettings, Settings, SinkSettings
 from edge_runtime.sinks.build import build_sinks
@@ -52,6 +55,16 @@ class DeliveryConfig:
         if e.snapshot_dir is None:
             return None
         return SnapshotStore(e.snapshot_dir, e.snapshot_max_count, e.snapshot_max_bytes, self.public_url)
+
+    def event_history(self) -> EventHistory | None:
+        e = self.events
+        if e.history_path is None:
+            return None
+        return EventHistory(e.history_path, HistoryLimits(e.history_max_events, e.history_max_age_s))
+
+    def history_settings(self) -> tuple[object, ...]:
+        e = self.events
+        return (e.history_path, e.history_max_events, e.history_max_age_s)
 
     def snapshot_settings(self) -> tuple[object, ...]:
         e = self.events
@@ -105,13 +118,23 @@ class Delivery:
         self._snapshots = config.snapshot_store()
         self._unwatch: list[Callable[[], None]] = []
         self._observers: set[asyncio.Queue[Event]] = set()
+        self._history = config.event_history()
+        # Each sink's outbox depth and oldest row, measured at the dispatcher's housekeeping (1 s).
+        self.backlogs: Latest[str, Backlog] = Latest()
 
     # ---- the part ---------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         log.info("%s", where_events_go(self.config))
         await self._outbox.open()
         try:
-            await self._start(self.config)
+            if self._history is not None:
+                await self._history.__aenter__()
+            try:
+                await self._start(self.config)
+            except BaseException:
+                if self._history is not None:
+                    await self._history.__aexit__()
+                raise
         except BaseException:
             await self._outbox.close()
             raise
@@ -120,11 +143,15 @@ class Delivery:
     async def __aexit__(self, *exc: object) -> None:
         # Waiting events get a moment to go out; whatever is left goes out after the next start.
         await self._stop(self.DRAIN_ON_EXIT_S)
+        if self._history is not None:
+            await self._history.__aexit__()
         await self._outbox.close()
 
     def check(self, config: DeliveryConfig) -> None:
         if config.events.outbox_path != self.config.events.outbox_path:
             raise ConfigError("events.outbox_path cannot change at run time")
+        if config.history_settings() != self.config.history_settings():
+            raise ConfigError("events.history_* cannot change at run time (set them in the environment)")
         # Construct (not start) every sink: unreadable certificates etc. are refused here.
         build_sinks(config.events, config.sinks, None, self._hub)
 
@@ -157,6 +184,11 @@ class Delivery:
         return self._snapshots
 
     @property
+    def history(self) -> EventHistory | None:
+        """The event history (None when events.history_path is off)."""
+        return self._history
+
+    @property
     def dispatcher(self) -> Running | None:
         """The dispatcher in service (after a failed rollback: the closed one, still storing)."""
         return self._dispatcher
@@ -172,6 +204,11 @@ class Delivery:
         # After a failed swap whose rollback failed too, this is the closed dispatcher: it still
         # stores events for its sinks, which go out once working sinks are applied.
         await self._dispatcher.publish(event)
+        if self._history is not None:
+            try:  # a history for people: a full disk there must not stop delivery
+                await self._history.record(event)
+            except Exception as exc:
+                log.warning("event %s not kept in the history: %s", event.id, scrub(str(exc)))
         for queue in self._observers:
             if queue.full():  # a slow observer loses the oldest, never holds up delivery
                 queue.get_nowait()
@@ -189,7 +226,7 @@ class Delivery:
     async def _dispatcher_for(self, config: DeliveryConfig) -> Running:
         sinks = build_sinks(config.events, config.sinks, self._snapshots, self._hub, self._board)
         limits = OutboxLimits(config.events.outbox_max_events, config.events.outbox_max_age_s)
-        dispatcher = Dispatcher(self._outbox, sinks, limits)
+        dispatcher = Dispatcher(self._outbox, sinks, limits, on_backlog=self.backlogs.put)
         try:
             await dispatcher.start()
         except BaseException:
@@ -216,6 +253,7 @@ class Delivery:
             self._running = False
             for sink in dispatcher.sinks:
                 self._board.remove(sink_key(sink.name))
+                self.backlogs.remove(sink.name)
             await dispatcher.close(drain_timeout=drain_timeout)
 
     def _connection(self, sink: Sink, connected: bool) -> None:

@@ -29,7 +29,7 @@ from edge_runtime import metrics
 from edge_runtime.backoff import Backoff
 from edge_runtime.domain import Event
 from edge_runtime.events.ids import new_event_id
-from edge_runtime.events.outbox import MessageType, Outbox, OutboxRecord
+from edge_runtime.events.outbox import Backlog, MessageType, Outbox, OutboxRecord
 from edge_runtime.events.ratelimit import TokenBucket
 from edge_runtime.events.summary import SummaryCounter
 from edge_runtime.settings import DeliverySettings
@@ -114,7 +114,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         housekeeping_s: float = 1.0,
         batch: int = 50,
+        on_backlog: Callable[[str, Backlog], None] | None = None,
     ) -> None:
+        """`on_backlog(sink, backlog)`: each sink's outbox depth and oldest row, at every housekeeping."""
+        self._on_backlog = on_backlog
         self._outbox = outbox
         self._sinks = tuple(sinks)
         self._limits = limits
@@ -281,6 +284,8 @@ class Dispatcher:
             metrics.OUTBOX_DEPTH.labels(sink.name).set(backlog.depth)
             age = 0.0 if backlog.oldest_created is None else max(0.0, self._clock() - backlog.oldest_created)
             metrics.OUTBOX_OLDEST_AGE.labels(sink.name).set(age)
+            if self._on_backlog is not None:
+                self._on_backlog(sink.name, backlog)
 
     async def backlog(self) -> dict[str, int]:
         return {s.name: (await self._outbox.backlog(s.name)).depth for s in self._sinks}

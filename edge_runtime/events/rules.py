@@ -26,6 +26,21 @@ class Decision:
     boxes: tuple[BoundingBox, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    """Where one ROI/tag's rule stands, for people watching: `hits` of the last `window` frames."""
+
+    roi: str
+    tag: str
+    active: bool
+    hits: int
+    window: int
+    k: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"roi": self.roi, "tag": self.tag, "active": self.active, "hits": self.hits, "k": self.k}
+
+
 @dataclass(slots=True)
 class _Episode:
     rule: RuleSettings
@@ -80,6 +95,13 @@ class RuleEngine:
             if decision is not None:
                 decisions.append(decision)
         return decisions
+
+    def states(self) -> tuple[RuleState, ...]:
+        """Each ROI/tag seen so far, in first-seen order."""
+        return tuple(
+            RuleState(roi, tag, e.active, sum(e.window), e.rule.n, e.rule.k)
+            for (roi, tag), e in self._episodes.items()
+        )
 
     def carry_over(
         self, rules: Sequence[RuleSettings], labels: Sequence[str], rois: Sequence[str]

@@ -23,6 +23,7 @@ from edge_runtime.domain import Frame
 from edge_runtime.redact import redact_url
 from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.capture import Capture, Opener
+from edge_runtime.sources.inspections import Inspections
 from edge_runtime.sources.readers import open_reader
 from edge_runtime.sources.sampler import CameraSampler, Inference, Publisher
 from edge_runtime.status import CameraStatus, StatusBoard, ViewStatus, camera_key
@@ -56,6 +57,7 @@ class Cameras:
         opener: Opener = open_reader,
     ) -> None:
         self.config = cameras
+        self.inspections = Inspections()  # what each camera's model saw last (the operator page)
         self._inference = inference
         self._delivery = delivery
         self._board = board
@@ -131,7 +133,7 @@ class Cameras:
             holder.append(Capture(camera, self._opener, reporter(holder), view=view))
             captures.append(holder[0])
         capture, view_capture = captures[0], (captures[1] if len(captures) > 1 else None)
-        sampler = CameraSampler(capture, self._inference, self._delivery, view_capture)
+        sampler = CameraSampler(capture, self._inference, self._delivery, view_capture, self.inspections)
         self.samplers[camera.id] = sampler
         self._board.put(camera_key(camera.id), self.status(camera.id))
         for each in captures:
@@ -157,6 +159,7 @@ class Cameras:
         if sampler.view is not None:
             stopped = await asyncio.to_thread(sampler.view.stop, STOP_TIMEOUT_S) and stopped
         self._board.remove(camera_key(camera_id))
+        self.inspections.remove(camera_id)
         log.info("camera %s: stopped", camera_id)
         return stopped
 

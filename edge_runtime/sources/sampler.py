@@ -21,6 +21,7 @@ from edge_runtime.events.snapshots import Drawing, SnapshotStore
 from edge_runtime.inference.service import RoiPredictions
 from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.capture import Capture
+from edge_runtime.sources.inspections import Inspection, Inspections, RoiResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,11 +51,19 @@ class Publisher(Protocol):
 
 class CameraSampler:
     def __init__(
-        self, capture: Capture, inference: Inference, outlet: Publisher, view: Capture | None = None
+        self,
+        capture: Capture,
+        inference: Inference,
+        outlet: Publisher,
+        view: Capture | None = None,
+        inspections: Inspections | None = None,
     ) -> None:
-        """`view`: the camera's `url` stream when `capture` reads its detect_url (snapshots from it)."""
+        """`view`: the camera's `url` stream when `capture` reads its detect_url (snapshots from it).
+        `inspections`: where each sample's frame, predictions and rule state are shown (latest wins)."""
         self.capture = capture
         self.view = view
+        self._inspections = inspections
+        self._inspected = 0
         self._inference = inference
         self._outlet = outlet
         self._dropped_seen = 0
@@ -125,6 +134,19 @@ class CameraSampler:
                     event.probability,
                 )
                 await self._outlet.publish(event)
+        if self._inspections is not None:
+            self._inspected += 1
+            self._inspections.put(
+                camera,
+                Inspection(
+                    camera=camera,
+                    sequence=self._inspected,
+                    frame=frame,
+                    rois=tuple(RoiResult.of(roi, predictions) for roi, predictions in results),
+                    rules=engine.states(),
+                    model_id=predictor.spec.model_id,
+                ),
+            )
 
     def _drawing(self, decision: Decision) -> Drawing:
         roi = next((r for r in self._rois if r.name == decision.roi), None)

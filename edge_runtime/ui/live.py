@@ -1,0 +1,141 @@
+"""GET /ui/api/live: server-sent events for the operator page, pushed from the parts, never polled.
+
+    event: board        the status board (model, cameras, sinks, config) after every change
+    event: inspection   a camera's last inspection (predictions per ROI, rule state): at most
+                        ui.live_fps per camera; the page then fetches that frame's JPEG
+    event: backlog      each sink's outbox depth and oldest undelivered age (measured every second)
+    event: event        each defect event as it is published (not durable: see /ui/api/events)
+
+Every source coalesces (a slow page sees the newest state, never a backlog) except events, which a page
+more than Delivery.WATCH_QUEUE behind loses the oldest of. A page that stops reading is dropped after
+WRITE_TIMEOUT_S; at most ui.max_live_clients at once (503 above), so watchers cannot starve the box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, cast
+
+from aiohttp import web
+
+from edge_runtime.api.errors import ApiError
+from edge_runtime.app_keys import BOARD, CAMERAS, CONTROLLER, DELIVERY, INFERENCE
+from edge_runtime.events.outbox import Backlog
+from edge_runtime.redact import scrub_tree
+from edge_runtime.status import Board
+from edge_runtime.ui.state import UI
+
+WRITE_TIMEOUT_S = 10.0
+HEARTBEAT_S = 15.0
+BACKLOG_PERIOD_S = 1.0
+
+
+def board_json(request: web.Request, board: Board) -> dict[str, Any]:
+    controller = request.app[CONTROLLER]
+    model: dict[str, Any] = controller.model_status()
+    predictor = request.app[INFERENCE].serving
+    if predictor is not None:
+        model |= {"task": predictor.spec.task.value, "labels": list(predictor.spec.labels)}
+    configured = {c.id: c for c in controller.settings.cameras}
+    cameras = {}
+    for cid, status in board.cameras().items():
+        settings = configured.get(cid)
+        cameras[cid] = status.to_dict() | {
+            "fps": None if settings is None else settings.fps,
+            "rois": [] if settings is None else [r.name for r in settings.rois],
+        }
+    return cast(
+        dict[str, Any],
+        scrub_tree(
+            {
+                "model": model,
+                "cameras": cameras,
+                "sinks": {name: s.to_dict() for name, s in board.sinks().items()},
+                "config": board.config().to_dict(),
+            }
+        ),
+    )
+
+
+def backlog_json(backlogs: dict[str, Backlog]) -> dict[str, Any]:
+    now = time.time()
+    return {
+        name: {
+            "depth": b.depth,
+            "oldest_age_s": None if b.oldest_created is None else round(max(0.0, now - b.oldest_created), 1),
+        }
+        for name, b in backlogs.items()
+    }
+
+
+class LiveStream:
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        self._request = request
+        self._response = response
+        self._lock = asyncio.Lock()
+
+    async def send(self, kind: str, data: object) -> None:
+        text = f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
+        async with self._lock, asyncio.timeout(WRITE_TIMEOUT_S):
+            await self._response.write(text.encode())
+
+    async def board(self) -> None:
+        async for board in self._request.app[BOARD].changes():
+            await self.send("board", board_json(self._request, board))
+
+    async def inspections(self, fps: float) -> None:
+        sent: dict[str, int] = {}
+        async for latest in self._request.app[CAMERAS].inspections.changes():
+            for camera, inspection in latest.items():
+                if sent.get(camera) != inspection.sequence:
+                    sent[camera] = inspection.sequence
+                    await self.send("inspection", inspection.to_dict())
+            await asyncio.sleep(1.0 / fps)  # the cap: later changes coalesce meanwhile
+
+    async def backlogs(self) -> None:
+        async for backlogs in self._request.app[DELIVERY].backlogs.changes():
+            await self.send("backlog", backlog_json(backlogs))
+            await asyncio.sleep(BACKLOG_PERIOD_S)
+
+    async def events(self) -> None:
+        async with self._request.app[DELIVERY].watch() as feed:
+            async for event in feed:
+                await self.send("event", event.to_dict())
+
+    async def heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            async with self._lock, asyncio.timeout(WRITE_TIMEOUT_S):
+                await self._response.write(b": ping\n\n")
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    ui = request.app[UI]
+    ui.require_viewer(request)
+    if ui.live_clients >= ui.settings.max_live_clients:
+        raise ApiError(
+            503,
+            "TooManyWatchers",
+            f"{ui.settings.max_live_clients} live pages are open (ui.max_live_clients); close one",
+            {"Retry-After": "5"},
+        )
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
+    ui.live_clients += 1
+    try:
+        await response.prepare(request)
+        stream = LiveStream(request, response)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(stream.board())
+            group.create_task(stream.inspections(ui.settings.live_fps))
+            group.create_task(stream.backlogs())
+            group.create_task(stream.events())
+            group.create_task(stream.heartbeat())
+    except* (ConnectionError, TimeoutError):
+        pass  # the page went away or stopped reading
+    finally:
+        ui.live_clients -= 1
+    return response
