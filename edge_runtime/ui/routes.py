@@ -24,6 +24,7 @@ Every API needs the viewer key or the admin key (access.py); edits the admin key
 from __future__ import annotations
 
 import asyncio
+import json
 from importlib import resources
 from typing import Any
 
@@ -305,6 +306,5 @@ async def config_patch(request: web.Request) -> web.Response:
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=dumps(body).encode(), content_type="application/json", charset="utf-8"
-    )
+    text = json.dumps(body, default=str) + "\n"  # paths and the like as text
+    return web.Response(status=status, body=text.encode(), content_type="application/json", charset="utf-8")
