@@ -163,6 +163,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def serving(_: object) -> None:  # run_app prints once its sockets listen
         log.info("serving on http://%s:%d", host, port)
+        if settings.ui.enabled:
+            shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "") else host
+            keyless = " (no key needed from this machine)" if settings.ui.open_on_loopback else ""
+            log.info("operator page: http://%s:%d/ui/%s", shown, port, keyless)
 
     code = 0
     try:

@@ -43,6 +43,7 @@ def board_json(request: web.Request, board: Board) -> dict[str, Any]:
     for cid, status in board.cameras().items():
         settings = configured.get(cid)
         cameras[cid] = status.to_dict() | {
+            "last_frame_at": status.last_frame_at,  # the page ages it between pushes
             "fps": None if settings is None else settings.fps,
             "rois": [] if settings is None else [r.name for r in settings.rois],
         }
@@ -54,19 +55,23 @@ def board_json(request: web.Request, board: Board) -> dict[str, Any]:
                 "cameras": cameras,
                 "sinks": {name: s.to_dict() for name, s in board.sinks().items()},
                 "config": board.config().to_dict(),
+                "now": time.time(),  # the page corrects its clock by this
             }
         ),
     )
 
 
 def backlog_json(backlogs: dict[str, Backlog]) -> dict[str, Any]:
-    now = time.time()
+    """Sent when a depth or the oldest row changes: the page ages `oldest_at` itself in between."""
     return {
-        name: {
-            "depth": b.depth,
-            "oldest_age_s": None if b.oldest_created is None else round(max(0.0, now - b.oldest_created), 1),
-        }
-        for name, b in backlogs.items()
+        "now": time.time(),
+        "sinks": {
+            name: {
+                "depth": b.depth,
+                "oldest_at": b.oldest_created,
+            }
+            for name, b in backlogs.items()
+        },
     }
 
 

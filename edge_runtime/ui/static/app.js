@@ -192,7 +192,7 @@ async function overviewPage() {
     kv(dl, [
       ["decoder", `${stream.decoder || "–"} / ${stream.decode || "–"}`],
       ["fps", status.fps === null ? "–" : String(status.fps)],
-      ["frame age", fmtAge(status.last_frame_age_s)],
+      ["frame age", el("span", { "data-age-of": status.last_frame_at ?? "", text: fmtAge(status.last_frame_age_s) })],
       ["prediction", best ? `${best.tag} ${best.probability.toFixed(2)}${best.roi !== "full_frame" ? ` (${best.roi})` : ""}` : "–"],
       [
         "rules",
@@ -233,7 +233,7 @@ async function overviewPage() {
         el("td", {}, s.connected === undefined ? el("span", { class: "muted", text: "n/a" }) : badge(s.connected ? "connected" : "down", s.connected ? "ok" : "bad")),
         el("td", { text: target.map(([k, v]) => `${k}: ${v}`).join(", ") || "–" }),
         el("td", { text: b.depth === undefined ? "–" : String(b.depth) }),
-        el("td", { text: b.oldest_age_s === undefined ? "–" : fmtAge(b.oldest_age_s) }),
+        el("td", {}, el("span", { "data-age-of": b.oldest_at ?? "", text: b.oldest_at ? fmtAge(Date.now() / 1000 - skew - b.oldest_at) : b.depth === undefined ? "–" : "none waiting" })),
         el("td", { class: s.last_error ? "error" : "", text: s.last_error || "" }),
       );
     });
@@ -262,12 +262,22 @@ async function overviewPage() {
     }
   }
 
+  // Ages tick between pushes (a stalled camera's frame age keeps growing) without asking the server.
+  let skew = 0;
+  setInterval(() => {
+    for (const node of document.querySelectorAll("[data-age-of]")) {
+      const at = Number(node.dataset.ageOf);
+      if (node.dataset.ageOf !== "" && at > 0) node.textContent = fmtAge(Math.max(0, Date.now() / 1000 - skew - at));
+    }
+  }, 1000);
+
   const thumbShown = {};
   live({
     open: () => (state.textContent = "live"),
     error: () => (state.textContent = "reconnecting…"),
     board: (data) => {
       board = data;
+      skew = Date.now() / 1000 - data.now;
       renderModel();
       renderCameras();
       renderSinks();
@@ -283,7 +293,9 @@ async function overviewPage() {
       renderCamera(data.camera);
     },
     backlog: (data) => {
-      Object.assign(backlog, data);
+      skew = Date.now() / 1000 - data.now;
+      for (const name of Object.keys(backlog)) delete backlog[name];
+      Object.assign(backlog, data.sinks);
       if (board) renderSinks();
     },
     event: (e) => {
