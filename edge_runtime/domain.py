@@ -157,6 +157,9 @@ class Event:
     model_id: str
     model_sha1: str
     snapshot: str | None = None  # URL path of the snapshot, e.g. /snapshots/<id>.jpg
+    # Everything the model said about the ROI in the deciding frame (full-frame boxes), for people
+    # reviewing the event (the history); sinks get to_dict(), without it.
+    predictions: tuple[Prediction, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -178,4 +181,24 @@ class Event:
             "captured_at": datetime.fromtimestamp(self.captured_at, UTC).isoformat(timespec="milliseconds"),
             "model": {"id": self.model_id, "sha1": self.model_sha1},
             "snapshot": self.snapshot,
+        }
+
+    def detail_dict(self) -> dict[str, object]:
+        """to_dict() with the ROI's whole prediction (the event history's record)."""
+        return self.to_dict() | {
+            "predictions": [
+                {
+                    "tag": p.tag_name,
+                    "probability": round(p.probability, 6),
+                    "box": None
+                    if p.bounding_box is None
+                    else {
+                        "left": round(p.bounding_box.left, 6),
+                        "top": round(p.bounding_box.top, 6),
+                        "width": round(p.bounding_box.width, 6),
+                        "height": round(p.bounding_box.height, 6),
+                    },
+                }
+                for p in self.predictions
+            ]
         }

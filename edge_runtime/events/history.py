@@ -156,7 +156,7 @@ class EventQuery:
 
 @dataclass(frozen=True, slots=True)
 class EventPage:
-    events: tuple[dict[str, object], ...]  # Event.to_dict() of each, newest first (by id desc)
+    events: tuple[dict[str, object], ...]  # Event.detail_dict() of each, newest first (by id desc)
     next_before: str | None  # the cursor for the next page, None when no more
 
 
@@ -259,7 +259,7 @@ class EventHistory:
 
     async def record(self, event: Event) -> None:
         """Store `event`; an id already stored is replaced (recording twice is harmless)."""
-        body = json.dumps(event.to_dict(), separators=(",", ":"))
+        body = json.dumps(event.detail_dict(), separators=(",", ":"))
         row = (event.id, event.captured_at, event.camera, event.tag, event.kind.value, event.roi, body)
 
         def record() -> None:

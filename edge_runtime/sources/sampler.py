@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from edge_runtime import metrics
-from edge_runtime.domain import FULL_FRAME, BoundingBox, Event, EventKind, Frame, Roi
+from edge_runtime.domain import FULL_FRAME, BoundingBox, Event, EventKind, Frame, Prediction, Roi
 from edge_runtime.engine import Predictor
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.rules import Decision, RuleEngine
@@ -123,7 +123,7 @@ class CameraSampler:
         results = await self._inference.predict_rois(frame, self._rois, predictor)
         for roi, predictions in results:
             for decision in engine.evaluate(roi.name, predictions, frame.captured_at):
-                event = await self._event(decision, frame, predictor)
+                event = await self._event(decision, frame, predictor, predictions)
                 log.info(
                     "event %s %s %s/%s %s p=%.3f",
                     event.id,
@@ -172,7 +172,9 @@ class CameraSampler:
         window = interval + 1.0 / self.settings.fps
         return view if frame.captured_at - window <= view.captured_at <= frame.captured_at + window else frame
 
-    async def _event(self, decision: Decision, frame: Frame, predictor: Predictor) -> Event:
+    async def _event(
+        self, decision: Decision, frame: Frame, predictor: Predictor, predictions: tuple[Prediction, ...] = ()
+    ) -> Event:
         event_id = new_event_id()
         snapshot = None
         snapshots = self._outlet.snapshots
@@ -196,4 +198,5 @@ class CameraSampler:
             model_id=spec.model_id,
             model_sha1=spec.sha1,
             snapshot=snapshot,
+            predictions=predictions,
         )

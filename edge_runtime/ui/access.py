@@ -81,7 +81,7 @@ class Sessions:
 
 def role_for_key(settings: Settings, given: str) -> Role | None:
     """The role a key gives (the admin key first), compared in constant time; None for no match."""
-    raw = given.encode("utf-8", "surrogateescape")
+    raw = given.encode("utf-8", "surrogatepass")
     admin, viewer = settings.server.admin_key, settings.ui.viewer_key
     if admin is not None and hmac.compare_digest(raw, admin.get_secret_value().encode()):
         return Role.ADMIN
@@ -123,7 +123,7 @@ def check_csrf(request: web.Request, access: Access) -> None:
     _same_origin(request)
     given = request.headers.get(CSRF_HEADER, "")
     if not given or not hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), access.session.csrf.encode()
+        given.encode("utf-8", "surrogatepass"), access.session.csrf.encode()
     ):
         raise ApiError(403, "Forbidden", f"missing or wrong {CSRF_HEADER} header (reload the page)")
 

@@ -1,4 +1,4 @@
-"""The event history: a record comes back as Event.to_dict(); each filter alone and combined; paging
+"""The event history: a record comes back as Event.detail_dict(); each filter alone and combined; paging
 without duplicates or gaps; close and reopen; the count and age bounds; URL parameters parsed or
 refused naming the parameter; a damaged file refused naming the path; get and facets."""
 
@@ -49,9 +49,9 @@ async def test_a_record_comes_back_as_its_dict(history: EventHistory) -> None:
     event = make_event(1.5, snapshot="/snapshots/x.jpg")
     await history.record(event)
     page = await history.query(EventQuery())
-    assert page.events == (event.to_dict(),)
+    assert page.events == (event.detail_dict(),)
     assert page.next_before is None
-    assert await history.get(event.id) == event.to_dict()
+    assert await history.get(event.id) == event.detail_dict()
     assert history.count == 1
 
 
@@ -134,7 +134,7 @@ async def test_the_history_survives_close_and_reopen(tmp_path: Path, clock: Fake
     async with EventHistory(path, LIMITS, clock=clock) as history:
         assert history.count == 5
         page = await history.query(EventQuery())
-        assert page.events == tuple(event.to_dict() for event in reversed(events))
+        assert page.events == tuple(event.detail_dict() for event in reversed(events))
         assert await history.facets() == {"cameras": ["cam-0", "cam-1"], "tags": ["stain"]}
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
