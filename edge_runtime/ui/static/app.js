@@ -136,10 +136,19 @@ function drawOverlay(svg, width, height, rois, boxes) {
     svg.append(rect(roi.rect, "roi"));
     svg.append(label(roi.name, roi.rect.left * width + line * 2, roi.rect.top * height + font + line, "roi-label"));
   }
-  for (const box of boxes) {
-    svg.append(rect(box.box, `box${box.active ? " active" : ""}`));
+  for (const box of boxes) svg.append(rect(box.box, `box${box.active ? " active" : ""}`));
+  // Labels over every box, best first, each kept inside the frame and left out where it would cover one
+  // already drawn (a defect found in adjacent cells would otherwise print its labels over each other).
+  const placed = [];
+  for (const box of [...boxes].sort((a, b) => b.probability - a.probability)) {
+    const text = `${box.tag} ${box.probability.toFixed(2)}`;
+    const w = text.length * font * 0.6; // about, for a bold sans-serif
+    const x = Math.max(0, Math.min(box.box.left * width, width - w));
     const y = Math.max(font, box.box.top * height - line * 2);
-    svg.append(label(`${box.tag} ${box.probability.toFixed(2)}`, box.box.left * width, y, "box-label"));
+    const area = { x0: x, x1: x + w, y0: y - font, y1: y };
+    if (placed.some((p) => p.x0 < area.x1 && area.x0 < p.x1 && p.y0 < area.y1 && area.y0 < p.y1)) continue;
+    placed.push(area);
+    svg.append(label(text, x, y, "box-label"));
   }
 }
 
@@ -393,7 +402,7 @@ async function cameraPage() {
       kv($("#status"), [
         ["state", badge(s.state)],
         ["url", s.url],
-        ["decoder", `${stream.decoder || "–"} (${stream.decoder_note || ""})`],
+        ["decoder", `${stream.decoder || "–"}${stream.decoder_note ? ` (${stream.decoder_note})` : ""}`],
         ["decode", `${stream.decode || "–"} ${stream.decode_note || ""}`],
         ["resolution", stream.resolution || "–"],
         ["fps", s.fps === null ? "–" : String(s.fps)],
