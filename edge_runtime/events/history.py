@@ -37,6 +37,7 @@ from typing import Self, TypeVar
 from edge_runtime.domain import Event, EventKind
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.events.ids import EVENT_ID_PATTERN
+from edge_runtime.events.outbox import transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -264,7 +265,7 @@ class EventHistory:
 
         def record() -> None:
             db = self._conn
-            with _transaction(db):
+            with transaction(db):
                 known = db.execute("SELECT 1 FROM history WHERE id = ?", (event.id,)).fetchone()
                 db.execute(
                     "INSERT OR REPLACE INTO history (id, captured_at, camera, tag, kind, roi, body)"
@@ -287,7 +288,7 @@ class EventHistory:
         """On the history thread: drop what the age bound (when `age`) and the count bound exclude."""
         db = self._conn
         now = self._clock()
-        with _transaction(db):
+        with transaction(db):
             expired = 0
             if age:
                 expired = db.execute(
@@ -378,14 +379,3 @@ class EventHistory:
 def _body(text: str) -> dict[str, object]:
     body: dict[str, object] = json.loads(text)
     return body
-
-
-class _transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

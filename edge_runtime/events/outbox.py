@@ -196,7 +196,7 @@ class Outbox:
         def put() -> dict[str, int]:
             db = self._conn
             dropped = {}
-            with _transaction(db):
+            with transaction(db):
                 for sink in sinks:
                     db.execute(
                         "INSERT INTO outbox (sink, type, id, created, body, key, headers)"
@@ -291,7 +291,7 @@ class Outbox:
     async def trim(self, sink: str, max_events: int, max_age_s: float) -> Trimmed:
         def trim() -> Trimmed:
             db = self._conn
-            with _transaction(db):
+            with transaction(db):
                 expired = db.execute(
                     "DELETE FROM outbox WHERE sink = ? AND created < ?", (sink, self._clock() - max_age_s)
                 ).rowcount
@@ -345,7 +345,7 @@ def _add_order_keys(db: sqlite3.Connection) -> None:
     """A file from before order keys: add the column and fill it in from the stored bodies."""
     if any(column[1] == "key" for column in db.execute("PRAGMA table_info(outbox)")):
         return
-    with _transaction(db):
+    with transaction(db):
         db.execute("ALTER TABLE outbox ADD COLUMN key TEXT")
         rows = db.execute("SELECT seq, type, body FROM outbox").fetchall()
         db.executemany(
@@ -357,7 +357,7 @@ def _add_headers(db: sqlite3.Connection) -> None:
     """A file from before headers: add the column and fill in each event's from its stored body."""
     if any(column[1] == "headers" for column in db.execute("PRAGMA table_info(outbox)")):
         return
-    with _transaction(db):
+    with transaction(db):
         db.execute("ALTER TABLE outbox ADD COLUMN headers TEXT NOT NULL DEFAULT '{}'")
         rows = db.execute("SELECT seq, type, body FROM outbox WHERE type = ?", (MessageType.EVENT.value,))
         db.executemany(
@@ -391,7 +391,9 @@ def _drop_oldest(db: sqlite3.Connection, sink: str, count: int) -> int:
     ).rowcount
 
 
-class _transaction:
+class transaction:  # lower case: used like a function, `with transaction(db):`
+    """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on an exception)."""
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 

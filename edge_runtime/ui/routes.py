@@ -24,6 +24,7 @@ Every API needs the viewer key or the admin key (access.py); edits the admin key
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from importlib import resources
 from typing import Any
@@ -44,12 +45,12 @@ from edge_runtime.ui.frames import width_for
 from edge_runtime.ui.live import live
 from edge_runtime.ui.state import UI, UiState
 
-PAGES = {
-    "/ui/": "overview.html",
-    "/ui/camera": "camera.html",
-    "/ui/events": "events.html",
-    "/ui/test": "test.html",
-    "/ui/config": "config.html",
+PAGES = {  # path -> (page, title): static/shell.html around static/pages/<page>.html
+    "/ui/": ("overview", "Overview"),
+    "/ui/camera": ("camera", "Camera"),
+    "/ui/events": ("events", "Events"),
+    "/ui/test": ("test", "Test"),
+    "/ui/config": ("config", "Configuration"),
 }
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 # The page loads nothing from elsewhere and runs no inline script.
@@ -105,8 +106,15 @@ def _file(name: str) -> bytes:
     return resources.files("edge_runtime.ui").joinpath("static", name).read_bytes()
 
 
-def _html(name: str) -> web.Response:
-    return web.Response(body=_file(name), content_type="text/html", charset="utf-8")
+@functools.cache
+def _page(page: str, title: str) -> bytes:
+    shell = _file("shell.html").decode()
+    main = _file(f"pages/{page}.html").decode()
+    return shell.replace("{title}", title).replace("{page}", page).replace("{main}", main).encode()
+
+
+def _html(page: str, title: str) -> web.Response:
+    return web.Response(body=_page(page, title), content_type="text/html", charset="utf-8")
 
 
 def _ui(request: web.Request) -> UiState:
@@ -121,11 +129,11 @@ async def page(request: web.Request) -> web.Response:
         access = None
     if access is None:
         raise web.HTTPFound("/ui/login")
-    return _html(PAGES[request.path])
+    return _html(*PAGES[request.path])
 
 
 async def login_page(request: web.Request) -> web.Response:
-    return _html("login.html")
+    return _html("login", "Log in")
 
 
 async def static(request: web.Request) -> web.Response:
