@@ -141,6 +141,9 @@ class Dispatcher:
 
     async def start(self) -> None:
         names = {s.name for s in self._sinks}
+        for name in names:  # series at 0 from the start, so rate() and the alerts see the first drop
+            for reason in ("full", "expired"):
+                metrics.SINK_DROPPED.labels(name, reason)
         for sink_name, count in (await self._outbox.pending_by_sink()).items():
             if sink_name in names:
                 log.info("outbox: %d message(s) from before the restart wait for %s", count, sink_name)
