@@ -132,10 +132,23 @@ class Controller:
         async with self._lock:
             return await self._apply_document(desired)
 
-    async def patch(self, patch: Mapping[str, Any]) -> ApplyResult:
-        """Merge a desired-properties patch (null removes a key, like the twin) and apply the result."""
+    async def patch(self, patch: Mapping[str, Any], keep_rejected: bool = True) -> ApplyResult:
+        """Merge a desired-properties patch (null removes a key, like the twin) and apply the result.
+        `keep_rejected=False` (the operator page): a patch that does not apply leaves the desired
+        document as it was, checked and applied under one hold of the lock."""
         async with self._lock:  # merged under the lock: concurrent patches never undo each other
-            return await self._apply_document(merge_patch(self.desired, patch))
+            if keep_rejected:
+                return await self._apply_document(merge_patch(self.desired, patch))
+            before = self.desired
+            merged = merge_patch(before, patch)
+            try:
+                self._validate(merged)
+            except Exception as exc:
+                return ApplyResult(False, None, error=_reason(exc))
+            result = await self._apply_document(merged)
+            if not result.applied:
+                self.desired = before
+            return result
 
     async def check(self, patch: Mapping[str, Any]) -> str | None:
         """Whether a patch would apply, without applying or keeping it: None, else why not (what the
@@ -144,7 +157,7 @@ class Controller:
             try:
                 self._validate(merge_patch(self.desired, patch))
             except Exception as exc:
-                return scrub(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}")
+                return _reason(exc)
         return None
 
     async def _apply_document(self, desired: Mapping[str, Any]) -> ApplyResult:
@@ -157,7 +170,7 @@ class Controller:
             new = self._validate(desired)
             changes = await self._apply(new)
         except Exception as exc:  # whatever the reason, the running configuration stays
-            error = scrub(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}")
+            error = _reason(exc)
             log.error("desired configuration (version %s) rejected: %s", version, error)
             self._publish_config(ConfigStatus(version, ConfigOutcome.REJECTED, error))
             return ApplyResult(False, version, error=error)
@@ -274,6 +287,11 @@ class Controller:
         }
         # The one place every status passes (getStatus, reported properties, admin): no credentials.
         return cast(dict[str, Any], scrub_tree(status))
+
+
+def _reason(exc: Exception) -> str:
+    """Why a document was refused, fit to show and report (no credentials)."""
+    return scrub(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}")
 
 
 def keyed_tree(settings: Settings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ camera, already converted (the model read it).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from edge_runtime.domain import FULL_FRAME, BoundingBox, Frame, Prediction, Roi
@@ -61,7 +62,7 @@ class RoiResult:
 @dataclass(frozen=True, slots=True)
 class Inspection:
     camera: str
-    sequence: int  # per camera, grows by one per inspection: names the frame for caches and clients
+    sequence: int  # grows with every inspection, across cameras and restarts: names the frame for caches
     frame: Frame
     rois: tuple[RoiResult, ...]
     rules: tuple[RuleState, ...]
@@ -83,3 +84,11 @@ class Inspection:
 
 class Inspections(Latest[str, Inspection]):
     """The newest inspection per camera (key: the camera id)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # One counter for all: a restarted camera's first frame never reuses a cached frame's name.
+        self._sequence = itertools.count(1)
+
+    def next_sequence(self) -> int:
+        return next(self._sequence)

@@ -63,7 +63,6 @@ class CameraSampler:
         self.capture = capture
         self.view = view
         self._inspections = inspections
-        self._inspected = 0
         self._inference = inference
         self._outlet = outlet
         self._dropped_seen = 0
@@ -135,12 +134,11 @@ class CameraSampler:
                 )
                 await self._outlet.publish(event)
         if self._inspections is not None:
-            self._inspected += 1
             self._inspections.put(
                 camera,
                 Inspection(
                     camera=camera,
-                    sequence=self._inspected,
+                    sequence=self._inspections.next_sequence(),
                     frame=frame,
                     rois=tuple(RoiResult.of(roi, predictions) for roi, predictions in results),
                     rules=engine.states(),

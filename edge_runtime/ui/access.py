@@ -63,9 +63,12 @@ class Sessions:
         session = Session(
             secrets.token_urlsafe(32), role, secrets.token_urlsafe(32), time.monotonic() + self._ttl
         )
+        if len(self._by_token) >= MAX_SESSIONS:
+            # The oldest of the same role goes first: viewers logging in again and again never push
+            # an admin out.
+            same = next((t for t, s in self._by_token.items() if s.role == role), None)
+            self._by_token.pop(same if same is not None else next(iter(self._by_token)))
         self._by_token[session.token] = session
-        while len(self._by_token) > MAX_SESSIONS:
-            self._by_token.popitem(last=False)
         return session
 
     def get(self, token: str) -> Session | None:
@@ -90,12 +93,19 @@ def role_for_key(settings: Settings, given: str) -> Role | None:
     return None
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 def is_loopback(request: web.Request) -> bool:
+    """A loopback peer that also named a loopback host: a page from elsewhere whose name re-resolves to
+    127.0.0.1 (DNS rebinding) names its own host, and is not let in without a key."""
     peer = request.remote  # the socket's peer: X-Forwarded-For is never trusted
     try:
-        return peer is not None and ipaddress.ip_address(peer.split("%")[0]).is_loopback
+        peer_is_loopback = peer is not None and ipaddress.ip_address(peer.split("%")[0]).is_loopback
+        host = urlsplit("//" + request.host).hostname
     except ValueError:
         return False
+    return peer_is_loopback and host in LOOPBACK_HOSTS
 
 
 def identify(request: web.Request, settings: Settings, sessions: Sessions) -> Access | None:

@@ -304,12 +304,8 @@ async def config_check(request: web.Request) -> web.Response:
 async def config_patch(request: web.Request) -> web.Response:
     _ui(request).require_admin(request)
     patch = await object_body(request, "a desired-properties patch")
-    controller = request.app[CONTROLLER]
-    # Checked first: an invalid edit changes nothing, not even the desired document (unlike the twin).
-    error = await controller.check(patch)
-    if error is not None:
-        return _json({"applied": False, "error": error}, status=400)
-    result = await controller.patch(patch)
+    # An edit that does not apply changes nothing, not even the desired document (unlike the twin's).
+    result = await request.app[CONTROLLER].patch(patch, keep_rejected=False)
     return _json(result.to_dict(), status=200 if result.applied else 400)
 
 
