@@ -187,9 +187,9 @@ class Browsing:
     problems: list[Problem] = field(default_factory=list)
     contexts: list[BrowserContext] = field(default_factory=list)
 
-    def context(self, key: str | None = None) -> BrowserContext:
+    def context(self, key: str | None = None, viewport: ViewportSize = VIEWPORT) -> BrowserContext:
         """A fresh context (no cookies); logged in through POST /ui/api/login when a key is given."""
-        context = self.browser.new_context(viewport=VIEWPORT, base_url=self.base)
+        context = self.browser.new_context(viewport=viewport, base_url=self.base, has_touch=True)
         context.set_default_timeout(WAIT_MS)
         context.on("page", self._watch)
         self.contexts.append(context)
@@ -557,6 +557,32 @@ def test_configuration_viewer_and_admin(browsing: Browsing) -> None:
     # The invalid patch's POST /ui/api/config/check and PATCH /ui/api/config answered 400 (shown in
     # #config-result): Chromium logs each as a console error.
     browsing.assert_clean(failed_load(400, "/ui/api/config/check"), failed_load(400, "/ui/api/config"))
+
+
+TABLET = ViewportSize(width=768, height=1024)  # a tablet held upright at the line
+
+
+def test_pages_fit_a_tablet(browsing: Browsing) -> None:
+    """No page scrolls sideways on a portrait tablet, and its buttons are big enough to touch."""
+    page = browsing.context(VIEWER_KEY, viewport=TABLET).new_page()
+    for path, ready in (
+        ("/ui/", f'.camera-card[data-camera="{CAMERA}"] .badge.streaming'),
+        (f"/ui/camera?id={CAMERA}", "#status .badge.streaming"),
+        ("/ui/events", "#events tbody tr"),
+        ("/ui/test", "#file"),
+        ("/ui/config", "#effective"),
+    ):
+        page.goto(path)
+        page.locator(ready).first.wait_for()
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} is {overflow}px wider than the tablet's screen"
+        small = page.eval_on_selector_all(
+            "button:not([hidden])",
+            "(buttons) => buttons.filter((b) => b.offsetParent !== null && b.offsetHeight < 40)"
+            ".map((b) => b.textContent)",
+        )
+        assert not small, f"{path}: buttons under 40 px tall: {small}"
+    browsing.assert_clean()
 
 
 def test_runtime_logged_no_errors(runtime: Runtime) -> None:
