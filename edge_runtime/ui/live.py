@@ -75,6 +75,10 @@ def backlog_json(backlogs: dict[str, Backlog]) -> dict[str, Any]:
     }
 
 
+class Closing(Exception):
+    """The server shuts down: every live page ends (the browser reconnects to the next one)."""
+
+
 class LiveStream:
     def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
         self._request = request
@@ -109,6 +113,10 @@ class LiveStream:
             async for event in feed:
                 await self.send("event", event.to_dict())
 
+    async def until(self, closing: asyncio.Event) -> None:
+        await closing.wait()
+        raise Closing
+
     async def heartbeat(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
@@ -139,8 +147,9 @@ async def live(request: web.Request) -> web.StreamResponse:
             group.create_task(stream.backlogs())
             group.create_task(stream.events())
             group.create_task(stream.heartbeat())
-    except* (ConnectionError, TimeoutError):
-        pass  # the page went away or stopped reading
+            group.create_task(stream.until(ui.closing))
+    except* (ConnectionError, TimeoutError, Closing):
+        pass  # the page went away or stopped reading, or the server shuts down
     finally:
         ui.live_clients -= 1
     return response

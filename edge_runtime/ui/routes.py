@@ -69,7 +69,8 @@ def register_ui_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
     if not settings.ui.enabled:
         return
-    app[UI] = UiState(settings, app[INFERENCE].offload)
+    app[UI] = ui = UiState(settings, app[INFERENCE].offload)
+    app.on_shutdown.append(ui.on_shutdown)
     app.on_response_prepare.append(_security_headers)
     add = app.router.add_route
     add("GET", "/ui", to_pages)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from edge_runtime.settings import Settings, UiSettings
@@ -16,6 +18,10 @@ class UiState:
         self.sessions = Sessions(settings.ui.session_ttl_s)
         self.jpegs = FrameJpegs(offload, settings.ui.live_fps)
         self.live_clients = 0
+        self.closing = asyncio.Event()  # set on shutdown: live pages end instead of holding it up
+
+    async def on_shutdown(self, _: web.Application) -> None:
+        self.closing.set()
 
     def require_viewer(self, request: web.Request) -> Access:
         return require(request, self.app_settings, self.sessions, Role.VIEWER)

@@ -204,3 +204,30 @@ def test_sigterm_exits_fast_while_the_hub_is_a_black_hole(tmp_path: Path) -> Non
         listener.close()
     assert rc == 0, (tmp_path / "serve.log").read_text()[-3000:]
     assert took < 10.0, f"exit took {took:.1f} s"
+
+
+def test_sigterm_ends_open_live_pages_at_once(tmp_path: Path) -> None:
+    """An operator page's live stream (SSE) never ends by itself: SIGTERM must end it, not wait out
+    server.shutdown_timeout_s for it."""
+    http_port = free_port()
+    env = {
+        "EDGE_RUNTIME_SERVER__SHUTDOWN_TIMEOUT_S": "30",
+        "EDGE_RUNTIME_EVENTS__HISTORY_PATH": str(tmp_path / "history.sqlite3"),
+    }
+    proc = start_serve(tmp_path, http_port, env)
+    try:
+        wait_ready(f"http://127.0.0.1:{http_port}", proc)
+        live = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/ui/api/live", timeout=10)
+        assert live.readline().startswith(b"event: ")  # streaming (a loopback viewer needs no key)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(40)
+        took = time.monotonic() - began
+        assert live.read() is not None  # the stream ended (EOF), it was not left hanging
+        live.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert rc == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    assert took < 10, f"exit took {took:.1f} s with a live page open"
