@@ -29,7 +29,13 @@ log = logging.getLogger(__name__)
 MANIFEST = "cvexport.manifest"
 SIDECAR = "metadata_properties.json"
 LABELS = "labels.txt"
-MODEL_CANDIDATES = model_file_names()  # from the format table: "model.onnx", "model.xml"
+MODEL_CANDIDATES = model_file_names()  # from the format table: "model.onnx", "model.xml", "model.tflite"
+TENSORFLOW_GRAPH = "model.pb"  # Docker exports before ExporterVersion 2.2, TensorFlow exports
+TENSORFLOW_ADVICE = (
+    "a TensorFlow frozen graph: running it needs TensorFlow, which edge_runtime does not use. Re-export "
+    "the iteration from Custom Vision as ONNX, or as a Docker export of ExporterVersion 2.2 or later "
+    "(its app/model.tflite runs here)"
+)
 MAX_ZIP_BYTES = 2 * 1024**3  # refuse zip bombs: total uncompressed size
 
 
@@ -153,6 +159,9 @@ def _find_root(folder: Path) -> Path:
     hits = sorted({p.parent for name in (MANIFEST, *MODEL_CANDIDATES) for p in folder.rglob(name)})
     if len(hits) == 1:
         return hits[0]
+    graphs = sorted(folder.rglob(TENSORFLOW_GRAPH))
+    if not hits and len(graphs) == 1:  # a TF-era container's app/ folder, without a manifest
+        raise UnsupportedModelError(graphs[0], TENSORFLOW_ADVICE)
     if not hits:
         raise ModelLoadError(folder, f"no {either(MANIFEST, *MODEL_CANDIDATES)} found; {_contents(folder)}")
     found = ", ".join(h.relative_to(folder).as_posix() or "." for h in hits)
@@ -250,7 +259,6 @@ def _size(sidecar: dict[str, str], prefix: str) -> tuple[int, int] | None:
 
 UNSUPPORTED_PLATFORMS = {
     "tensorflow": "a TensorFlow export",
-    "dockerfile": "a Docker container export (TensorFlow / TFLite inside)",
     "coreml": "a CoreML export",
     "vaidk": "a Vision AI Dev Kit export",
 }
@@ -265,9 +273,15 @@ def describe_export(root: Path) -> ExportDescription:
     if platform in UNSUPPORTED_PLATFORMS:
         raise UnsupportedModelError(
             root / MANIFEST,
-            f"{UNSUPPORTED_PLATFORMS[platform]}; edge_runtime runs ONNX and OpenVINO exports: "
-            "re-export the iteration from Custom Vision as ONNX",
+            f"{UNSUPPORTED_PLATFORMS[platform]}; edge_runtime runs ONNX, OpenVINO and Docker (TFLite) "
+            "exports: re-export the iteration from Custom Vision as ONNX",
         )
+    docker = platform == "dockerfile"
+    if docker and manifest is not None:  # 2.2 holds model.tflite; older ones a TensorFlow graph
+        graph = root / (manifest.model_file or TENSORFLOW_GRAPH)
+        unnamed = graph.is_file() and not any((root / name).is_file() for name in MODEL_CANDIDATES)
+        if graph.suffix.lower() == ".pb" and (manifest.model_file or unnamed):
+            raise UnsupportedModelError(graph, f"the Docker export's model is {TENSORFLOW_ADVICE}")
     flavor = manifest.flavor_key if manifest else ""
     if flavor == "onnx10":
         raise UnsupportedModelError(root / MANIFEST, ONNX10_ADVICE)
@@ -308,7 +322,9 @@ def describe_export(root: Path) -> ExportDescription:
         )
     postprocess = Postprocess.MULTILABEL if method == "classificationmultilabel" else Postprocess.MULTICLASS
     if resize_method == "stretch":
-        return described(postprocess, "General (compact) [S1]", Resize.STRETCH, target or (300, 300))
+        # The 2.2 container's predict.py crops the shorter side in every domain, [S1] too (not run here).
+        resize = Resize.SHORTER_SIDE_TO_INPUT if docker else Resize.STRETCH
+        return described(postprocess, "General (compact) [S1]", resize, target or (300, 300))
     # Compact classification: the container's measured recipe by default (shorter side -> input size).
     return described(
         postprocess, "General (compact)", Resize.SHORTER_SIDE_TO_INPUT, target or (256, 256), crop

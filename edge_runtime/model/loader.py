@@ -163,9 +163,9 @@ def _check_label_count(
             )
 
 
-def _colour_and_range(facts: ModelFacts, postprocess: Postprocess) -> tuple[bool, float]:
+def _colour_and_range(facts: ModelFacts, postprocess: Postprocess, domain: str) -> tuple[bool, float]:
     """The model's metadata_props decide, else its format's default (formats.py, README "Preprocessing")."""
-    default = FORMATS[facts.format].default_pixels(postprocess)
+    default = FORMATS[facts.format].default_pixels(postprocess, domain)
     bgr, scale = default.bgr, default.scale
     fmt = facts.metadata_props.get("Image.BitmapPixelFormat", "").lower()
     if fmt in ("bgr8", "bgra8"):
@@ -208,7 +208,7 @@ def _preprocess(
     nchw = tensor.shape[1] == 3 or tensor.shape[-1] != 3
     h, w = (tensor.shape[2], tensor.shape[3]) if nchw else (tensor.shape[1], tensor.shape[2])
     input_size = (w, h) if isinstance(w, int) and isinstance(h, int) else None
-    bgr, scale = _colour_and_range(facts, postprocess)
+    bgr, scale = _colour_and_range(facts, postprocess, desc.domain)
     sidecar_fmt = desc.sidecar.get("Image.BitmapPixelFormat")
     sidecar_range = desc.sidecar.get("Image.NominalPixelRange")
     if sidecar_fmt or sidecar_range:

@@ -12,6 +12,7 @@ from edge_runtime.domain import Task
 class ModelFormat(StrEnum):
     ONNX = "onnx"
     OPENVINO = "openvino"
+    TFLITE = "tflite"  # the DockerFile export (ExporterVersion 2.2): app/model.tflite
 
 
 class Postprocess(StrEnum):
