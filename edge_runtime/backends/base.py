@@ -2,7 +2,7 @@
 
 Which runtimes can run a model format is the format table's business (model/formats.py); this table
 only knows, per runtime, which module builds its backend. Each entry imports its runtime when called,
-so a machine without OpenVINO never imports it.
+so a machine without OpenVINO (or LiteRT) never imports it.
 """
 
 from __future__ import annotations
@@ -44,7 +44,14 @@ def _openvino(model_path: Path, plan: ExecutionPlan, threads: int) -> Backend:
     return OpenVinoBackend(model_path, plan, threads)
 
 
+def _litert(model_path: Path, plan: ExecutionPlan, threads: int) -> Backend:
+    from edge_runtime.backends.litert import LiteRtBackend
+
+    return LiteRtBackend(model_path, plan, threads)
+
+
 BACKENDS: dict[BackendKind, BackendFactory] = {
     BackendKind.ONNXRUNTIME: _onnxruntime,
     BackendKind.OPENVINO: _openvino,
+    BackendKind.LITERT: _litert,
 }

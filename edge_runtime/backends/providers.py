@@ -119,12 +119,17 @@ def _accelerator(available: Availability) -> str | None:
 
 
 # What each runtime runs a model on, as refusals name it.
-_DEVICES_OF = {BackendKind.ONNXRUNTIME: "onnxruntime providers", BackendKind.OPENVINO: "OpenVINO devices"}
+_DEVICES_OF = {
+    BackendKind.ONNXRUNTIME: "onnxruntime providers",
+    BackendKind.OPENVINO: "OpenVINO devices",
+    BackendKind.LITERT: "the CPU (LiteRT)",
+}
 
 # How each runtime runs a model on a plain CPU.
 _CPU_PLANS = {
     BackendKind.ONNXRUNTIME: ExecutionPlan(BackendKind.ONNXRUNTIME, "cpu", ort_providers=(CPU_EP,)),
     BackendKind.OPENVINO: ExecutionPlan(BackendKind.OPENVINO, "openvino:CPU", openvino_device="CPU"),
+    BackendKind.LITERT: ExecutionPlan(BackendKind.LITERT, "cpu"),  # no GPU delegate in the x86 wheels
 }
 
 
@@ -151,8 +156,13 @@ def _openvino(device: str, available: Availability, model: ModelNeeds, reason: s
     return ExecutionPlan(BackendKind.OPENVINO, f"openvino:{device}", openvino_device=device, reason=reason)
 
 
+def _runs_only_on(model: ModelNeeds) -> str:
+    return " or ".join(_DEVICES_OF[runtime] for runtime in model.support.runtimes)
+
+
 def _auto(available: Availability, model: ModelNeeds) -> ExecutionPlan:
-    if model.runs_on(BackendKind.ONNXRUNTIME) and CUDA_EP in available.ort_providers:
+    cuda = CUDA_EP in available.ort_providers
+    if cuda and model.runs_on(BackendKind.ONNXRUNTIME):
         return ExecutionPlan(
             BackendKind.ONNXRUNTIME, "cuda", (CUDA_EP, CPU_EP), reason="auto: CUDA is available"
         )
@@ -163,6 +173,8 @@ def _auto(available: Availability, model: ModelNeeds) -> ExecutionPlan:
         return _openvino(accel, available, model, f"auto: Intel {accel} found by OpenVINO")
     if accel:
         return _cpu(model, f"auto: Intel {accel} found but this model has ops OpenVINO cannot run (ZipMap)")
+    if cuda:
+        return _cpu(model, f"auto: CUDA found but {model.support.title} runs only on {_runs_only_on(model)}")
     return _cpu(model, "auto: no CUDA or Intel GPU/NPU found")
 
 
@@ -173,8 +185,7 @@ def _requested(request: DeviceRequest, available: Availability, model: ModelNeed
         return _cpu(model, "requested cpu")
     if request.kind is DeviceKind.CUDA:
         if not model.runs_on(BackendKind.ONNXRUNTIME):
-            devices = " or ".join(_DEVICES_OF[runtime] for runtime in model.support.runtimes)
-            raise DeviceUnavailableError(f"cuda: {model.support.title} runs only on {devices}")
+            raise DeviceUnavailableError(f"cuda: {model.support.title} runs only on {_runs_only_on(model)}")
         if CUDA_EP not in available.ort_providers:
             raise DeviceUnavailableError(
                 "cuda: onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu, "
@@ -182,6 +193,10 @@ def _requested(request: DeviceRequest, available: Availability, model: ModelNeed
             )
         return ExecutionPlan(BackendKind.ONNXRUNTIME, "cuda", (CUDA_EP, CPU_EP), reason="requested cuda")
     wanted = request.openvino_device or "AUTO"
+    if not _reaches_openvino(model, available):
+        raise DeviceUnavailableError(
+            f"openvino:{wanted}: {model.support.title} runs only on {_runs_only_on(model)}"
+        )
     if not model.openvino_compatible:
         raise DeviceUnavailableError(f"openvino:{wanted}: this model has ops OpenVINO cannot run (ZipMap)")
     device = _ov_match(wanted, available.openvino_devices)

@@ -27,6 +27,7 @@ from pathlib import Path, PurePath
 from edge_runtime.errors import ModelLoadError
 from edge_runtime.model.modelfile import ModelFacts, inspect_onnx, inspect_openvino
 from edge_runtime.model.spec import ModelFormat, Postprocess
+from edge_runtime.model.tflite_file import inspect_tflite
 
 
 class BackendKind(StrEnum):
@@ -34,6 +35,7 @@ class BackendKind(StrEnum):
 
     ONNXRUNTIME = "onnxruntime"
     OPENVINO = "openvino"
+    LITERT = "litert"  # ai-edge-litert (or tflite-runtime): CPU only
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +55,15 @@ class FormatSupport:
     runtimes: tuple[BackendKind, ...]  # that can run it; the first runs it when the device is a plain CPU
     pixels: PixelFormat  # when neither the model's metadata nor `pixels_by_postprocess` says
     pixels_by_postprocess: tuple[tuple[Postprocess, PixelFormat], ...] = ()
+    pixels_by_domain: tuple[tuple[str, PixelFormat], ...] = ()  # before pixels_by_postprocess
 
     @property
     def suffixes(self) -> tuple[str, ...]:
         return tuple(PurePath(name).suffix.lower() for name in self.files)
 
-    def default_pixels(self, postprocess: Postprocess) -> PixelFormat:
-        return dict(self.pixels_by_postprocess).get(postprocess, self.pixels)
+    def default_pixels(self, postprocess: Postprocess, domain: str = "") -> PixelFormat:
+        by_domain = dict(self.pixels_by_domain).get(domain)
+        return by_domain or dict(self.pixels_by_postprocess).get(postprocess, self.pixels)
 
 
 # The official ONNX samples' rule is RGB 0..1 unless the model says otherwise; some domains were
@@ -87,6 +91,19 @@ FORMATS: dict[ModelFormat, FormatSupport] = {
         inspect=inspect_openvino,
         runtimes=(BackendKind.OPENVINO,),
         pixels=_RGB_0_1,  # the official OpenVINO samples: "RGB[0-1] NCHW", whatever the domain
+    ),
+    ModelFormat.TFLITE: FormatSupport(
+        format=ModelFormat.TFLITE,
+        title="a TFLite model",
+        files=("model.tflite",),
+        inspect=inspect_tflite,
+        runtimes=(BackendKind.LITERT,),
+        # The 2.2 container's predict.py: float32 0..255, RGB swapped to BGR by IS_BGR = True, which the
+        # exporter writes into General (compact) exports (measured: the meter export's container). NHWC
+        # comes from the input tensor's shape ([1, 224, 224, 3]), like every layout.
+        pixels=PixelFormat(bgr=True, scale=1.0),
+        # An [S1] export's predict.py has IS_BGR = False (read in a real export; its model not run here).
+        pixels_by_domain=(("General (compact) [S1]", PixelFormat(bgr=False, scale=1.0)),),
     ),
 }
 

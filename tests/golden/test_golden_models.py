@@ -18,7 +18,7 @@ from synthetic import cpu_options
 from edge_runtime.backends.providers import BackendKind
 from edge_runtime.domain import Task
 from edge_runtime.engine import Predictor
-from edge_runtime.errors import DeviceUnavailableError, ModelLoadError, UnsupportedModelError
+from edge_runtime.errors import DeviceUnavailableError, UnsupportedModelError
 from edge_runtime.model.export import describe_export, sha1_of
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.spec import DEFAULT_YOLO_ANCHORS, Postprocess, Resize
@@ -199,19 +199,17 @@ def test_onnx10_is_rejected_with_advice(shared_models: Path) -> None:
     assert "re-export" in str(info.value).lower()
 
 
-def test_docker_tflite_export_is_rejected_with_advice(shared_models: Path) -> None:
-    folder = shared_models / "docker22-tflite-classification-meter"
+# The Docker 2.2 export (model.tflite) loads: tests/golden/test_golden_tflite.py.
+
+
+def test_tensorflow_graph_is_refused_with_advice(shared_models: Path) -> None:
+    # A TF-era container's app/ folder: model.pb and labels.txt, no manifest.
+    folder = shared_models / "tf-classification-apple-banana"
     with pytest.raises(UnsupportedModelError) as info:
         load_spec(folder)
-    assert info.value.path == str(folder / "cvexport.manifest")
-    assert "re-export" in str(info.value).lower()
-
-
-def test_tensorflow_folder_without_model_is_a_clear_error(shared_models: Path) -> None:
-    folder = shared_models / "tf-classification-apple-banana"
-    with pytest.raises(ModelLoadError, match=r"no cvexport.manifest, model.onnx or model.xml") as info:
-        load_spec(folder)
-    assert info.value.path == str(folder)
+    assert info.value.path == str(folder / "model.pb")
+    assert "needs TensorFlow" in str(info.value)
+    assert "as ONNX" in str(info.value) and "2.2" in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------ metadata-only

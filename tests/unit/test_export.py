@@ -172,7 +172,7 @@ def test_describe_export_without_a_model_file(
     assert desc.labels == ("x", "y")
 
 
-@pytest.mark.parametrize("platform", ["TensorFlow", "DockerFile", "CoreML", "VAIDK", "tensorflow"])
+@pytest.mark.parametrize("platform", ["TensorFlow", "CoreML", "VAIDK", "tensorflow"])
 def test_unsupported_platforms_are_rejected_with_advice(tmp_path: Path, platform: str) -> None:
     root = export_files(tmp_path / "export", platform=platform)
     with pytest.raises(UnsupportedModelError) as info:

@@ -43,7 +43,7 @@ def test_every_runtime_a_row_names_can_be_built() -> None:
 
 
 def test_export_discovery_reads_the_table() -> None:
-    assert MODEL_CANDIDATES == ("model.onnx", "model.xml")
+    assert MODEL_CANDIDATES == ("model.onnx", "model.xml", "model.tflite")
     assert tuple(name for row in FORMATS.values() for name in row.files) == MODEL_CANDIDATES
 
 
