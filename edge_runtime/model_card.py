@@ -39,6 +39,7 @@ class ModelCard:
     outputs: tuple[TensorInfo, ...]
     preprocessing: str  # the recipe in words (PreprocessSpec.describe)
     detection: DetectionParams | None  # None for classifiers
+    runtime: str  # the backend that runs it: "onnxruntime", "openvino", "litert"
     device: str
     device_reason: str
     fallback_from: str | None
@@ -67,6 +68,7 @@ class ModelCard:
             outputs=spec.outputs,
             preprocessing=recipe.describe(),
             detection=None if spec.task is Task.CLASSIFICATION else spec.detection,
+            runtime=plan.backend.value,
             device=predictor.device,
             device_reason=plan.reason,
             fallback_from=plan.fallback_from,
@@ -102,6 +104,7 @@ class ModelCard:
                 "onnxruntime": list(self.available.ort_providers),
                 "openvino": list(self.available.openvino_devices),
             },
+            "runtime": self.runtime,
             "device": self.device,
             "device_reason": self.device_reason,
             "fallback_from": self.fallback_from,

@@ -63,6 +63,7 @@ def test_full_card(classifier: Predictor, classifier_export: Path) -> None:
         "preprocessing",
         "detection",
         "devices_available",
+        "runtime",
         "device",
         "device_reason",
         "fallback_from",
@@ -82,7 +83,7 @@ def test_full_card(classifier: Predictor, classifier_export: Path) -> None:
     assert card["outputs"] == [{"name": "model_output", "shape": [None, 3], "dtype": "float32"}]
     assert card["detection"] is None
     assert card["devices_available"] == {"onnxruntime": ["CPUExecutionProvider"], "openvino": ["CPU"]}
-    assert (card["device"], card["fallback_from"]) == ("cpu", None)
+    assert (card["runtime"], card["device"], card["fallback_from"]) == ("onnxruntime", "cpu", None)
 
 
 def test_devices_are_detected_only_when_asked(classifier: Predictor) -> None:
