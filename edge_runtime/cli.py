@@ -1,4 +1,4 @@
-"""Command line: `edge-runtime predict | inspect | serve`."""
+"""Command line: `edge-runtime predict | inspect | compare | serve`."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from edge_runtime import __version__
 from edge_runtime.api.schemas import ResponseIds, dumps, prediction_body
 from edge_runtime.app import predictor_options
 from edge_runtime.backends.providers import detect_availability
+from edge_runtime.domain import PredictionResult
 from edge_runtime.engine import Predictor
-from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError, ImageError
 from edge_runtime.model.export import export_folder
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.spec import Resize
@@ -116,6 +117,90 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         else:
             print(f"{key}: {value}")
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Both models predict every image; the comparison (compare.py) is printed as text or JSON. Exit 0
+    when at least one image was compared (however much the models disagree), 1 when none could be, 2 for
+    usage errors and a model that does not load (named: old or new, and its path)."""
+    from edge_runtime.compare import ImageFailure, ModelSide, compare, discover_images, render_text
+
+    models: list[Path] = args.model or []
+    if len(models) != 2:
+        raise ConfigError(f"compare needs two models, --model OLD --model NEW (got {len(models)})")
+    devices: list[str | None] = args.device or [None]
+    if len(devices) > 2:
+        raise ConfigError("--device: give it once (both models) or twice (OLD's, then NEW's)")
+    devices = devices * 2 if len(devices) == 1 else devices
+    if not 0.0 < args.iou <= 1.0:
+        raise ConfigError(f"--iou {args.iou:g}: expected a value above 0 and at most 1")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold {args.threshold:g}: expected a value from 0 to 1")
+    images, failures = discover_images(args.paths)
+    if not images:
+        missing = "".join(f"; {f.image}: {f.error}" for f in failures)
+        raise ConfigError(f"no images to compare in {', '.join(map(str, args.paths))}{missing}")
+    predictors: list[Predictor] = []
+    try:
+        for role, path, device in zip(("old", "new"), models, devices, strict=True):
+            try:
+                settings = settings_from_args(
+                    argparse.Namespace(**{**vars(args), "model": path, "device": device})
+                )
+                predictors.append(Predictor.load(path, predictor_options(settings, workers=1)))
+            except EdgeRuntimeError as exc:
+                print(f"error: {role} model ({path}): {exc}", file=sys.stderr)
+                return 2
+        old, new = predictors
+        names: list[str] = []
+        old_results: list[PredictionResult] = []
+        new_results: list[PredictionResult] = []
+        for image in images:
+            outcome = _predict_both(image, old, new)
+            if isinstance(outcome, str):
+                failures.append(ImageFailure(str(image), outcome))
+                continue
+            names.append(str(image))
+            old_results.append(outcome[0])
+            new_results.append(outcome[1])
+        old_side, new_side = (
+            ModelSide(str(path), p.spec.task, p.spec.labels, p.device)
+            for path, p in zip(models, predictors, strict=True)
+        )
+        report = compare(
+            old_side,
+            new_side,
+            names,
+            old_results,
+            new_results,
+            iou_threshold=args.iou,
+            threshold=args.threshold,
+            failures=failures,
+        )
+    finally:
+        for predictor in predictors:
+            predictor.close()
+    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else render_text(report))
+    return 0 if report.images else 1
+
+
+def _predict_both(
+    image: Path, old: Predictor, new: Predictor
+) -> tuple[PredictionResult, PredictionResult] | str:
+    """Both models' predictions of one image file, or why there are none (the model that failed named)."""
+    try:
+        data = image.read_bytes()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    results: list[PredictionResult] = []
+    for role, predictor in (("old", old), ("new", new)):
+        try:
+            results.append(predictor.predict_bytes(data))
+        except ImageError as exc:  # the same bytes and limits for both: not a model's fault
+            return str(exc)
+        except EdgeRuntimeError as exc:
+            return f"{role} model: {exc}"
+    return results[0], results[1]
 
 
 def check_rule_tags(settings: Settings, path: Path) -> None:
@@ -245,6 +330,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(inspect)
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_inspect)
+
+    compare = sub.add_parser(
+        "compare",
+        help="compare two models on the same images: top-1 agreement, |dp| by label, confusion, boxes",
+        conflict_handler="resolve",  # --model and --device are given twice here
+    )
+    add_model_arguments(compare)
+    compare.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        metavar="EXPORT",
+        help="twice: the OLD export, then the NEW one",
+    )
+    compare.add_argument(
+        "--device",
+        action="append",
+        help="auto | cpu | cuda | openvino[:CPU|GPU|NPU|AUTO]: once for both models, or twice (OLD's, NEW's)",
+    )
+    compare.add_argument("--iou", type=float, default=0.5, help="detection: boxes match at this IoU (0.5)")
+    compare.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="detection: boxes below this probability are left out (0)",
+    )
+    compare.add_argument("--json", action="store_true", help="the whole report, every image, as JSON")
+    compare.add_argument(
+        "paths", nargs="+", type=Path, metavar="IMAGES_OR_FOLDER", help="image files and folders (recursive)"
+    )
+    compare.set_defaults(func=cmd_compare)
 
     serve = sub.add_parser("serve", help="serve the Custom Vision container API, health and metrics")
     add_model_arguments(serve)
