@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -34,7 +35,7 @@ from edge_runtime.engine import Predictor
 from edge_runtime.errors import DeviceUnavailableError, InferenceError, ModelLoadError, UnsupportedModelError
 from edge_runtime.model import tflite_file
 from edge_runtime.model.formats import FORMATS, PixelFormat, inspect_model
-from edge_runtime.model.loader import load_spec
+from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.spec import ModelFormat, Postprocess, Resize, TensorInfo
 
 pytest.importorskip("ai_edge_litert", reason="the litert extra (ai-edge-litert) is not installed")
@@ -129,6 +130,32 @@ def test_a_docker_export_of_a_tensorflow_graph_is_refused(tmp_path: Path) -> Non
     assert info.value.path == str(folder / "model.pb")
     message = str(info.value)
     assert "needs TensorFlow" in message and "as ONNX" in message and "2.2" in message
+
+
+def test_a_tf_era_container_zip_is_refused_naming_the_graph(tmp_path: Path) -> None:
+    # 2018-2021 Docker exports: app/model.pb (+ labels.txt), some without a manifest.
+    archive = tmp_path / "docker.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("Dockerfile", "FROM python:3.7-slim\n")
+        zf.writestr("app/model.pb", b"\x0a\x05graph")
+        zf.writestr("app/labels.txt", "a\nb\n")
+    with pytest.raises(UnsupportedModelError) as info:
+        Predictor.load(archive, cpu_options())
+    assert info.value.path == f"{archive}:app/model.pb"
+    assert "needs TensorFlow" in str(info.value)
+
+
+def test_a_docker_manifest_without_a_model_file_name(tmp_path: Path) -> None:
+    folder = write_docker_export(tmp_path / "pb", b"\x0a\x05graph", LABELS, model_file="model.pb")
+    manifest = json.loads((folder / "cvexport.manifest").read_text())
+    (folder / "cvexport.manifest").write_text(json.dumps({**manifest, "ModelFileName": None}))
+    with pytest.raises(UnsupportedModelError, match="needs TensorFlow"):
+        load_spec(folder, LoadOptions(verify_sha1=False))
+    # The same manifest beside a model.tflite: the TFLite model is found and loads.
+    folder = write_docker_export(tmp_path / "tflite", classifier_tflite(), LABELS)
+    manifest = json.loads((folder / "cvexport.manifest").read_text())
+    (folder / "cvexport.manifest").write_text(json.dumps({**manifest, "ModelFileName": None}))
+    assert load_spec(folder).format is ModelFormat.TFLITE
 
 
 def test_a_quantized_input_is_refused_at_load(tmp_path: Path) -> None:
