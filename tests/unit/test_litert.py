@@ -47,12 +47,12 @@ RED = (255, 0, 0)
 
 
 def red_png(size: tuple[int, int] = (40, 30)) -> bytes:
-    return synthetic.encode(Image.new("RGB", size, RED), "PNG")
+    return bytes(synthetic.encode(Image.new("RGB", size, RED), "PNG"))
 
 
 @pytest.fixture
 def docker_export(tmp_path: Path) -> Path:
-    return write_docker_export(tmp_path / "app", classifier_tflite(), LABELS)
+    return Path(write_docker_export(tmp_path / "app", classifier_tflite(), LABELS))
 
 
 # ----------------------------------------------------------------------------------- the format table
