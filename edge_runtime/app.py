@@ -72,7 +72,14 @@ def predictor_options(settings: Settings, workers: int) -> PredictorOptions:
     return PredictorOptions(
         device=parse_device(m.device, m.allow_fallback),
         threads=threads,
-        load=LoadOptions(resize=m.resize, verify_sha1=m.verify_sha1),
+        load=LoadOptions(
+            resize=m.resize,
+            verify_sha1=m.verify_sha1,
+            layout=m.layout,
+            score_threshold=m.score_threshold,
+            iou_threshold=m.iou_threshold,
+            max_detections=m.max_detections,
+        ),
         limits=image_limits(settings),
     )
 

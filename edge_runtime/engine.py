@@ -35,7 +35,7 @@ from edge_runtime.model.export import export_folder
 from edge_runtime.model.imaging import ImageLimits, decode_image, image_from_bgr
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.postprocess import postprocess
-from edge_runtime.model.preprocess import check_resize, preprocess, resize_sizes
+from edge_runtime.model.preprocess import check_resize, prepare, resize_sizes
 from edge_runtime.model.spec import ModelSpec, Postprocess
 
 log = logging.getLogger(__name__)
@@ -186,12 +186,12 @@ class Predictor:
 
     def _infer(self, image: Image.Image, decode_seconds: float) -> PredictionResult:
         t0 = time.perf_counter()
-        tensor = preprocess(image, self.spec.preprocess)
+        tensor, geometry = prepare(image, self.spec.preprocess)  # geometry: where the picture lies in it
         t1 = time.perf_counter()
         try:
             outputs: Any = self.backend.run(tensor)
             t2 = time.perf_counter()
-            predictions = postprocess(outputs, self.spec)
+            predictions = postprocess(outputs, self.spec, geometry)
         except InferenceError as exc:
             self.health.record(False, str(exc))
             raise

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from edge_runtime.backends.providers import Availability
 from edge_runtime.domain import Task
+from edge_runtime.model.layouts import DECODERS
 from edge_runtime.model.spec import DetectionParams, ModelFormat, Postprocess, TensorInfo
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class ModelCard:
     domain: str
     flavour: str | None
     postprocess: Postprocess
+    decoder: str  # what the postprocessing does, in words (layouts.DECODERS)
     labels: tuple[str, ...]
     sha1: str
     iteration_id: str
@@ -58,6 +60,7 @@ class ModelCard:
             domain=spec.domain,
             flavour=spec.flavour,
             postprocess=spec.postprocess,
+            decoder=_decoder(predictor),
             labels=spec.labels,
             sha1=spec.sha1,
             iteration_id=spec.iteration_id,
@@ -86,6 +89,7 @@ class ModelCard:
             "domain": self.domain,
             "flavour": self.flavour,
             "postprocess": self.postprocess.value,
+            "decoder": self.decoder,
             "labels": list(self.labels),
             "sha1": self.sha1,
             "iteration_id": self.iteration_id,
@@ -128,6 +132,16 @@ class ModelCard:
             "fallback_from": self.fallback_from,
             "warmup_ms": self.warmup_ms,
         }
+
+
+def _decoder(predictor: Predictor) -> str:
+    spec = predictor.spec
+    words = DECODERS[spec.postprocess]
+    if spec.postprocess is Postprocess.LOGITS_MULTILABEL:
+        words += f" ({spec.detection.prob_threshold})"
+    if spec.decoder_outputs:
+        words += f"; reads {', '.join(spec.decoder_outputs)}"
+    return words
 
 
 def _tensor(tensor: TensorInfo) -> dict[str, object]:

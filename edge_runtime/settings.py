@@ -32,7 +32,7 @@ from edge_runtime.model.limits import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_RESIZED_PIXELS,
 )
-from edge_runtime.model.spec import Resize
+from edge_runtime.model.spec import Postprocess, Resize
 from edge_runtime.sources.decoding import DecodeMode, HwAccel, ReaderKind
 
 ENV_PREFIX = "EDGE_RUNTIME_"
@@ -53,6 +53,24 @@ class ModelSettings(_Section):
     )
     threads: int = Field(0, ge=0, description="backend threads per inference; 0 = 1 per worker when serving")
     resize: Resize | None = Field(None, description="override the preprocessing recipe")
+    layout: Postprocess | None = Field(
+        None,
+        description="the output layout where the model's files and shapes leave a choice: "
+        "logits-multiclass | logits-multilabel (AutoML classifiers without settings.json), "
+        "objectness | anchor-free | end-to-end | detr (detectors that fit several)",
+    )
+    score_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="drop detections (AutoML multi-label labels) scoring less; none: the model's",
+    )
+    iou_threshold: float | None = Field(
+        None, ge=0, le=1, description="NMS overlap for the detectors decoded here; none = the model's"
+    )
+    max_detections: int | None = Field(
+        None, ge=1, description="most detections per picture; none: the model's"
+    )
     verify_sha1: bool = Field(True, description="check ModelFileSHA1 from cvexport.manifest")
     url: SecretStr | None = Field(
         None, description="https URL of an export .zip to download (e.g. a blob SAS URL); needs sha256"

@@ -29,7 +29,6 @@ from edge_runtime import metrics
 from edge_runtime.engine import Predictor, PredictorOptions
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.model.download import DownloadRequest, download_model
-from edge_runtime.model.loader import LoadOptions
 from edge_runtime.redact import redact_url, scrub
 from edge_runtime.settings import ModelSettings, Settings, rule_tag_problem
 from edge_runtime.status import MODEL, LoadState, ModelStatus, Serving, StatusBoard
@@ -236,7 +235,7 @@ class ModelService:
             )
             path = await download_model(request)
             extract = m.download_dir / m.sha256.lower()
-            load = LoadOptions(resize=m.resize, verify_sha1=m.verify_sha1, extract_dir=extract)
+            load = replace(options.load, resize=m.resize, verify_sha1=m.verify_sha1, extract_dir=extract)
             return path, PredictorOptions(options.device, options.threads, load, options.limits)
         local = m.path or self._default_model_path
         if local is None:

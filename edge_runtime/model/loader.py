@@ -1,4 +1,9 @@
-"""Export files + model facts -> one ModelSpec. Every decision about an export is made here, once."""
+"""Export files + model facts -> one ModelSpec. Every decision about an export is made here, once.
+
+A Custom Vision export (cvexport.manifest, or a bare model.onnx whose outputs look like one) is decided
+here; AutoML for Images exports (labels.json) and other graphs are recognised by their signature and
+built by model/layout_spec.py.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 
 from edge_runtime.domain import Task
 from edge_runtime.errors import ModelIntegrityError, ModelLoadError
+from edge_runtime.model.automl import read_automl
 from edge_runtime.model.export import (
     LABELS,
     MODEL_CANDIDATES,
@@ -20,6 +26,7 @@ from edge_runtime.model.export import (
     sidecar_number,
 )
 from edge_runtime.model.formats import FORMATS, inspect_model
+from edge_runtime.model.layout_spec import Found, Overrides, layout_spec
 from edge_runtime.model.modelfile import ModelFacts
 from edge_runtime.model.spec import (
     DEFAULT_YOLO_ANCHORS,
@@ -43,6 +50,17 @@ class LoadOptions:
     resize: Resize | None = None  # override the export's default recipe
     verify_sha1: bool = True
     extract_dir: Path | None = None  # where a .zip is unpacked (a temp dir by default)
+    # The output layout where the files and shapes leave a choice (layout_spec.py), and thresholds that
+    # replace the format's own (every detector; AutoML multi-label classifiers for score_threshold).
+    layout: Postprocess | None = None
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
+    max_detections: int | None = None
+
+    @property
+    def overrides(self) -> Overrides:
+        thresholds = (self.score_threshold, self.iou_threshold, self.max_detections)
+        return Overrides(self.resize, self.layout, *thresholds)
 
 
 def load_spec(path: Path, options: LoadOptions = LoadOptions(), source: Path | None = None) -> ModelSpec:
@@ -61,6 +79,17 @@ def load_spec(path: Path, options: LoadOptions = LoadOptions(), source: Path | N
             )
         log.warning("%s: SHA-1 %s differs from the manifest's %s; loading anyway", model_path, sha1, expected)
     facts = inspect_model(model_path)
+    automl = read_automl(desc.root) if desc.manifest is None else None
+    if automl is not None or (desc.manifest is None and not _custom_vision_outputs(facts)):
+        labels_path = automl.labels_path if automl else desc.root / LABELS
+        labels = automl.labels if automl else _labels(desc, facts)
+        found = Found(desc.root, model_path, facts, labels, labels_path, automl)
+        return layout_spec(found, options.overrides, sha1, source)
+    if options.resize in (Resize.LETTERBOX, Resize.LETTERBOX_NO_UPSCALE):
+        raise ModelLoadError(
+            model_path,
+            f"model.resize {options.resize.value} is for the detectors that undo it, not this export",
+        )
     postprocess = _postprocess(desc, facts)
     task = Task.DETECTION if postprocess in _DETECTION else Task.CLASSIFICATION
     labels = _labels(desc, facts)
@@ -83,7 +112,7 @@ def load_spec(path: Path, options: LoadOptions = LoadOptions(), source: Path | N
         preprocess=preprocess,
         inputs=facts.inputs,
         outputs=facts.outputs,
-        detection=_detection_params(desc, facts, postprocess),
+        detection=options.overrides.applied(_detection_params(desc, facts, postprocess)),
         sha1=sha1,
         iteration_id=desc.manifest.iteration_id if desc.manifest else "",
         exported_date=desc.manifest.exported_date if desc.manifest else "",
@@ -94,6 +123,18 @@ def load_spec(path: Path, options: LoadOptions = LoadOptions(), source: Path | N
 
 
 _DETECTION = {Postprocess.YOLO, Postprocess.YOLO_ACTIVATED, Postprocess.SSD, Postprocess.SSD_RAW}
+
+
+def _custom_vision_outputs(facts: ModelFacts) -> bool:
+    """Outputs a Custom Vision export has: [S1] detection names, a ZipMap, one grid, one vector."""
+    names = {o.name.split(":")[0] for o in facts.outputs}
+    if {"detected_boxes", "detected_scores", "detected_classes"} <= names:
+        return True
+    if {"raw_boxes", "raw_probs"} <= names:
+        return True
+    if facts.zipmap_labels is not None or any(o.dtype.startswith(("seq(", "map(")) for o in facts.outputs):
+        return True
+    return len(facts.outputs) == 1 and len(facts.outputs[0].shape) in (1, 2, 4)
 
 
 def _model_path(desc: ExportDescription) -> Path:

@@ -2,7 +2,9 @@
 
 Classification lists every label in labels.txt order (the 2.2 container). Detection follows the
 export's own `object_detection.py` (YOLO grid) and the [S1] outputs; boxes are fractions of the
-original image, clipped to [0, 1] after NMS (the reference leaves them unclipped).
+original image, clipped to [0, 1] after NMS (the reference leaves them unclipped). Layouts recognised
+by signature (AutoML for Images, generic detector heads) are decoded by model/detectors.py, with the
+`InputGeometry` preprocessing made for the image.
 """
 
 from __future__ import annotations
@@ -15,13 +17,26 @@ from numpy.typing import NDArray
 
 from edge_runtime.domain import BoundingBox, Prediction
 from edge_runtime.errors import InferenceError
+from edge_runtime.model import detectors
+from edge_runtime.model.letterbox import InputGeometry
 from edge_runtime.model.spec import DetectionParams, ModelSpec, Postprocess
 
 FloatArray = NDArray[np.float64]
 
 
-def postprocess(outputs: Mapping[str, Any], spec: ModelSpec) -> tuple[Prediction, ...]:
+def postprocess(
+    outputs: Mapping[str, Any], spec: ModelSpec, geometry: InputGeometry | None = None
+) -> tuple[Prediction, ...]:
+    """`geometry`: where the picture lies in the input (preprocess.prepare), for the layouts whose boxes
+    are in input pixels."""
     kind = spec.postprocess
+    if kind in (Postprocess.LOGITS_MULTICLASS, Postprocess.LOGITS_MULTILABEL):
+        logits = detectors.first_image(detectors.named(outputs, spec.decoder_outputs[0]), 2, "logits")
+        return classify_logits(logits, spec.labels, kind, spec.detection.prob_threshold)
+    if spec.decoder_outputs:
+        if geometry is None:
+            raise InferenceError(f"{kind.value} boxes need the picture's place in the input")
+        return detectors.decode(kind, outputs, spec.decoder_outputs, spec.labels, spec.detection, geometry)
     if kind in (Postprocess.MULTICLASS, Postprocess.MULTILABEL):
         return classify(_first_tensor(outputs), spec.labels, multilabel=kind is Postprocess.MULTILABEL)
     if kind is Postprocess.ZIPMAP:
@@ -73,6 +88,22 @@ def classify(scores: FloatArray, labels: Sequence[str], multilabel: bool) -> tup
     if vector.min() < 0.0 or vector.max() > 1.0:
         vector = _sigmoid(vector) if multilabel else _softmax(vector)
     return tuple(Prediction(label, float(p)) for label, p in zip(labels, vector, strict=True))
+
+
+def classify_logits(
+    logits: FloatArray, labels: Sequence[str], kind: Postprocess, threshold: float
+) -> tuple[Prediction, ...]:
+    """AutoML for Images' classifiers return logits: softmax lists every label (labels.json order);
+    sigmoid lists the labels whose probability is over `threshold`, in the same order."""
+    if logits.size != len(labels):
+        raise InferenceError(f"the model returned {logits.size} scores for {len(labels)} labels")
+    if kind is Postprocess.LOGITS_MULTICLASS:
+        probabilities = _softmax(logits.reshape(-1))
+        return tuple(Prediction(label, float(p)) for label, p in zip(labels, probabilities, strict=True))
+    probabilities = detectors.sigmoid(logits.reshape(-1))
+    return tuple(
+        Prediction(label, float(p)) for label, p in zip(labels, probabilities, strict=True) if p > threshold
+    )
 
 
 def classify_zipmap(outputs: Mapping[str, Any], labels: Sequence[str]) -> tuple[Prediction, ...]:

@@ -9,10 +9,16 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from edge_runtime.errors import ImageTooLargeError
+from edge_runtime.model.letterbox import InputGeometry, letterbox_geometry, letterbox_image
 from edge_runtime.model.spec import PreprocessSpec, Resample, Resize
 
-_FILTERS = {Resample.BILINEAR: Image.Resampling.BILINEAR, Resample.BICUBIC: Image.Resampling.BICUBIC}
+_FILTERS = {
+    Resample.BILINEAR: Image.Resampling.BILINEAR,
+    Resample.BICUBIC: Image.Resampling.BICUBIC,
+    Resample.CV2_LINEAR: Image.Resampling.BILINEAR,  # only the letterbox uses OpenCV (letterbox.py)
+}
 LEGACY_MAX_SIDE = 1600  # the 2018 container shrinks anything larger first
+LETTERBOXES = {Resize.LETTERBOX: True, Resize.LETTERBOX_NO_UPSCALE: False}  # recipe -> scale up?
 
 
 def shorter_side_size(width: int, height: int, side: int) -> tuple[int, int]:
@@ -32,16 +38,45 @@ def pixel_count_align32_size(width: int, height: int, target: tuple[int, int]) -
     )
 
 
+def torchvision_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """torchvision's Resize(int): shorter side -> `side`, the other int(side * long / short)."""
+    if width <= height:
+        return side, int(side * height / width)
+    return int(side * width / height), side
+
+
 def centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     width, height = image.size
     left, top = (width - size[0]) // 2, (height - size[1]) // 2
     return image.crop((left, top, left + size[0], top + size[1]))
 
 
+def torchvision_centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """torchvision's CenterCrop: offsets round(d / 2) (Python rounds halves to even)."""
+    width, height = image.size
+    left, top = round((width - size[0]) / 2.0), round((height - size[1]) / 2.0)
+    return image.crop((left, top, left + size[0], top + size[1]))
+
+
+def geometry_for(width: int, height: int, spec: PreprocessSpec) -> InputGeometry | None:
+    """Where a width x height picture lies in the input: a letterbox's placement, the whole input for
+    the other recipes of a fixed input size (None when the input size follows the picture)."""
+    if spec.input_size is None:
+        return None
+    if spec.resize in LETTERBOXES:
+        return letterbox_geometry(width, height, spec.input_size, LETTERBOXES[spec.resize])
+    return InputGeometry.filling(spec.input_size)
+
+
 def resize_sizes(width: int, height: int, spec: PreprocessSpec) -> list[tuple[int, int]]:
     """The size of every resize the recipe makes of a width x height image, in order."""
     if spec.resize is Resize.PIXEL_COUNT_ALIGN32:
         return [pixel_count_align32_size(width, height, spec.resize_target)]
+    if spec.resize in LETTERBOXES:
+        geometry = geometry_for(width, height, spec)
+        return [geometry.content[2:]] if geometry else [spec.resize_target]
+    if spec.resize is Resize.TORCHVISION_CROP:
+        return [torchvision_size(width, height, spec.resize_target[0])]
     if spec.resize is Resize.STRETCH:
         return [spec.resize_target]
     if spec.resize is Resize.CENTRE_SQUARE_THEN_CROP:
@@ -72,8 +107,16 @@ def check_resize(width: int, height: int, spec: PreprocessSpec, max_pixels: int)
 def resize_for(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """Resize and crop in the image's own mode, then convert to RGB (the container's order)."""
     resample = _FILTERS[spec.resample]
+    if spec.resize in LETTERBOXES:
+        geometry = geometry_for(*image.size, spec)
+        assert geometry is not None  # the loader gives letterboxed models a fixed input size
+        return letterbox_image(image, geometry)
     sizes = resize_sizes(*image.size, spec)
     crop = spec.input_size
+    if spec.resize is Resize.TORCHVISION_CROP:
+        out = image.resize(sizes[0], resample)
+        out = torchvision_centre_crop(out, crop) if crop else out
+        return out if out.mode == "RGB" else out.convert("RGB")
     if spec.resize is Resize.CENTRE_SQUARE_THEN_CROP:
         if len(sizes) == 2:
             image = image.resize(sizes[0], resample)
@@ -107,3 +150,14 @@ def to_tensor(image: Image.Image, spec: PreprocessSpec) -> NDArray[np.float32] |
 
 def preprocess(image: Image.Image, spec: PreprocessSpec) -> NDArray[np.float32] | NDArray[np.float16]:
     return to_tensor(resize_for(image, spec), spec)
+
+
+def prepare(
+    image: Image.Image, spec: PreprocessSpec
+) -> tuple[NDArray[np.float32] | NDArray[np.float16], InputGeometry | None]:
+    """The input tensor (the batch filled when the model's batch is fixed) and where the picture lies in
+    it, for decoders that find boxes in input pixels."""
+    tensor = preprocess(image, spec)
+    if spec.batch > 1:
+        tensor = np.repeat(tensor, spec.batch, axis=0)  # type: ignore[assignment]
+    return tensor, geometry_for(*image.size, spec)

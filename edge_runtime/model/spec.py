@@ -23,6 +23,14 @@ class Postprocess(StrEnum):
     YOLO_ACTIVATED = "yolo-activated"  # OpenVINO NoPostProcess compact: grid already activated
     SSD = "ssd"  # [S1] detection: detected_boxes / detected_scores / detected_classes in the graph
     SSD_RAW = "ssd-raw"  # OpenVINO NoPostProcess [S1]: raw_boxes (cx,cy,w,h) + raw_probs with background
+    # Layouts recognised by graph signature (model/layouts.py), AutoML for Images' and generic ones:
+    LOGITS_MULTICLASS = "logits-multiclass"  # [B, C] logits -> softmax, every label
+    LOGITS_MULTILABEL = "logits-multilabel"  # [B, C] logits -> sigmoid, the labels over the threshold
+    OBJECTNESS = "objectness"  # [B, N, 5+C]: cx, cy, w, h (input px), objectness, class probabilities
+    ANCHOR_FREE = "anchor-free"  # [B, 4+C, N]: cx, cy, w, h (input px), class scores, no objectness
+    END_TO_END = "end-to-end"  # [B, K, 6]: x1, y1, x2, y2 (input px), score, class; no NMS needed
+    DETR = "detr"  # [B, Q, 4] cx, cy, w, h (input fractions) + [B, Q, C or 1+C] class logits
+    BOX_LISTS = "box-lists"  # boxes_i / labels_i / scores_i per image (x1, y1, x2, y2 input px)
 
 
 class Resize(StrEnum):
@@ -38,11 +46,19 @@ class Resize(StrEnum):
     STRETCH = "stretch"
     # Compact detection: w*h ~ 512*512, each side rounded up to a multiple of 32.
     PIXEL_COUNT_ALIGN32 = "pixel-count-align32"
+    # AutoML classification's validation transform (torchvision Resize(int) + CenterCrop): shorter side ->
+    # the resize target, the other side int()-truncated, then a centre crop with rounded offsets.
+    TORCHVISION_CROP = "torchvision-crop"
+    # Fit inside the input keeping the aspect ratio (scaled up or down), centred on grey 114 padding.
+    LETTERBOX = "letterbox"
+    # The same but never scaled up (AutoML YOLOv5: its letterbox with scaleup=False).
+    LETTERBOX_NO_UPSCALE = "letterbox-no-upscale"
 
 
 class Resample(StrEnum):
     BILINEAR = "bilinear"  # PIL BILINEAR (antialiased when downscaling)
     BICUBIC = "bicubic"  # PIL's default filter for Image.resize
+    CV2_LINEAR = "cv2-linear"  # cv2.resize INTER_LINEAR (no antialiasing): the letterbox recipes
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +73,22 @@ class PreprocessSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     nchw: bool = True
     float16: bool = False
+    batch: int = 1  # a fixed-batch model: the image is repeated to fill the batch, the first result used
 
     def describe(self) -> str:
         colour = "BGR" if self.bgr else "RGB"
         value_range = "0..255" if self.scale == 1.0 else "0..1"
         size = "dynamic" if self.input_size is None else f"{self.input_size[0]}x{self.input_size[1]}"
+        normalised = (
+            ""
+            if self.mean == (0.0, 0.0, 0.0) and self.std == (1.0, 1.0, 1.0)
+            else (f", minus mean {list(self.mean)} over std {list(self.std)}")
+        )
+        batch = f", fixed batch {self.batch} (the image repeated)" if self.batch > 1 else ""
         return (
             f"{self.resize.value} (target {self.resize_target[0]}x{self.resize_target[1]}, input {size}, "
-            f"{self.resample.value}), {colour} {value_range}, {'NCHW' if self.nchw else 'NHWC'}, "
-            f"{'float16' if self.float16 else 'float32'}"
+            f"{self.resample.value}), {colour} {value_range}{normalised}, {'NCHW' if self.nchw else 'NHWC'}, "
+            f"{'float16' if self.float16 else 'float32'}{batch}"
         )
 
 
@@ -115,6 +138,8 @@ class ModelSpec:
     exported_date: str = ""
     metadata_props: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # what was ignored or assumed, shown by `inspect`
+    # The outputs the decoder reads, by name, for layouts recognised by signature (model/layouts.py).
+    decoder_outputs: tuple[str, ...] = ()
     source: Path | None = None  # what the user named (a .zip is extracted to `root` only while loading)
 
     @property

@@ -55,6 +55,7 @@ def test_full_card(classifier: Predictor, classifier_export: Path) -> None:
         "domain",
         "flavour",
         "postprocess",
+        "decoder",
         "labels",
         "sha1",
         "iteration_id",
