@@ -95,6 +95,8 @@ def load_spec(path: Path, options: LoadOptions = LoadOptions(), source: Path | N
     labels = _labels(desc, facts)
     _check_label_count(desc.root, facts, postprocess, labels)
     preprocess, notes = _preprocess(desc, facts, postprocess, options)
+    if options.layout is not None:
+        notes.append(f"model.layout {options.layout.value} is not used: a Custom Vision export says its own")
     domain = desc.domain
     if postprocess is Postprocess.SSD and "[S1]" not in domain:
         domain = "General (compact) [S1]"
