@@ -411,6 +411,23 @@ async def test_the_rate_cap_serves_the_previous_jpeg_inside_the_period(frames_cl
     assert len(offload.calls) == 4
 
 
+async def test_the_period_counts_from_the_encode_start(frames_clock: Clock) -> None:
+    """A slow encode must not eat into the next frame's turn: a page asking at live_fps gets a new JPEG
+    each time (stamped at the end, a 1080p page got every other one twice: ui_bench)."""
+    inner = Offload()
+
+    async def slow(fn: Callable[..., bytes], *args: Any) -> bytes:
+        body = await inner(fn, *args)
+        frames_clock.now += 0.4  # the encode (and its wait for a pool thread) took 0.4 s of the 0.5
+        return body
+
+    jpegs = FrameJpegs(slow, fps=2.0)
+    assert (await jpegs.get(inspection(1), 320)).sequence == 1
+    frames_clock.now += 0.15  # the next inspection, 0.55 s after the first request
+    assert (await jpegs.get(inspection(2), 320)).sequence == 2
+    assert len(inner.calls) == 2
+
+
 def test_widths_snap_to_the_cached_sizes() -> None:
     assert [width_for(w) for w in (-5, 0, 1, 320, 321, 640, 641, 1280, 5000)] == [
         320,
