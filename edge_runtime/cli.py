@@ -120,7 +120,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Both models predict every image; the comparison (compare.py) is printed as text or JSON. Exit 0
+    """Both models predict every image; the comparison (compare/) is printed as text or JSON. Exit 0
     when at least one image was compared (however much the models disagree), 1 when none could be, 2 for
     usage errors and a model that does not load (named: old or new, and its path)."""
     from edge_runtime.compare import ImageFailure, ModelSide, compare, discover_images, render_text

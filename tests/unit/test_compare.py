@@ -1,5 +1,5 @@
-"""compare.py on hand-made PredictionResults: agreement, |dp| by label name, confusion, greedy box matching
-by IoU, unmatched labels, JSON and the text report, image discovery."""
+"""edge_runtime.compare on hand-made PredictionResults: agreement, |dp| by label name, confusion, greedy
+box matching by IoU, unmatched labels, JSON and the text report, image discovery."""
 
 from __future__ import annotations
 
