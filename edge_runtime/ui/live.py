@@ -2,7 +2,8 @@
 
     event: board        the status board (model, cameras, sinks, config) after every change
     event: inspection   a camera's last inspection (predictions per ROI, rule state): at most
-                        ui.live_fps per camera; the page then fetches that frame's JPEG
+                        ui.live_fps per camera (?camera=<id>: that camera's only); the page then
+                        fetches that frame's JPEG
     event: backlog      each sink's outbox depth and oldest undelivered age (measured every second)
     event: event        each defect event as it is published (not durable: see /ui/api/events)
 
@@ -94,10 +95,13 @@ class LiveStream:
         async for board in self._request.app[BOARD].changes():
             await self.send("board", board_json(self._request, board))
 
-    async def inspections(self, fps: float) -> None:
+    async def inspections(self, fps: float, only: str | None) -> None:
+        """`only`: one camera's (a camera page needs no other camera's inspections)."""
         sent: dict[str, int] = {}
         async for latest in self._request.app[CAMERAS].inspections.changes():
             for camera, inspection in latest.items():
+                if only not in (None, camera):
+                    continue
                 if sent.get(camera) != inspection.sequence:
                     sent[camera] = inspection.sequence
                     await self.send("inspection", inspection.to_dict())
@@ -143,7 +147,7 @@ async def live(request: web.Request) -> web.StreamResponse:
         stream = LiveStream(request, response)
         async with asyncio.TaskGroup() as group:
             group.create_task(stream.board())
-            group.create_task(stream.inspections(ui.settings.live_fps))
+            group.create_task(stream.inspections(ui.settings.live_fps, request.query.get("camera")))
             group.create_task(stream.backlogs())
             group.create_task(stream.events())
             group.create_task(stream.heartbeat())

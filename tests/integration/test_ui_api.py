@@ -902,6 +902,35 @@ async def test_the_live_stream(ui_server: Any, web: aiohttp.ClientSession) -> No
         response.close()
 
 
+async def test_a_camera_page_gets_only_its_camera_inspections(
+    ui_server: Any, web: aiohttp.ClientSession
+) -> None:
+    """?camera=<id>: the live stream carries that camera's inspections only (a camera page needs no
+    other's: ui_bench measured the per-page feed as the watchers' main cost)."""
+    base = ui_server.url
+    for camera, expect_any in (("no-such-camera", False), (CAMERA, True)):
+        await wait_for_free_live_slots(ui_server)
+        response = await web.get(
+            f"{base}/ui/api/live?camera={camera}",
+            headers=VIEWER,
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=10),
+        )
+        try:
+            assert response.status == 200
+            stream = sse(response)
+            assert (await next_sse(stream)).kind == "board"
+            cameras: list[str] = []
+            deadline = time.monotonic() + 2.5  # the demo camera inspects 8 times a second
+            with contextlib.suppress(TimeoutError):
+                while time.monotonic() < deadline:
+                    message = await next_sse(stream, timeout=max(0.01, deadline - time.monotonic()))
+                    if message.kind == "inspection":
+                        cameras.append(message.data["camera"])
+            assert set(cameras) == ({CAMERA} if expect_any else set()), cameras
+        finally:
+            response.close()
+
+
 async def test_live_watchers_are_capped_and_a_closed_one_frees_its_slot(
     ui_server: Any, web: aiohttp.ClientSession
 ) -> None:

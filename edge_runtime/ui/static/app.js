@@ -101,8 +101,8 @@ function nav(page) {
   }
 }
 
-function live(handlers) {
-  const source = new EventSource("/ui/api/live");
+function live(handlers, camera = null) {
+  const source = new EventSource(camera === null ? "/ui/api/live" : `/ui/api/live?camera=${encodeURIComponent(camera)}`);
   for (const [name, handler] of Object.entries(handlers)) {
     if (name === "open" || name === "error") continue;
     source.addEventListener(name, (message) => handler(JSON.parse(message.data)));
@@ -417,7 +417,7 @@ async function cameraPage() {
       for (const key of Object.keys(latest)) if (Number(key) < data.sequence - 20) delete latest[key];
       show(data);
     },
-  });
+  }, id);
 }
 
 async function eventsPage() {
