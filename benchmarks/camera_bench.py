@@ -63,9 +63,10 @@ from typing import Any, Self
 
 import yaml
 
+from benchmarks.harness.cli import add_quick_and_json, bench_parser, model_folder, report_and_save
 from benchmarks.harness.machine import CpuMeter, Machine, cpu_seconds, package_versions
 from benchmarks.harness.processes import REPO, ServeProcess, exit_on_signals, serve_command
-from benchmarks.harness.stats import NAN, ratio, write_json
+from benchmarks.harness.stats import NAN, ratio
 from benchmarks.harness.table import Col, Table, progress
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-gi exists only for Debian's interpreter
@@ -910,11 +911,7 @@ def csv(kind: type[int] | type[float]) -> Any:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.camera_bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("camera_bench", __doc__)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="export folder (relative to repo)")
     parser.add_argument("--cameras", type=csv(int), help="camera counts, ascending (default 1,4,8,12,16)")
     parser.add_argument("--fps", type=csv(float), default=[2.0, 0.5], help="sampling rates (default 2,0.5)")
@@ -951,10 +948,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"measure a window up to N times while other processes use more than {QUIET_CORES} core "
         "(default 2; the least disturbed is kept)",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="N=1,2 with short windows: to check that it runs"
-    )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    add_quick_and_json(parser, "N=1,2 with short windows: to check that it runs")
     args = parser.parse_args(argv)
     defaults = {
         "cameras": [1, 2] if args.quick else [1, 4, 8, 12, 16],
@@ -999,18 +993,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return decode_only_main(argv[1:])
     args = parse_args(argv)
     exit_on_signals()
-    model = (args.model if args.model.is_absolute() else REPO / args.model).resolve()
-    if not model.exists():
-        raise SystemExit(f"model not found: {model}")
+    model = model_folder(args.model)
     if not Path(SYSTEM_PYTHON).is_file():
         raise SystemExit(
             f"{SYSTEM_PYTHON} not found: the RTSP file server needs the system Python with python3-gi"
         )
-    result = measure(args, model)
-    report(result)
-    if args.json is not None:
-        write_json(result, args.json)
-    return 0
+    return report_and_save(measure(args, model), report, args.json)
 
 
 if __name__ == "__main__":

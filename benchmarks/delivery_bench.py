@@ -44,6 +44,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from benchmarks.harness.cli import add_quick_and_json, bench_parser, report_and_save
 from benchmarks.harness.machine import CpuMeter, CpuUse, Machine, cpu_seconds, filesystem_of, package_versions
 from benchmarks.harness.processes import (
     MOSQUITTO,
@@ -52,7 +53,7 @@ from benchmarks.harness.processes import (
     mosquitto_available,
     mosquitto_version,
 )
-from benchmarks.harness.stats import NAN, drift, mean2, nearest_rank, ratio, write_json
+from benchmarks.harness.stats import NAN, drift, mean2, nearest_rank, ratio
 from benchmarks.harness.table import progress
 from edge_runtime.domain import BoundingBox, Event, EventKind
 from edge_runtime.events.dispatcher import Dispatcher, OutboxLimits, default_retry, event_headers
@@ -799,11 +800,7 @@ def report(run: DeliveryRun) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.delivery_bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("delivery_bench", __doc__)
     parser.add_argument(
         "--events", type=int, help="events per burst / backlog (default 2000; --quick 200; at least 100)"
     )
@@ -811,10 +808,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--raw", type=int, default=0, help="raw paho messages one in flight (default --events)"
     )
     parser.add_argument("--dir", type=Path, default=None, help="where the outbox files go (default: $TMPDIR)")
-    parser.add_argument(
-        "--quick", action="store_true", help="--events 200: every phase, short, to check that it runs"
-    )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    add_quick_and_json(parser, "--events 200: every phase, short, to check that it runs")
     args = parser.parse_args(argv)
     if args.events is None:
         args.events = 200 if args.quick else 2000
@@ -830,11 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("edge_runtime").setLevel(logging.ERROR)
     if not mosquitto_available():
         raise SystemExit(f"mosquitto not found ({MOSQUITTO})")
-    result = measure(args)
-    report(result)
-    if args.json is not None:
-        write_json(result, args.json)
-    return 0
+    return report_and_save(measure(args), report, args.json)
 
 
 if __name__ == "__main__":

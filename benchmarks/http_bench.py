@@ -44,9 +44,10 @@ import aiohttp
 import numpy as np
 from PIL import Image, ImageOps
 
+from benchmarks.harness.cli import add_quick_and_json, bench_parser, model_folder, report_and_save
 from benchmarks.harness.machine import CpuMeter, Machine, cpu_seconds, package_versions
-from benchmarks.harness.processes import REPO, ServeProcess, exit_on_signals, serve_command
-from benchmarks.harness.stats import NAN, drift, mean2, percentiles, ratio, write_json
+from benchmarks.harness.processes import ServeProcess, exit_on_signals, serve_command
+from benchmarks.harness.stats import NAN, drift, mean2, percentiles, ratio
 from benchmarks.harness.table import Col, Table, progress
 from edge_runtime.app import predictor_options
 from edge_runtime.domain import StageTimings
@@ -941,11 +942,7 @@ def report(run: HttpRun) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.http_bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("http_bench", __doc__)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="export folder (relative to repo)")
     parser.add_argument("--image", type=Path, help="source photo (default: a test-*.jpg next to the model)")
     parser.add_argument("--duration", type=float, help="seconds measured per point (default 5; --quick 1)")
@@ -975,12 +972,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="skip the runs against a server whose predictor is a no-op",
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="every section with short points (--duration 1 --warmup 0.25): to check that it runs",
+    add_quick_and_json(
+        parser, "every section with short points (--duration 1 --warmup 0.25): to check that it runs"
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 1.0 if args.quick else 5.0
@@ -998,14 +992,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_signals()
-    model = (args.model if args.model.is_absolute() else REPO / args.model).resolve()
-    if not model.exists():
-        raise SystemExit(f"model not found: {model}")
-    result = measure(args, model)
-    report(result)
-    if args.json is not None:
-        write_json(result, args.json)
-    return 0
+    model = model_folder(args.model)
+    return report_and_save(measure(args, model), report, args.json)
 
 
 if __name__ == "__main__":

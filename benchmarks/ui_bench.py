@@ -29,9 +29,10 @@ import cv2
 import numpy as np
 import yaml
 
+from benchmarks.harness.cli import add_quick_and_json, bench_parser, report_and_save
 from benchmarks.harness.machine import CpuMeter, Machine, cpu_seconds, package_versions
 from benchmarks.harness.processes import ServeProcess, exit_on_signals, serve_command
-from benchmarks.harness.stats import ratio, write_json
+from benchmarks.harness.stats import ratio
 from benchmarks.harness.table import Col, Table, progress
 from edge_runtime.cli import demo_model_path
 from edge_runtime.demo.camera import DEMO_CAMERA
@@ -365,16 +366,11 @@ def report(s: UiRun) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ui_bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("ui_bench", __doc__)
     parser.add_argument("--cameras", type=int, default=4, help="cameras per runtime (default 4)")
     parser.add_argument("--window", type=float, help="seconds per window (default 12: one belt cycle)")
     parser.add_argument("--rounds", type=int, help="rounds per runtime (default 2)")
-    parser.add_argument("--quick", action="store_true", help="one round of 3 s windows: to check it runs")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    add_quick_and_json(parser, "one round of 3 s windows: to check it runs")
     args = parser.parse_args(argv)
     args.window = args.window or (3.0 if args.quick else ConveyorReader.CYCLE_S)
     args.rounds = (1 if args.quick else 2) if args.rounds is None else args.rounds
@@ -388,11 +384,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_signals()
-    result = asyncio.run(measure(args))
-    report(result)
-    if args.json is not None:
-        write_json(result, args.json)
-    return 0
+    return report_and_save(asyncio.run(measure(args)), report, args.json)
 
 
 if __name__ == "__main__":
