@@ -12,9 +12,10 @@ import pytest
 from layout_graphs import automl_box_lists, automl_yolo, constant_outputs, write_folder
 from onnx import TensorProto, helper
 from PIL import Image
+from rounded_predictions import rounded
 from synthetic import cpu_options
 
-from edge_runtime.domain import Prediction, Task
+from edge_runtime.domain import Task
 from edge_runtime.engine import Predictor
 from edge_runtime.errors import ModelLoadError
 from edge_runtime.model.loader import load_spec
@@ -35,20 +36,11 @@ ROWS = np.array(
 )
 
 
-def rounded(predictions: tuple[Prediction, ...]) -> list[tuple[str, int | None, float, tuple[float, ...]]]:
-    out = []
-    for p in predictions:
-        box = p.bounding_box
-        assert box is not None
-        out.append(
-            (
-                p.tag_name,
-                p.tag_id,
-                round(p.probability, 6),
-                tuple(round(v, 6) for v in (box.left, box.top, box.width, box.height)),
-            )
-        )
-    return out
+def load_refusal(root: Path, match: str) -> str:
+    """The file load_spec(root) names when it refuses the folder with a ModelLoadError matching `match`."""
+    with pytest.raises(ModelLoadError, match=match) as info:
+        load_spec(root)
+    return info.value.path
 
 
 @pytest.fixture
@@ -127,11 +119,8 @@ def test_at_most_300_detections(tmp_path: Path) -> None:
 
 def test_yolov5_wrong_label_count_names_labels_json(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "y", automl_yolo(ROWS), ("a", "b", "c"))
-    with pytest.raises(
-        ModelLoadError, match="3 labels, but the model's outputs fit objectness with 2 classes"
-    ) as info:
-        load_spec(root)
-    assert info.value.path == str(root / "labels.json")
+    named = load_refusal(root, "3 labels, but the model's outputs fit objectness with 2 classes")
+    assert named == str(root / "labels.json")
 
 
 def test_yolov5_fixed_batch(tmp_path: Path) -> None:
@@ -148,11 +137,8 @@ def test_yolov5_fixed_batch_mismatch_names_the_model(tmp_path: Path) -> None:
         [("output", rows, [3, 5, 7])],
     )
     root = write_folder(tmp_path / "y", model, LABELS)
-    with pytest.raises(
-        ModelLoadError, match="fixed batch mismatch: input 'input' takes 2 images but output 'output' has 3"
-    ) as info:
-        load_spec(root)
-    assert info.value.path == str(root / "model.onnx")
+    named = load_refusal(root, "fixed batch mismatch: input 'input' takes 2 images but output 'output' has 3")
+    assert named == str(root / "model.onnx")
 
 
 # ----------------------------------------------------------------------- Faster R-CNN, RetinaNet, Mask R-CNN
@@ -221,11 +207,8 @@ def test_box_lists_fixed_batch(tmp_path: Path) -> None:
 def test_box_lists_fixed_batch_mismatch(tmp_path: Path) -> None:
     model = automl_box_lists(BOXES, CLASSES, SCORES, batch=2, input_batch=4)
     root = write_folder(tmp_path / "r", model, RCNN_LABELS)
-    with pytest.raises(
-        ModelLoadError, match="fixed batch mismatch: input 'input' takes 4 images but the outputs are for 2"
-    ) as info:
-        load_spec(root)
-    assert info.value.path == str(root / "model.onnx")
+    named = load_refusal(root, "fixed batch mismatch: input 'input' takes 4 images but the outputs are for 2")
+    assert named == str(root / "model.onnx")
 
 
 def test_box_lists_incomplete_batch(tmp_path: Path) -> None:
@@ -235,9 +218,8 @@ def test_box_lists_incomplete_batch(tmp_path: Path) -> None:
     model.graph.output.extend(kept)
     onnx.checker.check_model(model)
     root = write_folder(tmp_path / "r", model, RCNN_LABELS)
-    with pytest.raises(ModelLoadError, match=r"image 1 has \['boxes', 'scores'\], expected") as info:
-        load_spec(root)
-    assert info.value.path == str(root / "model.onnx")
+    named = load_refusal(root, r"image 1 has \['boxes', 'scores'\], expected")
+    assert named == str(root / "model.onnx")
 
 
 def test_a_label_id_outside_labels_json_fails_the_warm_up(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from layout_graphs import head_model, write_folder
 from PIL import Image
+from rounded_predictions import Row, rounded
 from synthetic import cpu_options
 
-from edge_runtime.domain import Prediction
 from edge_runtime.engine import Predictor
 from edge_runtime.errors import ModelLoadError, UnsupportedModelError
 from edge_runtime.model.detectors import classwise_nms
@@ -28,25 +28,7 @@ PICTURE = (1280, 960)
 CENTRE_BOX = (0.45, 0.45, 0.1, 0.1)
 
 
-def rounded(predictions: tuple[Prediction, ...]) -> list[tuple[str, int | None, float, tuple[float, ...]]]:
-    out = []
-    for p in predictions:
-        box = p.bounding_box
-        assert box is not None
-        out.append(
-            (
-                p.tag_name,
-                p.tag_id,
-                round(p.probability, 6),
-                tuple(round(v, 6) for v in (box.left, box.top, box.width, box.height)),
-            )
-        )
-    return out
-
-
-def predict(
-    root: Path, size: tuple[int, int] = PICTURE, **load: Any
-) -> list[tuple[str, int | None, float, tuple[float, ...]]]:
+def predict(root: Path, size: tuple[int, int] = PICTURE, **load: Any) -> list[Row]:
     return rounded(
         Predictor.load(root, cpu_options(**load)).predict_image(Image.new("RGB", size)).predictions
     )
