@@ -19,34 +19,21 @@ Definitions (the same for classifiers and detectors):
                   highest IoU first, while IoU >= `iou`; what is left over is only-in-old / only-in-new.
 
 Modules: report.py (the frozen report value objects), stats.py (the pure comparison), images.py (which
-files are compared), text.py (the terminal rendering); this package re-exports what callers use.
+files are compared), text.py (the terminal rendering); this package re-exports what callers use (the
+other value objects are in report.py).
 """
 
 from edge_runtime.compare.images import IMAGE_SUFFIXES, discover_images
-from edge_runtime.compare.report import (
-    NONE,
-    BoxMatches,
-    ComparisonReport,
-    Confusion,
-    ImageComparison,
-    ImageFailure,
-    LabelStats,
-    ModelSide,
-)
-from edge_runtime.compare.stats import BoxPairing, compare, iou, label_scores, match_boxes, top1
+from edge_runtime.compare.report import NONE, ComparisonReport, ImageFailure, ModelSide
+from edge_runtime.compare.stats import compare, iou, label_scores, match_boxes, top1
 from edge_runtime.compare.text import SHOWN_IMAGES, render_text
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "NONE",
     "SHOWN_IMAGES",
-    "BoxMatches",
-    "BoxPairing",
     "ComparisonReport",
-    "Confusion",
-    "ImageComparison",
     "ImageFailure",
-    "LabelStats",
     "ModelSide",
     "compare",
     "discover_images",
