@@ -27,4 +27,6 @@ fi
 if [ $# -eq 0 ]; then
   set -- serve --port "${EDGE_RUNTIME_PORT:-8080}"
 fi
+# Read here only: every other EDGE_RUNTIME_* variable is a setting, and `port` is not one.
+unset EDGE_RUNTIME_PORT
 exec "$ROOT/.venv/bin/edge-runtime" "$@"

@@ -38,7 +38,14 @@ class RuleState:
     k: int
 
     def to_dict(self) -> dict[str, object]:
-        return {"roi": self.roi, "tag": self.tag, "active": self.active, "hits": self.hits, "k": self.k}
+        return {
+            "roi": self.roi,
+            "tag": self.tag,
+            "active": self.active,
+            "hits": self.hits,
+            "n": self.window,
+            "k": self.k,
+        }
 
 
 @dataclass(slots=True)

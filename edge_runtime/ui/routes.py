@@ -28,6 +28,7 @@ import functools
 import json
 from importlib import resources
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -128,8 +129,8 @@ async def page(request: web.Request) -> web.Response:
         access = identify(request, ui.app_settings, ui.sessions)
     except ApiError:
         access = None
-    if access is None:
-        raise web.HTTPFound("/ui/login")
+    if access is None:  # back here after the login (the page checks `next` is one of its own)
+        raise web.HTTPFound("/ui/login?" + urlencode({"next": request.path_qs}))
     return _html(*PAGES[request.path])
 
 

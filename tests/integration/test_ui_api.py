@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -330,15 +331,23 @@ async def test_every_api_route_needs_a_key(ui_server: Any, web: aiohttp.ClientSe
     assert status == 200 and body["role"] == "viewer" and body["how"] == "key" and body["csrf"] is None
 
 
+def login_target(location: str) -> str:
+    """The page a redirect to the login page names to come back to (its `next`)."""
+    parts = urlsplit(location)
+    assert parts.path == "/ui/login" and not parts.netloc, location
+    (target,) = parse_qs(parts.query)["next"]
+    return target
+
+
 async def test_pages_redirect_to_the_login_and_static_files_need_no_key(
     ui_server: Any, web: aiohttp.ClientSession
 ) -> None:
     base = ui_server.url
     for page in PAGES:
         status, _, response = await call(web, "GET", base + page)
-        assert status == 302 and response.headers["Location"] == "/ui/login", page
+        assert status == 302 and login_target(response.headers["Location"]) == page, page
         status, _, response = await call(web, "GET", base + page, headers=bearer("wrong-key-000000000"))
-        assert status == 302 and response.headers["Location"] == "/ui/login", page
+        assert status == 302 and login_target(response.headers["Location"]) == page, page
         status, _, response = await call(web, "GET", base + page, headers=VIEWER)
         assert status == 200 and response.content_type == "text/html", page
     status, _, response = await call(web, "GET", f"{base}/ui")
@@ -430,7 +439,7 @@ async def test_a_login_sets_a_strict_http_only_cookie_and_logout_ends_it(
     status, body, _ = await call(web, "GET", f"{base}/ui/api/session", headers=session.headers)
     check_error(status, body, 401, "Unauthorized")
     status, _, response = await call(web, "GET", f"{base}/ui/", headers=session.headers)
-    assert status == 302 and response.headers["Location"] == "/ui/login"
+    assert status == 302 and login_target(response.headers["Location"]) == "/ui/"
     status, body, _ = await call(web, "GET", f"{base}/ui/api/session", headers=admin.headers)
     assert status == 200 and body["role"] == "admin", "one logout ends one session"
 

@@ -294,7 +294,7 @@ def test_login(browsing: Browsing, runtime: Runtime) -> None:
 
     response = page.goto("/ui/")
     assert response is not None and response.ok
-    assert page.url == runtime.url + "/ui/login"
+    assert page.url == runtime.url + "/ui/login?next=/ui/"  # back to the overview after the login
     redirect = response.request.redirected_from
     assert redirect is not None and redirect.url == runtime.url + "/ui/"
 
@@ -305,7 +305,7 @@ def test_login(browsing: Browsing, runtime: Runtime) -> None:
     error = page.locator("#login-error")
     error.wait_for(state="visible")
     assert error.text_content() == "wrong key"
-    assert page.url == runtime.url + "/ui/login"
+    assert page.url == runtime.url + "/ui/login?next=/ui/"
     assert context.cookies() == []
 
     page.fill("#key", VIEWER_KEY)
@@ -363,6 +363,8 @@ def test_camera_view_draws_frame_and_boxes(browsing: Browsing) -> None:
     assert page.text_content("#title") == f"Camera {CAMERA}"
     image_loaded(page, "#frame")
     page.locator("#status .badge.streaming").wait_for()
+    status = page.text_content("#status") or ""
+    assert "synthetic" in status and "640x480" in status, status  # the reader and resolution shown
     page.wait_for_function("() => document.querySelectorAll('#overlay rect.box').length > 0")
     size = page.eval_on_selector("#frame", "(i) => [i.naturalWidth, i.naturalHeight]")
     assert page.get_attribute("#overlay", "viewBox") == f"0 0 {size[0]} {size[1]}"
@@ -371,6 +373,7 @@ def test_camera_view_draws_frame_and_boxes(browsing: Browsing) -> None:
     assert labels and all(label.split()[0] in ("stain", "glare") for label in labels), labels
     rules = page.text_content("#rules") or ""
     assert "stain @ full" in rules and "glare @ full" in rules, rules
+    assert " of the last 3 frames (k=2)" in rules, rules
     keep(page, "camera", readme=True)
     browsing.assert_clean()
 

@@ -322,6 +322,7 @@ def test_rule_states_follow_the_window_and_the_episode() -> None:
         "tag": "stain",
         "active": True,
         "hits": 2,
+        "n": 3,
         "k": 2,
     }
 

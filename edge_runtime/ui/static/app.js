@@ -119,8 +119,11 @@ function drawOverlay(svg, width, height, rois, boxes) {
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("preserveAspectRatio", "none");
   svg.replaceChildren();
-  const line = Math.max(2, Math.round(Math.min(width, height) / 240));
-  const font = Math.max(12, Math.round(Math.min(width, height) / 28));
+  // Sizes in screen pixels whatever the picture's size: the SVG is scaled to the width it is shown at.
+  const shown = svg.getBoundingClientRect().width || width;
+  const px = width / shown;
+  const line = 2 * px;
+  const font = 14 * px;
   const rect = (b, cls) =>
     el("svg:rect", {
       class: cls,
@@ -155,7 +158,7 @@ function drawOverlay(svg, width, height, rois, boxes) {
 function topPrediction(inspection) {
   let best = null;
   for (const roi of inspection.rois) {
-    for (const p of roi.predictions) if (!best || p.probability > best.probability) best = Object.assign({ roi: roi.name }, p);
+    for (const p of roi.predictions) if (!best || p.probability > best.probability) best = Object.assign({ roi: roi.rect ? roi.name : null }, p);
   }
   return best;
 }
@@ -195,14 +198,13 @@ async function overviewPage() {
     const inspection = inspections[id];
     const best = inspection ? topPrediction(inspection) : null;
     const active = inspection ? inspection.rules.filter((r) => r.active) : [];
-    const stream = status.stream || {};
     if (!thumbs[id]) thumbs[id] = el("img", { class: "thumb", alt: `camera ${id}` });
     const dl = el("dl", { class: "kv" });
     kv(dl, [
-      ["decoder", `${stream.decoder || "–"} / ${stream.decode || "–"}`],
+      ["decoder", `${status.decoder || "–"} / ${status.decode || "–"}`],
       ["fps", status.fps === null ? "–" : String(status.fps)],
       ["frame age", el("span", { "data-age-of": status.last_frame_at ?? "", text: fmtAge(status.last_frame_age_s) })],
-      ["prediction", best ? `${best.tag} ${best.probability.toFixed(2)}${best.roi !== "full_frame" ? ` (${best.roi})` : ""}` : "–"],
+      ["prediction", best ? `${best.tag} ${best.probability.toFixed(2)}${best.roi ? ` (${best.roi})` : ""}` : "–"],
       [
         "rules",
         active.length
@@ -385,7 +387,7 @@ async function cameraPage() {
     rules.replaceChildren(
       ...(inspection.rules.length
         ? inspection.rules.map((r) =>
-            el("div", {}, badge(r.active ? "defect" : "clear", r.active ? "started" : "ok"), document.createTextNode(` ${r.tag} @ ${r.roi}: ${r.hits} of the last frames (k=${r.k})`)),
+            el("div", {}, badge(r.active ? "defect" : "clear", r.active ? "started" : "ok"), document.createTextNode(` ${r.tag} @ ${r.roi}: ${r.hits} of the last ${r.n} frames (k=${r.k})`)),
           )
         : [el("span", { class: "muted", text: "no rules" })]),
     );
@@ -398,13 +400,12 @@ async function cameraPage() {
         kv($("#status"), [["state", "not running"]]);
         return;
       }
-      const stream = s.stream || {};
       kv($("#status"), [
         ["state", badge(s.state)],
         ["url", s.url],
-        ["decoder", `${stream.decoder || "–"}${stream.decoder_note ? ` (${stream.decoder_note})` : ""}`],
-        ["decode", `${stream.decode || "–"} ${stream.decode_note || ""}`],
-        ["resolution", stream.resolution || "–"],
+        ["decoder", `${s.decoder || "–"}${s.decoder_note ? ` (${s.decoder_note})` : ""}`],
+        ["decode", `${s.decode || "–"} ${s.decode_note || ""}`],
+        ["resolution", s.resolution || "–"],
         ["fps", s.fps === null ? "–" : String(s.fps)],
         ["frame age", fmtAge(s.last_frame_age_s)],
         ["frames", String(s.frames)],
@@ -518,7 +519,9 @@ async function testPage() {
 
   function render() {
     if (!last) return;
-    const threshold = Number($("#threshold").value);
+    const detector = last.predictions.some((p) => p.boundingBox);
+    $("#threshold").closest("label").hidden = !detector;
+    const threshold = detector ? Number($("#threshold").value) : 0;
     $("#threshold-value").textContent = threshold.toFixed(2);
     const img = $("#tested");
     const boxes = last.predictions
@@ -629,7 +632,9 @@ async function loginPage() {
         body: JSON.stringify({ key: $("#key").value }),
         headers: { "Content-Type": "application/json" },
       });
-      location.href = "/ui/";
+      // Back to the page that sent here: a path of this page's own, never another site.
+      const next = new URLSearchParams(location.search).get("next") || "";
+      location.href = next.startsWith("/ui/") && !next.startsWith("//") ? next : "/ui/";
     } catch (err) {
       showError(error, err);
     }
@@ -642,7 +647,7 @@ async function main() {
   try {
     session = await api("/ui/api/session");
   } catch (e) {
-    if (e.status === 401) location.href = "/ui/login";
+    if (e.status === 401) location.href = `/ui/login?next=${encodeURIComponent(location.pathname + location.search)}`;
     return;
   }
   nav(page);
