@@ -78,6 +78,7 @@ class Capture:
         self._stalls = 0
         self._failures = 0
         self._last_failure: Failure | None = None
+        self._stall_seen_at = 0.0  # wall clock of the watchdog's flag (_stall_seen)
         self._last_frame_mono: float | None = None
         self._last_frame_at: float | None = None
         self._last_reported = 0.0
@@ -126,6 +127,7 @@ class Capture:
             allowed += info.keyframe_interval_s or self.settings.open_timeout_s
         overdue = streaming and last is not None and now - last > allowed
         if overdue and last is not None and self._stall_seen is None:
+            self._stall_seen_at = time.time()  # before the flag: a reader that sees it sees this
             self._stall_seen = f"no frame for {now - last:.1f} s"
             self._reopen.set()
             self._push()
@@ -166,7 +168,10 @@ class Capture:
             last_frame_at=self._last_frame_at,
             last_error=stall if pending else self._last_error,
             failures=self._failures + pending,
-            last_failure=self._last_failure,
+            # A pending stall is the last failure already (as in stalls and failures above).
+            last_failure=Failure(FailureReason.STALLED, self._stall_seen_at)
+            if pending
+            else self._last_failure,
             stream=self._stream,
         )
 
