@@ -92,7 +92,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             result = predictor.predict_bytes(Path(image).read_bytes())
         except (OSError, EdgeRuntimeError) as exc:
-            print(f"{image}: {exc}", file=sys.stderr)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(f"error: {image}: {reason}", file=sys.stderr)  # the other images go on
             failures += 1
             continue
         body = prediction_body(result, ResponseIds())
@@ -115,7 +116,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for item in value if isinstance(value, list) else [f"{k}: {v}" for k, v in value.items()]:
                 print(f"  {item}")
         else:
-            print(f"{key}: {value}")
+            print(f"{key}: {'-' if value is None else value}")
     return 0
 
 
