@@ -251,8 +251,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("serving on http://%s:%d", host, port)
         if settings.ui.enabled:
             shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "") else host
-            keyless = " (no key needed from this machine)" if settings.ui.open_on_loopback else ""
-            log.info("operator page: http://%s:%d/ui/%s", shown, port, keyless)
+            keys = settings.ui.viewer_key is not None or settings.server.admin_key is not None
+            access = [
+                "no key needed from this machine" if settings.ui.open_on_loopback else "",
+                "other machines log in with a key" if keys else "set ui.viewer_key to let others log in",
+            ]
+            log.info("operator page: http://%s:%d/ui/ (%s)", shown, port, "; ".join(a for a in access if a))
 
     code = 0
     try:

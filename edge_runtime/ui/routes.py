@@ -3,6 +3,7 @@
     GET  /ui/, /ui/camera, /ui/events, /ui/test, /ui/config   pages (a login page without a key)
     GET  /ui/login                                           the login page
     GET  /ui/static/{name}                                   style.css, app.js (not sensitive)
+    GET  /ui/api/login                                       {"keys": whether a key is set at all}
     POST /ui/api/login {"key": ...}                          sets the HttpOnly session cookie
     POST /ui/api/logout                                      ends the session
     GET  /ui/api/session                                     role, CSRF token, live_fps
@@ -79,6 +80,7 @@ def register_ui_routes(app: web.Application) -> None:
         add("GET", path, page)
     add("GET", "/ui/login", login_page)
     add("GET", "/ui/static/{name}", static)
+    add("GET", "/ui/api/login", login_possible)
     add("POST", "/ui/api/login", login)
     add("POST", "/ui/api/logout", logout)
     add("GET", "/ui/api/session", session)
@@ -151,6 +153,12 @@ async def static(request: web.Request) -> web.Response:
 
 
 # ---- session ------------------------------------------------------------------------------------
+
+
+async def login_possible(request: web.Request) -> web.Response:
+    """For the login page before anyone types: whether any key is set (nothing about the keys)."""
+    settings = _ui(request).app_settings
+    return _json({"keys": settings.server.admin_key is not None or settings.ui.viewer_key is not None})
 
 
 async def login(request: web.Request) -> web.Response:

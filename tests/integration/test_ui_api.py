@@ -405,6 +405,8 @@ async def test_a_login_sets_a_strict_http_only_cookie_and_logout_ends_it(
     ui_server: Any, web: aiohttp.ClientSession
 ) -> None:
     base = ui_server.url
+    status, body, _ = await call(web, "GET", f"{base}/ui/api/login")  # no key needed to ask
+    assert status == 200 and body == {"keys": True}, body
     session = await login(web, base, VIEWER_KEY)
     morsel = session.cookie["edge_ui"]
     assert morsel["httponly"] is True
@@ -1192,6 +1194,8 @@ async def test_without_keys_nobody_can_log_in(
     start_server: Any, demo_dir: Path, tmp_path: Path, web: aiohttp.ClientSession
 ) -> None:
     server = start_server(demo_dir, ui_settings(tmp_path, cameras=[], keys=False))
+    status, body, _ = await call(web, "GET", f"{server.url}/ui/api/login")  # the login page asks first
+    assert status == 200 and body == {"keys": False}, body
     status, body, response = await call(web, "POST", f"{server.url}/ui/api/login", body={"key": ADMIN_KEY})
     check_error(status, body, 403, "NoKeys")
     assert "Set-Cookie" not in response.headers

@@ -624,6 +624,12 @@ async function configPage() {
 async function loginPage() {
   const form = $("#login");
   const error = $("#login-error");
+  const possible = await api("/ui/api/login");
+  if (!possible.keys) {
+    showError(error, "No key is set on this runtime: set ui.viewer_key (or server.admin_key) in its configuration to log in from here.");
+    for (const input of form.querySelectorAll("input, button")) input.disabled = true;
+    return;
+  }
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     try {
