@@ -142,10 +142,10 @@ class Controller:
             before = self.desired
             merged = merge_patch(before, patch)
             try:
-                self._validate(merged)
+                new = self._validate(merged)
             except Exception as exc:
                 return ApplyResult(False, None, error=_reason(exc))
-            result = await self._apply_document(merged)
+            result = await self._apply_document(merged, new)
             if not result.applied:
                 self.desired = before
             return result
@@ -160,14 +160,15 @@ class Controller:
                 return _reason(exc)
         return None
 
-    async def _apply_document(self, desired: Mapping[str, Any]) -> ApplyResult:
+    async def _apply_document(self, desired: Mapping[str, Any], valid: Settings | None = None) -> ApplyResult:
+        """`valid`: the document's settings when the caller has validated it already."""
         version = desired.get("$version")
         version = version if isinstance(version, int) else None
         # The document is the twin's state even when rejected: the next patch builds on it.
         self.desired = dict(desired)
         self._started_update = None
         try:
-            new = self._validate(desired)
+            new = valid if valid is not None else self._validate(desired)
             changes = await self._apply(new)
         except Exception as exc:  # whatever the reason, the running configuration stays
             error = _reason(exc)

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -96,6 +97,16 @@ class ModelSettings(_Section):
         return value
 
 
+MIN_KEY_LENGTH = 12
+
+
+def long_key(value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+    """The admin and viewer keys: long enough that guessing them is hopeless."""
+    if value is not None and len(value.get_secret_value()) < MIN_KEY_LENGTH:
+        raise ValueError(f"{info.field_name} must be at least {MIN_KEY_LENGTH} characters long")
+    return value
+
+
 class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535, description="the module image sets 80, the container's port")
@@ -141,12 +152,7 @@ class ServerSettings(_Section):
     response_project: str = ""
     response_iteration: str = ""
 
-    @field_validator("admin_key")
-    @classmethod
-    def _long_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 12:
-            raise ValueError("the admin key must be at least 12 characters long")
-        return value
+    _long_key = field_validator("admin_key")(long_key)
 
     @field_validator("image_formats", mode="before")
     @classmethod
@@ -174,12 +180,7 @@ class UiSettings(_Section):
     max_live_clients: int = Field(16, ge=1, description="live connections (SSE) at once; 503 above")
     session_ttl_s: float = Field(12 * 3600.0, gt=0, description="a login lasts this long")
 
-    @field_validator("viewer_key")
-    @classmethod
-    def _long_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 12:
-            raise ValueError("the viewer key must be at least 12 characters long")
-        return value
+    _long_key = field_validator("viewer_key")(long_key)
 
 
 class UrlFetchSettings(_Section):
