@@ -18,9 +18,8 @@ from edge_runtime import __version__
 from edge_runtime.api.schemas import ResponseIds, dumps, prediction_body
 from edge_runtime.app import predictor_options
 from edge_runtime.backends.providers import detect_availability
-from edge_runtime.domain import PredictionResult
 from edge_runtime.engine import Predictor
-from edge_runtime.errors import ConfigError, EdgeRuntimeError, ImageError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.model.export import export_folder
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.spec import Resize
@@ -124,7 +123,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Both models predict every image; the comparison (compare/) is printed as text or JSON. Exit 0
     when at least one image was compared (however much the models disagree), 1 when none could be, 2 for
     usage errors and a model that does not load (named: old or new, and its path)."""
-    from edge_runtime.compare import ImageFailure, ModelSide, compare, discover_images, render_text
+    from edge_runtime.compare import ModelSide, compare, discover_images, render_text
+    from edge_runtime.compare.run import predict_both
 
     models: list[Path] = args.model or []
     if len(models) != 2:
@@ -152,18 +152,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             except EdgeRuntimeError as exc:
                 print(f"error: {role} model ({path}): {exc}", file=sys.stderr)
                 return 2
-        old, new = predictors
-        names: list[str] = []
-        old_results: list[PredictionResult] = []
-        new_results: list[PredictionResult] = []
-        for image in images:
-            outcome = _predict_both(image, old, new)
-            if isinstance(outcome, str):
-                failures.append(ImageFailure(str(image), outcome))
-                continue
-            names.append(str(image))
-            old_results.append(outcome[0])
-            new_results.append(outcome[1])
+        predicted = predict_both(images, predictors[0], predictors[1], failures)
         old_side, new_side = (
             ModelSide(str(path), p.spec.task, p.spec.labels, p.device)
             for path, p in zip(models, predictors, strict=True)
@@ -171,9 +160,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         report = compare(
             old_side,
             new_side,
-            names,
-            old_results,
-            new_results,
+            predicted.names,
+            predicted.old,
+            predicted.new,
             iou_threshold=args.iou,
             threshold=args.threshold,
             failures=failures,
@@ -183,25 +172,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             predictor.close()
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else render_text(report))
     return 0 if report.images else 1
-
-
-def _predict_both(
-    image: Path, old: Predictor, new: Predictor
-) -> tuple[PredictionResult, PredictionResult] | str:
-    """Both models' predictions of one image file, or why there are none (the model that failed named)."""
-    try:
-        data = image.read_bytes()
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    results: list[PredictionResult] = []
-    for role, predictor in (("old", old), ("new", new)):
-        try:
-            results.append(predictor.predict_bytes(data))
-        except ImageError as exc:  # the same bytes and limits for both: not a model's fault
-            return str(exc)
-        except EdgeRuntimeError as exc:
-            return f"{role} model: {exc}"
-    return results[0], results[1]
 
 
 def check_rule_tags(settings: Settings, path: Path) -> None:
