@@ -19,8 +19,8 @@ Definitions (the same for classifiers and detectors):
                   highest IoU first, while IoU >= `iou`; what is left over is only-in-old / only-in-new.
 
 Modules: report.py (the frozen report value objects), stats.py (the pure comparison), images.py (which
-files are compared), run.py (both models over the images), text.py (the terminal rendering); this package re-exports what callers use (the
-other value objects are in report.py).
+files are compared), run.py (both models over the images), text.py (the terminal rendering); this
+package re-exports what callers use (the other value objects are in report.py).
 """
 
 from edge_runtime.compare.images import IMAGE_SUFFIXES, discover_images
