@@ -14,11 +14,15 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
+from edge_runtime.settings import CameraSettings
+from edge_runtime.sources.capture import Capture
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER_SCRIPT = Path(__file__).resolve().parent / "rtsp_server.py"
@@ -246,3 +250,26 @@ def wait_until(
         if time.monotonic() - start > timeout:
             return None
         time.sleep(every)
+
+
+OpenCamera = Callable[..., Capture]
+
+
+@contextmanager
+def captures(prefix: str, **defaults: object) -> Iterator[OpenCamera]:
+    """open(url, **overrides) starts a Capture (ids <prefix>0, <prefix>1, ...) with `defaults` for quick
+    test timings; every one is stopped on exit."""
+    cameras: list[Capture] = []
+
+    def open_(url: str, **overrides: object) -> Capture:
+        fields: dict[str, object] = {"id": f"{prefix}{len(cameras)}", "url": url, **defaults, **overrides}
+        camera = Capture(CameraSettings.model_validate(fields))
+        cameras.append(camera)
+        camera.start()
+        return camera
+
+    try:
+        yield open_
+    finally:
+        for camera in cameras:
+            camera.stop(timeout=15)

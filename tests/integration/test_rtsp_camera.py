@@ -27,9 +27,17 @@ TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from rtsp_fixtures import RtspServer, age_ms, closed_port, decode_stamp, gst_rtsp_unavailable, wait_until  # noqa: E402
+from rtsp_fixtures import (  # noqa: E402
+    OpenCamera,
+    RtspServer,
+    age_ms,
+    captures,
+    closed_port,
+    decode_stamp,
+    gst_rtsp_unavailable,
+    wait_until,
+)
 
-from edge_runtime.settings import CameraSettings  # noqa: E402
 from edge_runtime.sources.capture import CameraState, Capture  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -39,7 +47,6 @@ FRESH_MS = 500  # a frame handed to a consumer must be younger than this (server
 NOT_STREAMING = {CameraState.BACKOFF, CameraState.CONNECTING, CameraState.STALLED}
 
 StartServer = Callable[..., RtspServer]
-OpenCamera = Callable[..., Capture]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,26 +59,14 @@ def _gst_rtsp_server_available() -> None:
 @pytest.fixture
 def open_camera() -> Iterator[OpenCamera]:
     """Start a Capture on a URL with quick test timings (override any CameraSettings field)."""
-    cameras: list[Capture] = []
-
-    def open_(url: str, **overrides: object) -> Capture:
-        fields: dict[str, object] = {
-            "id": f"rtsp{len(cameras)}",
-            "url": url,
-            "open_timeout_s": 3.0,
-            "stall_timeout_s": 3.0,
-            "backoff_initial_s": 0.2,
-            "backoff_max_s": 1.0,
-        }
-        fields.update(overrides)
-        camera = Capture(CameraSettings(**fields))  # type: ignore[arg-type]
-        cameras.append(camera)
-        camera.start()
-        return camera
-
-    yield open_
-    for camera in cameras:
-        camera.stop(timeout=15)
+    with captures(
+        "rtsp",
+        open_timeout_s=3.0,
+        stall_timeout_s=3.0,
+        backoff_initial_s=0.2,
+        backoff_max_s=1.0,
+    ) as open_:
+        yield open_
 
 
 @pytest.fixture

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 from rtsp_fixtures import (
+    OpenCamera,
     RtspServer,
     StreamWatcher,
+    captures,
     closed_port,
     decode_stamp,
     gst_rtsp_unavailable,
@@ -27,7 +29,6 @@ from rtsp_fixtures import (
     wait_until,
 )
 
-from edge_runtime.settings import CameraSettings
 from edge_runtime.sources import hwprobe
 from edge_runtime.sources.capture import CameraState, Capture, FailureReason
 from edge_runtime.sources.decoding import AUTO_ORDER
@@ -39,7 +40,6 @@ WATCHDOG_EVERY = 0.2  # how often the test calls Capture.watchdog(), like the sa
 SAME_MS = 100  # a frame's captured_at and the server's stamp in it agree this closely (ms)
 
 StartServer = Callable[..., RtspServer]
-OpenCamera = Callable[..., Capture]
 Watch = Callable[[str], StreamWatcher]
 
 
@@ -53,27 +53,15 @@ def _gst_rtsp_server_available() -> None:
 @pytest.fixture
 def open_camera() -> Iterator[OpenCamera]:
     """Start a Capture on a URL with quick test timings (override any CameraSettings field)."""
-    cameras: list[Capture] = []
-
-    def open_(url: str, **overrides: object) -> Capture:
-        fields: dict[str, object] = {
-            "id": f"decoding{len(cameras)}",
-            "url": url,
-            "hwaccel": "none",
-            "open_timeout_s": 8.0,  # a busy CI box: opening is not what these tests are about
-            "stall_timeout_s": 3.0,
-            "backoff_initial_s": 0.2,
-            "backoff_max_s": 1.0,
-        }
-        fields.update(overrides)
-        camera = Capture(CameraSettings(**fields))  # type: ignore[arg-type]
-        cameras.append(camera)
-        camera.start()
-        return camera
-
-    yield open_
-    for camera in cameras:
-        camera.stop(timeout=15)
+    with captures(
+        "decoding",
+        hwaccel="none",
+        open_timeout_s=8.0,  # a busy CI box: opening is not what these tests are about
+        stall_timeout_s=3.0,
+        backoff_initial_s=0.2,
+        backoff_max_s=1.0,
+    ) as open_:
+        yield open_
 
 
 @pytest.fixture
