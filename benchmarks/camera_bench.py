@@ -65,7 +65,7 @@ import yaml
 
 from benchmarks.harness.cli import add_quick_and_json, bench_parser, model_folder, report_and_save
 from benchmarks.harness.machine import CpuMeter, Machine, cpu_seconds, package_versions
-from benchmarks.harness.processes import REPO, ServeProcess, exit_on_signals, serve_command
+from benchmarks.harness.processes import REPO, ServeProcess, end_process, exit_on_signals, serve_command
 from benchmarks.harness.stats import NAN, ratio
 from benchmarks.harness.table import Col, Table, progress
 
@@ -153,13 +153,7 @@ class FileServer:
         return f"rtsp://127.0.0.1:{self.port}/cam{i}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc, grace_s=5)
         self._dir.cleanup()
 
     def __enter__(self) -> Self:

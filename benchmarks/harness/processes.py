@@ -51,6 +51,17 @@ def exit_on_signals() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def end_process(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM, `grace_s` to exit, then SIGKILL; nothing if it has exited already."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def serve_command(model: Path, port: int, extra: Sequence[str] = ()) -> list[str]:
     """`python -m edge_runtime serve` on loopback with the model on the CPU, warnings and errors only."""
     return [
@@ -92,13 +103,7 @@ class ServeProcess:
         return dict(body) if isinstance(body, dict) else {}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc, grace_s=15)
         self._dir.cleanup()
 
     def __enter__(self) -> Self:
