@@ -34,14 +34,15 @@ def _box(box: BoundingBox) -> dict[str, float]:
 @dataclass(frozen=True, slots=True)
 class RoiResult:
     roi: Roi
-    predictions: tuple[Prediction, ...]  # full-frame boxes, highest probability first
+    predictions: tuple[Prediction, ...]  # full-frame boxes, as the model gave them
 
-    @classmethod
-    def of(cls, roi: Roi, predictions: tuple[Prediction, ...]) -> RoiResult:
-        ranked = sorted(predictions, key=lambda p: p.probability, reverse=True)
+    def shown(self) -> list[Prediction]:
+        """What a person is shown, highest probability first: ranked only when someone watches (every
+        sample puts an inspection; few are ever read)."""
+        ranked = sorted(self.predictions, key=lambda p: p.probability, reverse=True)
         # Classification: the top few whatever their probability (the answer is the ranking).
         shown = [p for p in ranked if p.bounding_box is None or p.probability >= MIN_SHOWN_PROBABILITY]
-        return cls(roi, tuple(shown[:MAX_SHOWN] if shown and shown[0].bounding_box else shown[:5]))
+        return shown[:MAX_SHOWN] if shown and shown[0].bounding_box else shown[:5]
 
     def to_dict(self) -> dict[str, object]:
         r = self.roi
@@ -54,7 +55,7 @@ class RoiResult:
                     "probability": round(p.probability, 4),
                     "box": None if p.bounding_box is None else _box(p.bounding_box),
                 }
-                for p in self.predictions
+                for p in self.shown()
             ],
         }
 

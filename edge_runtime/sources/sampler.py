@@ -140,7 +140,7 @@ class CameraSampler:
                     camera=camera,
                     sequence=self._inspections.next_sequence(),
                     frame=frame,
-                    rois=tuple(RoiResult.of(roi, predictions) for roi, predictions in results),
+                    rois=tuple(RoiResult(roi, predictions) for roi, predictions in results),
                     rules=engine.states(),
                     model_id=predictor.spec.model_id,
                 ),
