@@ -38,6 +38,7 @@ from playwright.sync_api import (
     Playwright,
     Response,
     ViewportSize,
+    expect,
     sync_playwright,
 )
 from processes import free_port, wait_ready
@@ -360,7 +361,8 @@ def test_overview_streams_and_events_arrive_live(browsing: Browsing) -> None:
 def test_camera_view_draws_frame_and_boxes(browsing: Browsing) -> None:
     page = browsing.page(VIEWER_KEY)
     page.goto(f"/ui/camera?id={CAMERA}")
-    assert page.text_content("#title") == f"Camera {CAMERA}"
+    # The page's script sets the title once its session answers (after "load"): wait for it, then check.
+    expect(page.locator("#title")).to_have_text(f"Camera {CAMERA}")
     image_loaded(page, "#frame")
     page.locator("#status .badge.streaming").wait_for()
     status = page.text_content("#status") or ""

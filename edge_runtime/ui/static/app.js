@@ -624,12 +624,8 @@ async function configPage() {
 async function loginPage() {
   const form = $("#login");
   const error = $("#login-error");
-  const possible = await api("/ui/api/login");
-  if (!possible.keys) {
-    showError(error, "No key is set on this runtime: set ui.viewer_key (or server.admin_key) in its configuration to log in from here.");
-    for (const input of form.querySelectorAll("input, button")) input.disabled = true;
-    return;
-  }
+  // The handler first, before anything is awaited: a submit must never go out as a plain form (a GET
+  // with the key in the URL).
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     try {
@@ -645,6 +641,11 @@ async function loginPage() {
       showError(error, err);
     }
   });
+  const possible = await api("/ui/api/login");
+  if (!possible.keys) {
+    showError(error, "No key is set on this runtime: set ui.viewer_key (or server.admin_key) in its configuration to log in from here.");
+    for (const input of form.querySelectorAll("input, button")) input.disabled = true;
+  }
 }
 
 async function main() {
