@@ -4,6 +4,8 @@
     ModelService  -> InferenceService   the model in service; the one way into inference
     HubClient (optional) -> Delivery    outbox, snapshots, sinks
     Cameras (inference, delivery)       captures and samplers
+    Stations (inference, cameras, delivery)   part triggers -> one verdict per part
+    OpcUaServer (stations, board), MqttTriggers (stations): optional trigger paths
     Controller (models, delivery, cameras): desired document -> checks -> each changed slice
     TwinAgent (hub, controller, board)  module twin and direct methods
 
@@ -18,12 +20,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from edge_runtime.api.body import BodyBudget
 from edge_runtime.api.routes import register_routes
+from edge_runtime.api.stations import register_station_routes
 from edge_runtime.api.urlfetch import UrlPolicy
 from edge_runtime.app_keys import (
     BOARD,
@@ -33,6 +36,7 @@ from edge_runtime.app_keys import (
     DELIVERY,
     INFERENCE,
     SETTINGS,
+    STATIONS,
     URL_POLICY,
 )
 from edge_runtime.backends.providers import parse_device
@@ -46,6 +50,7 @@ from edge_runtime.model.imaging import ImageLimits
 from edge_runtime.model.loader import LoadOptions
 from edge_runtime.settings import Settings
 from edge_runtime.sources.cameras import Cameras
+from edge_runtime.stations.service import Stations, StationsConfig
 from edge_runtime.status import StatusBoard, show_connection
 from edge_runtime.ui.routes import register_ui_routes
 
@@ -107,6 +112,7 @@ def create_app(
     app[URL_POLICY] = UrlPolicy.from_allow_list(settings.url_fetch.allow)
     app.cleanup_ctx.append(parts_ctx)
     register_routes(app)
+    register_station_routes(app)
     register_ui_routes(app)
     return app
 
@@ -121,15 +127,31 @@ async def parts_ctx(app: web.Application) -> AsyncIterator[None]:
         hub = await parts.enter_async_context(HubPart(settings, board))
         delivery = await parts.enter_async_context(Delivery(DeliveryConfig.of(settings), board, hub))
         cameras = await parts.enter_async_context(Cameras(settings.cameras, inference, delivery, board))
-        controller = Controller(settings, board, inference.models, delivery, cameras)
-        app[DELIVERY], app[CAMERAS], app[CONTROLLER] = delivery, cameras, controller
+        # Entered after the cameras and the delivery, so left before them: pending parts get their
+        # no_verdict/shutdown published while the outbox is still open.
+        stations = await parts.enter_async_context(
+            Stations(StationsConfig.of(settings), inference, cameras, delivery, cameras.inspections)
+        )
+        more: dict[str, Any] = {"stations": stations}
+        if settings.opcua.enabled:
+            from edge_runtime.opcua.server import OpcUaServer
+
+            more["opcua"] = await parts.enter_async_context(
+                OpcUaServer(settings.opcua, StationsConfig.of(settings).stations, stations, board)
+            )
+        if settings.triggers.mqtt and settings.sinks.mqtt is not None:
+            from edge_runtime.stations.mqtt_trigger import MqttTriggers
+
+            await parts.enter_async_context(MqttTriggers(settings.sinks.mqtt, stations.submit))
+        controller = Controller(settings, board, inference.models, delivery, cameras, more)
+        app[DELIVERY], app[CAMERAS], app[CONTROLLER], app[STATIONS] = delivery, cameras, controller, stations
         # The model loads in the background: /health/live answers at once, /health/ready once warm.
         controller.start_model_load()
         if hub is not None and settings.hub.twin:
             from edge_runtime.iotedge.methods import DirectMethods
             from edge_runtime.iotedge.twin import TwinAgent
 
-            methods = DirectMethods(controller, cameras, delivery)
+            methods = DirectMethods(controller, cameras, delivery, stations)
             await parts.enter_async_context(TwinAgent(hub, controller, methods, board))
         yield
 

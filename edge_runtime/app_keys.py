@@ -11,6 +11,7 @@ from edge_runtime.events.delivery import Delivery
 from edge_runtime.inference.service import InferenceService
 from edge_runtime.settings import Settings
 from edge_runtime.sources.cameras import Cameras
+from edge_runtime.stations.service import Stations
 from edge_runtime.status import StatusBoard
 
 SETTINGS = web.AppKey("settings", Settings)  # as started; the live configuration is the controller's
@@ -21,3 +22,4 @@ URL_POLICY = web.AppKey("url_policy", UrlPolicy)
 DELIVERY = web.AppKey("delivery", Delivery)
 CAMERAS = web.AppKey("cameras", Cameras)
 CONTROLLER = web.AppKey("controller", Controller)
+STATIONS = web.AppKey("stations", Stations)

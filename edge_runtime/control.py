@@ -34,6 +34,7 @@ from edge_runtime.inference.models import ModelService
 from edge_runtime.parts import Part
 from edge_runtime.redact import scrub, scrub_tree
 from edge_runtime.settings import CameraSettings, Settings, build_settings, merge_tree, rule_tag_problem
+from edge_runtime.stations.service import StationsConfig
 from edge_runtime.status import (
     CONFIG,
     MODEL,
@@ -46,7 +47,7 @@ from edge_runtime.status import (
 
 log = logging.getLogger(__name__)
 
-DESIRED_SECTIONS = ("model", "cameras", "sinks", "events", "log_level")
+DESIRED_SECTIONS = ("model", "cameras", "sinks", "events", "log_level", "stations", "opcua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,9 @@ SLICES: tuple[tuple[str, Callable[[Settings], object]], ...] = (
     ("delivery", DeliveryConfig.of),
     ("logging", lambda s: s.log_level),
     ("cameras", lambda s: s.cameras),
+    # After the cameras: a station may use a camera just added (never one just removed: validation).
+    ("stations", StationsConfig.of),
+    ("opcua", lambda s: (s.opcua, tuple(st for st in s.stations if st.enabled))),
 )
 
 
@@ -104,12 +108,20 @@ class Controller:
         models: ModelService,
         delivery: Part[DeliveryConfig],
         cameras: Part[tuple[CameraSettings, ...]],
+        more: Mapping[str, _Slice] | None = None,
     ) -> None:
+        """`more`: the optional parts by slice name (stations, opcua); a slice without a part is
+        validated with the settings but applies nowhere."""
         self.settings = settings
         self._base = keyed_tree(settings)
         self._board = board
         self._models = models
-        self._parts: dict[str, _Slice] = {"delivery": delivery, "logging": LogLevel(), "cameras": cameras}
+        self._parts: dict[str, _Slice] = {
+            "delivery": delivery,
+            "logging": LogLevel(),
+            "cameras": cameras,
+            **(more or {}),
+        }
         self.desired: dict[str, Any] = {}
         self.config = ConfigStatus()
         self._lock = asyncio.Lock()
@@ -195,13 +207,14 @@ class Controller:
             if problem:
                 raise ConfigError(problem)
         for name, slice_of in SLICES:
-            self._parts[name].check(slice_of(new))
+            if name in self._parts:
+                self._parts[name].check(slice_of(new))
         return new
 
     async def _apply(self, new: Settings) -> list[str]:
         changes: list[str] = []
         for name, slice_of in SLICES:
-            if slice_of(new) != slice_of(self.settings):
+            if name in self._parts and slice_of(new) != slice_of(self.settings):
                 changes += await self._parts[name].apply(slice_of(new))
         if new.model != self.settings.model:  # the last step: nothing after it can reject the document
             self._started_update = self._start_model(new)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -140,6 +141,34 @@ FULL_FRAME = Roi("full", 0.0, 0.0, 1.0, 1.0)
 class EventKind(StrEnum):
     STARTED = "started"
     ENDED = "ended"
+    VERDICT = "verdict"  # a station's answer for one part (stations/verdict.py)
+
+
+class Record(Protocol):
+    """What the delivery, the sinks and the history need of anything published: a defect Event or a
+    station's Verdict (whose `camera` is the station and `tag` the verdict)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def kind(self) -> EventKind: ...
+
+    @property
+    def camera(self) -> str: ...
+
+    @property
+    def roi(self) -> str: ...
+
+    @property
+    def tag(self) -> str: ...
+
+    @property
+    def captured_at(self) -> float: ...
+
+    def to_dict(self) -> dict[str, object]: ...
+
+    def detail_dict(self) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True, slots=True)

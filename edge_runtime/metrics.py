@@ -165,3 +165,27 @@ INFERENCE_FAILURES = Counter(
     "edge_runtime_inference_failures_total",
     "Inferences on which the loaded model failed (HTTP answers 500 ModelInferenceFailed), all sources",
 )
+
+# ---- stations (triggered inspection) ---------------------------------------------------------------
+# Trigger to verdict: one frame interval plus inference at best (20-200 ms), a deadline at worst.
+VERDICT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+STATION_VERDICT_SECONDS = Histogram(
+    "edge_runtime_station_verdict_seconds",
+    "From a trigger's arrival to its part's verdict",
+    ["station"],
+    buckets=VERDICT_BUCKETS,
+)
+STATION_VERDICTS = Counter(
+    "edge_runtime_station_verdicts_total",
+    "Parts judged, by verdict (pass, fail, no_verdict)",
+    ["station", "verdict"],
+)
+STATION_NO_VERDICTS = Counter(
+    "edge_runtime_station_no_verdicts_total", "Parts that got no verdict, by reason", ["station", "reason"]
+)
+STATION_TRIGGERS = Counter(
+    "edge_runtime_station_triggers_total",
+    "Triggers received, by source (http, mqtt, method, opcua) and whether the part id was new",
+    ["station", "source", "outcome"],
+)
+STATION_PENDING = Gauge("edge_runtime_station_pending", "Parts in inspection now", ["station"])

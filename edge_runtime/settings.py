@@ -248,6 +248,7 @@ class CameraSettings(_Section):
     stall_timeout_s: float = Field(5.0, gt=0, description="no frame for this long -> stalled, reopen")
     backoff_initial_s: float = Field(0.5, gt=0, description="first reopen delay; doubles per failure")
     backoff_max_s: float = Field(30.0, gt=0, description="longest reopen delay (x0.8..1.2 jitter)")
+    sample: bool = Field(True, description="infer at fps; false = only when a station is triggered")
     enabled: bool = True
 
     @field_validator("rois", mode="before")
@@ -302,6 +303,97 @@ class CameraSettings(_Section):
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ValueError(f"camera {self.id!r}: {kind} must be unique: {duplicates}")
+        return self
+
+
+class DefectSettings(_Section):
+    """What makes a part fail at a station (a station's verdict is `fail` when any of these holds)."""
+
+    tag: str = Field(min_length=1, description="a label of the model")
+    min_probability: float = Field(0.5, ge=0, le=1)
+    min_box_area: float = Field(0.0, ge=0, le=1, description="detection: smallest box, fraction of the frame")
+    votes: int = Field(
+        1, ge=1, description="inspected frames (of all the station's cameras) that must show it"
+    )
+    rois: tuple[str, ...] = Field((), description="only these ROIs count; empty = every ROI")
+    cameras: tuple[str, ...] = Field((), description="only these cameras count; empty = every camera")
+
+
+class StationSettings(_Section):
+    """A place on the line where a trigger names a part and the station's cameras judge it."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    cameras: tuple[str, ...] = Field(min_length=1, description="ids of configured cameras")
+    rois: tuple[RoiSettings, ...] = Field((), description="empty = each camera's ROIs (or its whole frame)")
+    defects: tuple[DefectSettings, ...] = Field(min_length=1)
+    frames: int = Field(1, ge=1, le=50, description="frames inspected per camera for each part")
+    min_interval_ms: float = Field(0.0, ge=0, description="between a camera's inspected frames")
+    deadline_ms: float = Field(
+        2000.0, gt=0, le=600_000, description="no verdict by then: no_verdict/deadline"
+    )
+    max_pending: int = Field(256, ge=1, description="parts in inspection at once; above: no_verdict/busy")
+    enabled: bool = True
+
+    @field_validator("rois", mode="before")
+    @classmethod
+    def _rois(cls, value: Any) -> Any:
+        return _keyed(value, "name")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StationSettings:
+        seen = len(self.cameras) * self.frames
+        for defect in self.defects:
+            if defect.votes > seen:
+                raise ValueError(
+                    f"station {self.id!r}: defect {defect.tag!r} needs {defect.votes} votes but a part is"
+                    f" seen in only {seen} frames (frames x cameras)"
+                )
+            unknown = sorted(set(defect.cameras) - set(self.cameras))
+            if unknown:
+                raise ValueError(
+                    f"station {self.id!r}: defect {defect.tag!r} names cameras {unknown} it does not use"
+                )
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"station {self.id!r}: a camera is listed twice")
+        return self
+
+
+class TriggerSettings(_Section):
+    """Where part triggers come from besides POST /stations/<id>/trigger (always on when stations exist)."""
+
+    key: SecretStr | None = Field(
+        None, description="require `Authorization: Bearer <key>` on the HTTP trigger routes"
+    )
+    mqtt: bool = Field(
+        False, description="subscribe to <topic_prefix>/stations/+/trigger on sinks.mqtt's broker"
+    )
+    remember_parts: int = Field(10_000, ge=1, description="recent part ids whose verdict a repeat gets back")
+
+
+class OpcUaSettings(_Section):
+    """The OPC UA server for PLCs and MES: an object per station, the Inspect(partId) method."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = Field(4840, ge=0, le=65535, description="0 = any free port (tests)")
+    namespace: str = Field("urn:edge-runtime:stations", min_length=1)
+    pki_dir: Path = Field(
+        Path("var/opcua"),
+        description="own certificate and key (made at first start, kept); trusted/ client certs",
+    )
+    users: dict[str, SecretStr] = Field({}, description="user name -> password")
+    allow_anonymous: bool = Field(False, description="sessions without a user; off unless asked for")
+    allow_unencrypted: bool = Field(
+        False, description="offer the None security policy (no signing, no encryption)"
+    )
+    trust_any_client_certificate: bool = Field(
+        False, description="accept any client certificate, not only those in pki_dir/trusted"
+    )
+
+    @model_validator(mode="after")
+    def _someone_can_log_in(self) -> OpcUaSettings:
+        if self.enabled and not self.users and not self.allow_anonymous:
+            raise ValueError("opcua: no way in: set opcua.users, or allow_anonymous: true")
         return self
 
 
@@ -416,9 +508,12 @@ class Settings(_Section):
     events: EventSettings = EventSettings()
     sinks: SinkSettings = SinkSettings()
     hub: HubSettings = HubSettings()
+    stations: tuple[StationSettings, ...] = ()
+    triggers: TriggerSettings = TriggerSettings()
+    opcua: OpcUaSettings = OpcUaSettings()
     log_level: str = "INFO"
 
-    @field_validator("cameras", mode="before")
+    @field_validator("cameras", "stations", mode="before")
     @classmethod
     def _cameras(cls, value: Any) -> Any:
         return _keyed(value, "id")
@@ -433,6 +528,34 @@ class Settings(_Section):
             raise ValueError(
                 "sinks.iothub needs hub.connection_string, or the IoT Edge environment (IOTEDGE_* variables)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _stations_fit(self) -> Settings:
+        ids = [s.id for s in self.stations]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"station ids must be unique: {duplicates}")
+        cameras = {c.id: c for c in self.cameras if c.enabled}
+        for station in self.stations:
+            for camera_id in station.cameras if station.enabled else ():
+                camera = cameras.get(camera_id)
+                if camera is None:
+                    raise ValueError(f"station {station.id!r}: camera {camera_id!r} is not an enabled camera")
+                if camera.decode is not DecodeMode.ALL:
+                    # keyframes only would make a trigger wait up to a keyframe interval for its frame
+                    raise ValueError(
+                        f"station {station.id!r}: camera {camera_id!r} must decode every frame (decode: all)"
+                    )
+                names = {r.name for r in camera.rois} | {r.name for r in station.rois} | {"full"}
+                for defect in station.defects:
+                    unknown = sorted(set(defect.rois) - names)
+                    if unknown:
+                        raise ValueError(
+                            f"station {station.id!r}: defect {defect.tag!r} names unknown ROIs {unknown}"
+                        )
+        if self.triggers.mqtt and self.sinks.mqtt is None:
+            raise ValueError("triggers.mqtt needs sinks.mqtt (the broker it subscribes on)")
         return self
 
     @property
@@ -516,6 +639,13 @@ def rule_tag_problem(settings: Settings, labels: Sequence[str]) -> str | None:
             if rule.tag != "*" and rule.tag not in labels:
                 return (
                     f"camera {camera.id!r}: rule tag {rule.tag!r} is not one of the model's labels "
+                    f"({', '.join(labels)})"
+                )
+    for station in settings.stations:
+        for defect in station.defects if station.enabled else ():
+            if defect.tag not in labels:
+                return (
+                    f"station {station.id!r}: defect tag {defect.tag!r} is not one of the model's labels "
                     f"({', '.join(labels)})"
                 )
     return None

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
-from edge_runtime.domain import Event
+from edge_runtime.domain import Record
 from edge_runtime.errors import ConfigError
 from edge_runtime.events.dispatcher import ConnectionWatch, Dispatcher, OutboxLimits, Sink
 from edge_runtime.events.history import EventHistory, HistoryLimits
@@ -77,7 +77,7 @@ class Running(Protocol):
     @property
     def sinks(self) -> tuple[Sink, ...]: ...
 
-    async def publish(self, event: Event) -> None: ...
+    async def publish(self, event: Record) -> None: ...
 
     async def backlog(self) -> dict[str, int]: ...
 
@@ -117,7 +117,7 @@ class Delivery:
         self._running = False  # the dispatcher in self._dispatcher has not been closed
         self._snapshots = config.snapshot_store()
         self._unwatch: list[Callable[[], None]] = []
-        self._observers: set[asyncio.Queue[Event]] = set()
+        self._observers: set[asyncio.Queue[Record]] = set()
         self._history = config.event_history()
         # Each sink's outbox depth and oldest row, measured at the dispatcher's housekeeping (1 s).
         self.backlogs: Latest[str, Backlog] = Latest()
@@ -197,7 +197,7 @@ class Delivery:
     def sinks(self) -> tuple[Sink, ...]:
         return () if self._dispatcher is None else self._dispatcher.sinks
 
-    async def publish(self, event: Event) -> None:
+    async def publish(self, event: Record) -> None:
         """Store `event` durably for every sink (returns once it is on disk), then show it to observers."""
         if self._dispatcher is None:
             raise RuntimeError("Delivery is not entered")
@@ -287,15 +287,15 @@ class EventFeed:
     """One live observer of published events; registered when made, so nothing published after
     watch() returns is missed."""
 
-    def __init__(self, observers: set[asyncio.Queue[Event]], size: int) -> None:
+    def __init__(self, observers: set[asyncio.Queue[Record]], size: int) -> None:
         self._observers = observers
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(size)
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(size)
         observers.add(self._queue)
 
     def __aiter__(self) -> EventFeed:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> Record:
         if self._queue not in self._observers:
             raise StopAsyncIteration
         return await self._queue.get()

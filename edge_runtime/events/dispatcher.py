@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 
 from edge_runtime import metrics
 from edge_runtime.backoff import Backoff
-from edge_runtime.domain import Event
+from edge_runtime.domain import EventKind, Record
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.outbox import Backlog, MessageType, Outbox, OutboxRecord
 from edge_runtime.events.ratelimit import TokenBucket
@@ -62,7 +62,7 @@ class ConnectionWatch(Protocol):
         """Call `listener(connected)` on the event loop at every change; returns the unsubscribe."""
 
 
-def event_headers(event: Event) -> dict[str, str]:
+def event_headers(event: Record) -> dict[str, str]:
     """An event's routing headers (OutboxRecord.headers): MQTT topic, IoT Hub properties, UI filters."""
     return {"camera": event.camera, "tag": event.tag, "kind": event.kind.value}
 
@@ -162,12 +162,14 @@ class Dispatcher:
                 self._tasks.append(asyncio.create_task(self._summarise(sink), name=f"summary-{sink.name}"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="outbox-housekeeping"))
 
-    async def publish(self, event: Event) -> None:
+    async def publish(self, event: Record) -> None:
         """Store the event durably for every sink; returns once it is on disk."""
         metrics.EVENTS.labels(event.camera, event.tag, event.kind.value).inc()
         for counter in self._summaries.values():
             counter.add(event)
-        targets = [s.name for s in self._sinks if s.delivery.send_events]
+        # A verdict answers a trigger: it goes out even where only summaries of defect events do.
+        verdict = event.kind is EventKind.VERDICT
+        targets = [s.name for s in self._sinks if s.delivery.send_events or verdict]
         await self._store(targets, MessageType.EVENT, event.id, event.to_dict(), event_headers(event))
 
     async def _store(

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self, TypeVar
 
-from edge_runtime.domain import Event, EventKind
+from edge_runtime.domain import EventKind, Record
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.events.ids import EVENT_ID_PATTERN
 from edge_runtime.events.outbox import transaction
@@ -258,7 +258,7 @@ class EventHistory:
         """Events stored now."""
         return self._count
 
-    async def record(self, event: Event) -> None:
+    async def record(self, event: Record) -> None:
         """Store `event`; an id already stored is replaced (recording twice is harmless)."""
         body = json.dumps(event.detail_dict(), separators=(",", ":"))
         row = (event.id, event.captured_at, event.camera, event.tag, event.kind.value, event.roi, body)

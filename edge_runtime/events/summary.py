@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
-from edge_runtime.domain import Event
+from edge_runtime.domain import Record
 
 
 class SummaryCounter:
@@ -13,7 +13,7 @@ class SummaryCounter:
         self._since = now
         self._counts: Counter[tuple[str, str, str]] = Counter()
 
-    def add(self, event: Event) -> None:
+    def add(self, event: Record) -> None:
         self._counts[(event.camera, event.tag, event.kind.value)] += 1
 
     def take(self, summary_id: str, now: float) -> dict[str, object]:

@@ -4,11 +4,15 @@ getStatus                     -> 200 {version, model, cameras, sinks, config}
 reloadModel                   -> 200 {model} | 500 {error, model} (loads the configured model again:
                                  after a failed model update, the one still serving)
 captureSnapshot {"camera": id} -> 200 {id, path, captured_at} | 404 unknown camera | 409 no frame
+inspect {"station": id, "partId": "4711", "plcTime"?, "metadata"?}
+                              -> 200 the part's verdict (pass, fail or no_verdict) | 400 no part id
+                                 | 404 unknown station | 503 stopping
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,12 +23,17 @@ from edge_runtime.events.delivery import Delivery
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.redact import scrub
 from edge_runtime.sources.cameras import Cameras
+from edge_runtime.stations.service import Stations
+from edge_runtime.stations.triggers import BadTrigger, NotAccepting, UnknownStation, parse_trigger
 
 MethodResult = tuple[int, dict[str, Any]]
 
 
 class DirectMethods:
-    def __init__(self, controller: Controller, cameras: Cameras, delivery: Delivery) -> None:
+    def __init__(
+        self, controller: Controller, cameras: Cameras, delivery: Delivery, stations: Stations | None = None
+    ) -> None:
+        self._stations = stations
         self._controller = controller
         self._cameras = cameras
         self._delivery = delivery
@@ -32,6 +41,7 @@ class DirectMethods:
             "getStatus": self.get_status,
             "reloadModel": self.reload_model,
             "captureSnapshot": self.capture_snapshot,
+            "inspect": self.inspect,
         }
 
     async def call(self, name: str, payload: Any) -> MethodResult:
@@ -42,6 +52,22 @@ class DirectMethods:
 
     async def get_status(self, payload: Any) -> MethodResult:
         return 200, self._controller.status()
+
+    async def inspect(self, payload: Any) -> MethodResult:
+        received_at = time.time()
+        station = payload.get("station") if isinstance(payload, dict) else None
+        if self._stations is None or not isinstance(station, str):
+            return 400, {"error": 'payload must be {"station": "<station id>", "partId": "<part id>"}'}
+        try:
+            trigger = parse_trigger(station, payload, "method", received_at)
+            verdict = await self._stations.inspect(trigger)
+        except BadTrigger as exc:
+            return 400, {"error": str(exc)}
+        except UnknownStation as exc:
+            return 404, {"error": str(exc), "stations": exc.known}
+        except NotAccepting as exc:
+            return 503, {"error": str(exc)}
+        return 200, verdict.to_dict()
 
     async def reload_model(self, payload: Any) -> MethodResult:
         try:

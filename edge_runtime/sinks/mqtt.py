@@ -2,6 +2,7 @@
 
 Topics (prefix = sinks.mqtt.topic_prefix):
     <prefix>/<camera>/events     one event JSON per message
+    <prefix>/stations/<station>/verdicts   one part's verdict JSON per message
     <prefix>/<camera>/snapshot   the event's JPEG (publish_snapshots: true), sent right after the event
     <prefix>/<camera>/status     retained camera state JSON; emptied when the camera is removed
     <prefix>/status              retained "online" / "offline" (the Last Will says offline on a crash)
@@ -95,25 +96,8 @@ class MqttSink:
         self.client_id = s.client_id or f"edge-runtime-{socket.gethostname()}"
         client = _SupervisedClient(client_id=self.client_id, clean_session=True)
         client.on_loop_error = self._on_loop_error
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
-        if s.tls is not None:
-            for field in ("ca_file", "cert_file", "key_file"):
-                _check_readable(f"sinks.mqtt.tls.{field}", getattr(s.tls, field))
-            if (s.tls.cert_file is None) != (s.tls.key_file is None):
-                raise ConfigError("sinks.mqtt.tls: cert_file and key_file go together")
-            try:
-                client.tls_set(
-                    ca_certs=_str(s.tls.ca_file), certfile=_str(s.tls.cert_file), keyfile=_str(s.tls.key_file)
-                )
-            except (ssl.SSLError, ValueError, OSError) as exc:
-                raise ConfigError(f"sinks.mqtt.tls: cannot use the certificate files: {exc}") from exc
-            client.tls_insecure_set(s.tls.insecure)
+        connect_as_configured(client, s)
         client.will_set(self._topic("status"), b"offline", qos=1, retain=True)
-        # Floats, floored: paho waits min(delay * 2, max_delay), so a max_delay of 0 (int(0.5) once)
-        # made it reconnect in a busy loop. Settings validation enforces the same floor.
-        min_delay = max(MQTT_RECONNECT_FLOOR_S, s.reconnect_min_s)
-        client.reconnect_delay_set(min_delay=min_delay, max_delay=max(min_delay, s.reconnect_max_s))
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -183,6 +167,9 @@ class MqttSink:
             await self._publish(self._topic("summary"), body, timeout=timeout)
             return
         camera = _camera_of(record)
+        if (getattr(record, "headers", None) or {}).get("kind") == "verdict":
+            await self._publish(self._topic("stations", camera, "verdicts"), body, timeout=timeout)
+            return
         await self._publish(self._topic(camera, "events"), body, timeout=timeout)
         if self.settings.publish_snapshots and record.body.get("snapshot") and self._read_snapshot:
             jpeg = await asyncio.to_thread(self._read_snapshot, record.id)
@@ -303,6 +290,29 @@ def _subscribe(listeners: list[T], listener: T) -> Callable[[], None]:
             listeners.remove(listener)
 
     return unsubscribe
+
+
+def connect_as_configured(client: mqtt.Client, s: MqttSettings) -> None:
+    """Credentials, TLS and reconnect delays from sinks.mqtt (the sink's client and the MQTT trigger
+    listener's); a file that cannot be used is a ConfigError naming the setting."""
+    if s.username is not None:
+        client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+    if s.tls is not None:
+        for field in ("ca_file", "cert_file", "key_file"):
+            _check_readable(f"sinks.mqtt.tls.{field}", getattr(s.tls, field))
+        if (s.tls.cert_file is None) != (s.tls.key_file is None):
+            raise ConfigError("sinks.mqtt.tls: cert_file and key_file go together")
+        try:
+            client.tls_set(
+                ca_certs=_str(s.tls.ca_file), certfile=_str(s.tls.cert_file), keyfile=_str(s.tls.key_file)
+            )
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise ConfigError(f"sinks.mqtt.tls: cannot use the certificate files: {exc}") from exc
+        client.tls_insecure_set(s.tls.insecure)
+    # Floats, floored: paho waits min(delay * 2, max_delay), so a max_delay of 0 (int(0.5) once)
+    # made it reconnect in a busy loop. Settings validation enforces the same floor.
+    min_delay = max(MQTT_RECONNECT_FLOOR_S, s.reconnect_min_s)
+    client.reconnect_delay_set(min_delay=min_delay, max_delay=max(min_delay, s.reconnect_max_s))
 
 
 def _camera_of(record: OutboxRecord) -> str:

@@ -19,10 +19,11 @@ import logging
 from collections.abc import Callable
 from typing import Self
 
-from edge_runtime.domain import Frame
+from edge_runtime.domain import Frame, Roi
 from edge_runtime.redact import redact_url
 from edge_runtime.settings import CameraSettings
 from edge_runtime.sources.capture import Capture, Opener
+from edge_runtime.sources.frame_slot import FrameSlot
 from edge_runtime.sources.inspections import Inspections
 from edge_runtime.sources.readers import open_reader
 from edge_runtime.sources.sampler import CameraSampler, Inference, Publisher
@@ -69,7 +70,7 @@ class Cameras:
     async def __aenter__(self) -> Self:
         for camera in self.config:
             if camera.enabled:
-                if not camera.rules:
+                if not camera.rules and camera.sample:
                     log.warning("camera %s has no rules: it is sampled but produces no events", camera.id)
                 self._start(camera)
         return self
@@ -106,6 +107,15 @@ class Cameras:
         sampler = self.samplers[camera_id]
         view = None if sampler.view is None else sampler.view.slot.peek()
         return view or sampler.capture.slot.peek()
+
+    def frame_slot(self, camera_id: str) -> FrameSlot:
+        """Where a running camera's inspected stream hands its frames over (stations wait on it);
+        KeyError for an unknown one."""
+        return self.samplers[camera_id].capture.slot
+
+    def rois(self, camera_id: str) -> tuple[Roi, ...]:
+        """A running camera's ROIs (empty: the whole frame); KeyError for an unknown one."""
+        return tuple(Roi(r.name, r.x, r.y, r.width, r.height) for r in self.samplers[camera_id].settings.rois)
 
     def status(self, camera_id: str) -> CameraStatus:
         """Read now (frame counts and age exact); the board gets the same at every state change and

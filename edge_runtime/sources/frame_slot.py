@@ -1,7 +1,14 @@
-"""Latest-wins hand-over from a capture thread to the sampler: a slow reader never sees old frames."""
+"""Latest-wins hand-over from a capture thread to the sampler: a slow reader never sees old frames.
+
+Stations wait here too: `wait_newer(after)` is a future for the first frame captured after `after`
+(settled on the waiter's loop from the capture thread), so a trigger never takes an older frame and
+never polls.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 
 from edge_runtime.domain import Frame
@@ -13,6 +20,8 @@ class FrameSlot:
         self._frame: Frame | None = None
         self._taken = True
         self.dropped = 0  # frames overwritten before anyone took them (the backpressure policy)
+        self.frames = 0  # frames put since the start (a station tells "stale" from "stalled" by it)
+        self._waiters: list[tuple[float, asyncio.Future[Frame], asyncio.AbstractEventLoop]] = []
 
     def put(self, frame: Frame) -> None:
         with self._lock:
@@ -20,6 +29,14 @@ class FrameSlot:
                 self.dropped += 1
             self._frame = frame
             self._taken = False
+            self.frames += 1
+            if not self._waiters:
+                return
+            ready = [w for w in self._waiters if frame.captured_at > w[0]]
+            self._waiters = [w for w in self._waiters if frame.captured_at <= w[0] and not w[1].done()]
+        for _, future, loop in ready:
+            with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, future, frame)
 
     def take_newest(self) -> Frame | None:
         """The newest frame if it was not taken yet, else None."""
@@ -32,3 +49,22 @@ class FrameSlot:
     def peek(self) -> Frame | None:
         with self._lock:
             return self._frame
+
+    def wait_newer(self, after: float) -> asyncio.Future[Frame]:
+        """The first frame captured after `after` (the newest one now, if it already is): from the
+        loop. Cancel the future to stop waiting. Taking from it does not take from the sampler."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Frame] = loop.create_future()
+        with self._lock:
+            if self._frame is not None and self._frame.captured_at > after:
+                future.set_result(self._frame)
+                return future
+            # Bounded by the stations' max_pending; given-up waits (cancelled) are dropped here.
+            self._waiters = [w for w in self._waiters if not w[1].done()]
+            self._waiters.append((after, future, loop))
+        return future
+
+
+def _settle(future: asyncio.Future[Frame], frame: Frame) -> None:
+    if not future.done():
+        future.set_result(frame)

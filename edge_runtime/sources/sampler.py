@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from edge_runtime import metrics
-from edge_runtime.domain import FULL_FRAME, BoundingBox, Event, EventKind, Frame, Prediction, Roi
+from edge_runtime.domain import FULL_FRAME, BoundingBox, Event, EventKind, Frame, Prediction, Record, Roi
 from edge_runtime.engine import Predictor
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.rules import Decision, RuleEngine
@@ -46,7 +46,7 @@ class Publisher(Protocol):
     @property
     def snapshots(self) -> SnapshotStore | None: ...
 
-    async def publish(self, event: Event) -> None: ...
+    async def publish(self, event: Record) -> None: ...
 
 
 class CameraSampler:
@@ -93,8 +93,8 @@ class CameraSampler:
             self._count_drops()
             frame = self.capture.slot.take_newest()
             predictor = self._inference.serving
-            if frame is None or predictor is None:
-                continue
+            if frame is None or predictor is None or not self.settings.sample:
+                continue  # `sample: false`: the tick still watches for stalls (stations rely on it)
             try:
                 await self._sample(frame, predictor)
             except Exception:  # one bad frame must never stop a camera

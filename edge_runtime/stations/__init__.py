@@ -1,0 +1,1 @@
+"""Triggered inspection: stations, part triggers, one verdict per part (see service.py)."""

@@ -1,0 +1,464 @@
+"""The Stations part: every trigger (HTTP, MQTT, direct method, OPC UA) -> one verdict per part.
+
+    submit(trigger) -> the part's future (a repeat of a remembered part id gets the same one)
+        -> frames captured after the trigger, `frames` per camera, `min_interval_ms` apart
+           (FrameSlot.wait_newer: pushed by the capture thread, never polled; never an older frame)
+        -> each frame predicted as it arrives, by the model in service at the trigger (one model
+           per part), shared by parts waiting on the same frame
+        -> vote (vote.py) -> pass | fail; anything short of every frame -> no_verdict with a reason
+        -> the future is settled (the caller answers at once), then the verdict's snapshots are
+           written and it is published (durable outbox, sinks, history) in the background
+
+Never a silent pass: a pass needs every frame of every camera inspected by one model before the
+deadline. The deadline runs from the trigger's arrival. On shutdown, pending parts get
+no_verdict/shutdown, published like any verdict before the delivery closes (this part leaves first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Protocol, Self
+
+from edge_runtime import metrics
+from edge_runtime.domain import FULL_FRAME, BoundingBox, Frame, Roi
+from edge_runtime.engine import Predictor
+from edge_runtime.events.ids import new_event_id
+from edge_runtime.events.snapshots import Drawing
+from edge_runtime.inference.service import RoiPredictions
+from edge_runtime.latest import Latest
+from edge_runtime.settings import Settings, StationSettings, TriggerSettings
+from edge_runtime.sources.frame_slot import FrameSlot
+from edge_runtime.sources.inspections import Inspection, Inspections, RoiResult
+from edge_runtime.sources.sampler import Inference, Publisher
+from edge_runtime.stations.status import StationStatus
+from edge_runtime.stations.triggers import NotAccepting, UnknownStation
+from edge_runtime.stations.verdict import (
+    Defect,
+    FrameEvidence,
+    NoVerdictReason,
+    RoiEvidence,
+    Trigger,
+    Verdict,
+    VerdictKind,
+)
+from edge_runtime.stations.vote import defects_found
+
+log = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 10.0  # for publishing the pending parts' shutdown verdicts
+MEMO_SIZE = 64  # frames whose predictions parts may share (a burst waits on the same few frames)
+
+
+class Cameras(Protocol):
+    """What a station needs of the Cameras part."""
+
+    def frame_slot(self, camera_id: str) -> FrameSlot: ...  # KeyError: not running
+
+    def rois(self, camera_id: str) -> tuple[Roi, ...]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StationsConfig:
+    stations: tuple[StationSettings, ...]
+    triggers: TriggerSettings
+
+    @classmethod
+    def of(cls, settings: Settings) -> StationsConfig:
+        return cls(tuple(s for s in settings.stations if s.enabled), settings.triggers)
+
+
+class _Progress:
+    """How far one part got, to say why it got no verdict."""
+
+    def __init__(self, cameras: tuple[str, ...]) -> None:
+        self.frames: dict[str, list[FrameEvidence]] = {c: [] for c in cameras}
+        self.arrived: dict[str, int] = {c: 0 for c in cameras}  # frames taken (predicted or not)
+        self.slot_frames_at_start: dict[str, int] = {}
+        self.model: Predictor | None = None
+        self.pictures: dict[str, Frame] = {}  # each camera's last inspected frame (the snapshot)
+
+
+class Stations:
+    """Touched on the event loop only."""
+
+    def __init__(
+        self,
+        config: StationsConfig,
+        inference: Inference,
+        cameras: Cameras,
+        delivery: Publisher,
+        inspections: Inspections | None = None,
+    ) -> None:
+        self.config = config
+        self._inspections = inspections
+        self.statuses: Latest[str, StationStatus] = Latest()
+        self._inference = inference
+        self._cameras = cameras
+        self._delivery = delivery
+        self._stations = {s.id: s for s in config.stations}
+        self._recent: OrderedDict[tuple[str, str], asyncio.Future[Verdict]] = OrderedDict()
+        self._pending: dict[str, set[asyncio.Task[None]]] = {}
+        self._after: set[asyncio.Task[None]] = set()  # snapshots + publishing, after the answer
+        self._memo: OrderedDict[tuple[object, ...], asyncio.Future[RoiPredictions]] = OrderedDict()
+        self._closing = False
+
+    # ---- the part ---------------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        for station in self._stations.values():
+            self._show(station.id)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
+        tasks = [t for group in self._pending.values() for t in group]
+        for task in tasks:
+            task.cancel()  # each settles its part with no_verdict/shutdown
+        if tasks:
+            log.info("stations: %d pending part(s) get no_verdict/shutdown", len(tasks))
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._after:
+            _, late = await asyncio.wait(set(self._after), timeout=STOP_TIMEOUT_S)
+            if late:
+                log.warning("stations: %d verdict(s) not published before the stop", len(late))
+
+    def check(self, config: StationsConfig) -> None:
+        """Settings validation covers stations whole (cameras exist and decode every frame)."""
+
+    async def apply(self, config: StationsConfig) -> list[str]:
+        """Pending parts finish under the settings they started with."""
+        old, new = self._stations, {s.id: s for s in config.stations}
+        changes = [f"station {s} removed" for s in old if s not in new]
+        changes += [f"station {s} added" for s in new if s not in old]
+        changes += [f"station {s} changed" for s in new if s in old and old[s] != new[s]]
+        self._stations, self.config = new, config
+        for station_id in [s for s in old if s not in new]:
+            self.statuses.remove(station_id)
+        for station_id in new:
+            self._show(station_id)
+        while len(self._recent) > config.triggers.remember_parts:
+            self._recent.popitem(last=False)
+        return changes
+
+    # ---- what triggers use ------------------------------------------------------------------------
+    def submit(self, trigger: Trigger) -> asyncio.Future[Verdict]:
+        """The part's verdict to come; a repeat of a remembered part id gets the first one's (answer
+        with `await asyncio.shield(...)`: a caller that goes away must not cancel the inspection)."""
+        station = self._stations.get(trigger.station)
+        if station is None:
+            raise UnknownStation(trigger.station, sorted(self._stations))
+        key = (station.id, trigger.part_id)
+        known = self._recent.get(key)
+        if known is not None:
+            self._recent.move_to_end(key)
+            metrics.STATION_TRIGGERS.labels(station.id, trigger.source, "repeat").inc()
+            return known
+        if self._closing:
+            raise NotAccepting("the runtime is stopping")
+        metrics.STATION_TRIGGERS.labels(station.id, trigger.source, "new").inc()
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._recent[key] = future
+        while len(self._recent) > self.config.triggers.remember_parts:
+            self._recent.popitem(last=False)
+        pending = self._pending.setdefault(station.id, set())
+        if len(pending) >= station.max_pending:
+            detail = f"{len(pending)} parts already in inspection (max_pending)"
+            busy = self._no_verdict(station, trigger, NoVerdictReason.BUSY, detail, _Progress(()))
+            self._settle(future, busy, {})
+            return future
+        task = asyncio.create_task(self._run(station, trigger, future), name=f"part-{station.id}")
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        task.add_done_callback(lambda _: self._show(station.id))
+        self._show(station.id)
+        return future
+
+    async def inspect(self, trigger: Trigger) -> Verdict:
+        return await asyncio.shield(self.submit(trigger))
+
+    def recent(self, station: str, part_id: str) -> asyncio.Future[Verdict] | None:
+        """A remembered part's verdict (done) or the one to come; None when not (or no longer) known."""
+        return self._recent.get((station, part_id))
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(self._stations)
+
+    # ---- one part -----------------------------------------------------------------------------------
+    async def _run(self, station: StationSettings, trigger: Trigger, future: asyncio.Future[Verdict]) -> None:
+        progress = _Progress(station.cameras)
+        remaining = trigger.received_at + station.deadline_ms / 1000 - time.time()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                verdict = await self._inspect(station, trigger, progress)
+        except TimeoutError:
+            reason, detail = self._why_late(station, progress)
+            verdict = self._no_verdict(station, trigger, reason, detail, progress)
+        except asyncio.CancelledError:
+            verdict = self._no_verdict(
+                station, trigger, NoVerdictReason.SHUTDOWN, "the runtime stopped", progress
+            )
+        except Exception as exc:
+            log.exception("station %s: part %s: inspection failed", station.id, trigger.part_id)
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            verdict = self._no_verdict(station, trigger, NoVerdictReason.INFERENCE_ERROR, detail, progress)
+        self._settle(future, verdict, progress.pictures)
+
+    async def _inspect(self, station: StationSettings, trigger: Trigger, progress: _Progress) -> Verdict:
+        predictor = self._inference.serving
+        if predictor is None:
+            return self._no_verdict(
+                station, trigger, NoVerdictReason.MODEL_NOT_READY, "no model in service", progress
+            )
+        progress.model = predictor
+        slots = {}
+        for camera in station.cameras:
+            try:
+                slots[camera] = self._cameras.frame_slot(camera)
+            except KeyError:
+                detail = f"camera {camera} is not running"
+                return self._no_verdict(station, trigger, NoVerdictReason.CAMERA_STALLED, detail, progress)
+            progress.slot_frames_at_start[camera] = slots[camera].frames
+        await asyncio.gather(
+            *(self._camera(station, camera, slots[camera], trigger, predictor, progress) for camera in slots)
+        )
+        frames = tuple(f for camera in station.cameras for f in progress.frames[camera])
+        defects = defects_found(station.defects, frames)
+        verdict = VerdictKind.FAIL if defects else VerdictKind.PASS
+        detail = ", ".join(f"{d.tag} {d.probability:.2f} ({d.votes}/{d.needed})" for d in defects)
+        return self._verdict(station, trigger, verdict, None, detail or "no defect", defects, progress)
+
+    async def _camera(
+        self,
+        station: StationSettings,
+        camera: str,
+        slot: FrameSlot,
+        trigger: Trigger,
+        predictor: Predictor,
+        progress: _Progress,
+    ) -> None:
+        rois = self._rois(station, camera)
+        interval = station.min_interval_ms / 1000
+        after = trigger.after
+        jobs = []
+        for _ in range(station.frames):
+            waiting = slot.wait_newer(after)
+            try:
+                frame = await waiting
+            finally:
+                waiting.cancel()  # a timeout leaves no waiter behind
+            progress.arrived[camera] += 1
+            # The next frame: at least min_interval_ms later (a strictly newer one when 0).
+            after = frame.captured_at + interval - (1e-6 if interval else 0.0)
+            jobs.append(asyncio.ensure_future(self._predicted(camera, frame, rois, predictor)))
+        results = await asyncio.gather(*jobs)
+        for seen, predictions in results:
+            progress.pictures[camera] = seen
+            progress.frames[camera].append(
+                FrameEvidence(
+                    camera,
+                    seen.captured_at,
+                    seen.sequence,
+                    tuple(RoiEvidence(roi.name, p) for roi, p in predictions),
+                )
+            )
+
+    async def _predicted(
+        self, camera: str, frame: Frame, rois: tuple[Roi, ...], predictor: Predictor
+    ) -> tuple[Frame, RoiPredictions]:
+        """Parts waiting on the same frame share its prediction (a burst of triggers costs one)."""
+        key = (camera, frame.sequence, frame.captured_at, id(predictor), rois)
+        shared = self._memo.get(key)
+        if shared is None:
+            shared = asyncio.ensure_future(self._inference.predict_rois(frame, rois, predictor))
+            self._memo[key] = shared
+            while len(self._memo) > MEMO_SIZE:
+                self._memo.popitem(last=False)
+            if self._inspections is not None:
+                shared.add_done_callback(lambda done: self._show_inspection(camera, frame, done, predictor))
+        return frame, await asyncio.shield(shared)
+
+    def _show_inspection(
+        self, camera: str, frame: Frame, done: asyncio.Future[RoiPredictions], predictor: Predictor
+    ) -> None:
+        """The operator page shows what a station's camera saw (a camera with `sample: false` has no
+        other inspection to show)."""
+        if self._inspections is None or done.cancelled() or done.exception() is not None:
+            return
+        self._inspections.put(
+            camera,
+            Inspection(
+                camera=camera,
+                sequence=self._inspections.next_sequence(),
+                frame=frame,
+                rois=tuple(RoiResult(roi, p) for roi, p in done.result()),
+                rules=(),
+                model_id=predictor.spec.model_id,
+            ),
+        )
+
+    def _rois(self, station: StationSettings, camera: str) -> tuple[Roi, ...]:
+        if station.rois:
+            return tuple(Roi(r.name, r.x, r.y, r.width, r.height) for r in station.rois)
+        return self._cameras.rois(camera) or (FULL_FRAME,)
+
+    def _why_late(self, station: StationSettings, progress: _Progress) -> tuple[NoVerdictReason, str]:
+        for camera in station.cameras:
+            if progress.arrived[camera] >= station.frames:
+                continue
+            got = f"{progress.arrived[camera]} of {station.frames} frames"
+            try:
+                slot = self._cameras.frame_slot(camera)
+            except KeyError:
+                return NoVerdictReason.CAMERA_STALLED, f"camera {camera} stopped ({got})"
+            if slot.frames > progress.slot_frames_at_start.get(camera, slot.frames):
+                return (
+                    NoVerdictReason.CAMERA_STALE,
+                    f"camera {camera} sent frames, but not captured after the trigger in time ({got})",
+                )
+            return (
+                NoVerdictReason.CAMERA_STALLED,
+                f"camera {camera} sent no frame in {station.deadline_ms:g} ms ({got})",
+            )
+        return NoVerdictReason.DEADLINE, f"inference did not finish within {station.deadline_ms:g} ms"
+
+    # ---- verdicts -----------------------------------------------------------------------------------
+    def _no_verdict(
+        self,
+        station: StationSettings,
+        trigger: Trigger,
+        reason: NoVerdictReason,
+        detail: str,
+        progress: _Progress,
+    ) -> Verdict:
+        return self._verdict(station, trigger, VerdictKind.NO_VERDICT, reason, detail, (), progress)
+
+    def _verdict(
+        self,
+        station: StationSettings,
+        trigger: Trigger,
+        kind: VerdictKind,
+        reason: NoVerdictReason | None,
+        detail: str,
+        defects: tuple[Defect, ...],
+        progress: _Progress,
+    ) -> Verdict:
+        frames = tuple(f for camera in station.cameras for f in progress.frames.get(camera, ()))
+        spec = None if progress.model is None else progress.model.spec
+        return Verdict(
+            id=new_event_id(),
+            station=station.id,
+            part_id=trigger.part_id,
+            verdict=kind,
+            reason=reason,
+            detail=detail,
+            defects=defects,
+            frames=frames,
+            triggered_at=trigger.received_at,
+            decided_at=time.time(),
+            source=trigger.source,
+            model_id=None if spec is None else spec.model_id,
+            model_sha1=None if spec is None else spec.sha1,
+            plc_time=trigger.plc_time,
+            metadata=trigger.metadata,
+        )
+
+    def _settle(self, future: asyncio.Future[Verdict], verdict: Verdict, pictures: dict[str, Frame]) -> None:
+        """Answer the part now; snapshots and the durable publish follow in the background."""
+        station = verdict.station
+        metrics.STATION_VERDICT_SECONDS.labels(station).observe(max(0.0, verdict.latency_s))
+        metrics.STATION_VERDICTS.labels(station, verdict.verdict.value).inc()
+        if verdict.reason is not None:
+            metrics.STATION_NO_VERDICTS.labels(station, verdict.reason.value).inc()
+        self._count(verdict)
+        log.info(
+            "station %s: part %s: %s%s (%.0f ms)",
+            station,
+            verdict.part_id,
+            verdict.verdict.value,
+            f" ({verdict.reason.value}: {verdict.detail})" if verdict.reason else f" ({verdict.detail})",
+            verdict.latency_s * 1000,
+        )
+        frames = [(f, pictures[f.camera]) for f in _last_per_camera(verdict.frames) if f.camera in pictures]
+        if self._delivery.snapshots is not None and frames:
+            # The URLs are known now; the files follow (a part's answer does not wait for JPEGs).
+            ids = tuple(new_event_id() for _ in frames)
+            verdict = replace(verdict, snapshots=tuple(self._delivery.snapshots.url_for(i) for i in ids))
+        else:
+            ids = ()
+        if not future.done():
+            future.set_result(verdict)
+        task = asyncio.create_task(self._keep(verdict, frames, ids), name=f"verdict-{station}")
+        self._after.add(task)
+        task.add_done_callback(self._after.discard)
+
+    async def _keep(
+        self, verdict: Verdict, frames: list[tuple[FrameEvidence, Frame]], ids: tuple[str, ...]
+    ) -> None:
+        snapshots = self._delivery.snapshots
+        if snapshots is not None:
+            for snapshot_id, (evidence, frame) in zip(ids, frames, strict=True):
+                drawing = _drawing(verdict, evidence)
+                try:
+                    await self._inference.offload(
+                        lambda i=snapshot_id, f=frame, d=drawing: snapshots.save(i, f.image, d)
+                    )
+                except OSError as exc:
+                    log.warning("snapshot for verdict %s failed: %s", verdict.id, exc)
+        try:
+            await self._delivery.publish(verdict)
+        except Exception:
+            log.exception(
+                "verdict %s (station %s, part %s) not published", verdict.id, verdict.station, verdict.part_id
+            )
+
+    def _count(self, verdict: Verdict) -> None:
+        status = self.statuses.get(verdict.station)
+        if status is None:
+            return
+        self.statuses.put(
+            verdict.station,
+            replace(
+                status,
+                parts=status.parts + 1,
+                passes=status.passes + (verdict.verdict is VerdictKind.PASS),
+                fails=status.fails + (verdict.verdict is VerdictKind.FAIL),
+                no_verdicts=status.no_verdicts + (verdict.verdict is VerdictKind.NO_VERDICT),
+                last=verdict,
+            ),
+        )
+
+    def _show(self, station_id: str) -> None:
+        station = self._stations.get(station_id)
+        if station is None:
+            return
+        pending = len(self._pending.get(station_id, ()))
+        metrics.STATION_PENDING.labels(station_id).set(pending)
+        status = self.statuses.get(station_id) or StationStatus(station_id, station.cameras)
+        self.statuses.put(station_id, replace(status, cameras=station.cameras, pending=pending))
+
+
+def _drawing(verdict: Verdict, evidence: FrameEvidence) -> Drawing:
+    tags = {d.tag for d in verdict.defects}
+    boxes: list[BoundingBox] = [
+        p.bounding_box
+        for roi in evidence.rois
+        for p in roi.predictions
+        if p.tag_name in tags and p.bounding_box is not None
+    ]
+    top = max(verdict.defects, key=lambda d: d.probability, default=None)
+    return Drawing(
+        kind=verdict.verdict.value,
+        tag=verdict.part_id if top is None else f"{verdict.part_id} {top.tag}",
+        probability=0.0 if top is None else top.probability,
+        boxes=tuple(boxes),
+        roi=None,
+        roi_name="",
+    )
+
+
+def _last_per_camera(frames: tuple[FrameEvidence, ...]) -> list[FrameEvidence]:
+    last = {f.camera: f for f in frames}  # frames are in order per camera
+    return list(last.values())
