@@ -36,7 +36,7 @@ async def test_methods_get_status_and_unknown(make: Any) -> None:
     assert status == 404
     assert payload == {
         "error": "unknown method 'rebootDevice'",
-        "methods": ["captureSnapshot", "getStatus", "reloadModel"],
+        "methods": ["captureSnapshot", "getStatus", "inspect", "reloadModel"],
     }
 
 
