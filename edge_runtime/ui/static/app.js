@@ -55,6 +55,35 @@ function fmtTime(iso) {
   return d.toLocaleString();
 }
 
+// A station's verdict is kept beside defect events; shown in the same columns.
+function asRow(e) {
+  if (e.kind !== "verdict") return e;
+  const top = (e.defects || []).reduce((a, d) => (a && a.probability >= d.probability ? a : d), null);
+  return {
+    ...e,
+    camera: e.station,
+    roi: `part ${e.part_id}`,
+    tag: e.reason ? `${e.verdict} (${e.reason})` : e.verdict,
+    probability: top ? top.probability : NaN,
+    captured_at: e.triggered_at,
+  };
+}
+
+// The snapshot's own id: a verdict's snapshots are named apart from the verdict (one per camera).
+function snapshotSrc(e) {
+  const name = String(e.snapshot).split("/").pop().replace(/\.jpg$/, "");
+  return `/ui/api/snapshots/${encodeURIComponent(name)}.jpg`;
+}
+
+function badgeFor(e) {
+  if (e.kind === "verdict") return badge(e.verdict, e.verdict === "pass" ? "ok" : "started");
+  return badge(e.kind, e.kind === "started" ? "started" : "ok");
+}
+
+function probabilityText(p, digits) {
+  return Number.isFinite(Number(p)) ? Number(p).toFixed(digits) : "–";
+}
+
 function fmtAge(seconds) {
   if (seconds === null || seconds === undefined) return "–";
   if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
@@ -251,14 +280,15 @@ async function overviewPage() {
     $("#sinks tbody").replaceChildren(...rows);
   }
 
-  function eventItem(e) {
+  function eventItem(raw) {
+    const e = asRow(raw);
     return el(
       "li",
       { "data-event": e.id },
-      badge(e.kind, e.kind === "started" ? "started" : "ok"),
+      badgeFor(e),
       el("strong", { text: e.tag }),
       el("span", { text: `${e.camera}/${e.roi}` }),
-      el("span", { text: `p=${Number(e.probability).toFixed(2)}` }),
+      el("span", { text: `p=${probabilityText(e.probability, 2)}` }),
       el("span", { class: "muted", text: fmtTime(e.captured_at) }),
     );
   }
@@ -452,8 +482,9 @@ async function eventsPage() {
     return q;
   }
 
-  function row(e) {
-    const snap = e.snapshot ? el("img", { class: "snap", src: `/ui/api/snapshots/${encodeURIComponent(e.id)}.jpg`, alt: "snapshot", loading: "lazy" }) : el("span", { class: "muted", text: "none" });
+  function row(raw) {
+    const e = asRow(raw);
+    const snap = e.snapshot ? el("img", { class: "snap", src: snapshotSrc(e), alt: "snapshot", loading: "lazy" }) : el("span", { class: "muted", text: "none" });
     return el(
       "tr",
       { class: "clickable", "data-event": e.id, onclick: () => detail(e.id) },
@@ -462,8 +493,8 @@ async function eventsPage() {
       el("td", { text: e.camera }),
       el("td", { text: e.roi }),
       el("td", { text: e.tag }),
-      el("td", {}, badge(e.kind, e.kind === "started" ? "started" : "ok")),
-      el("td", { text: Number(e.probability).toFixed(3) }),
+      el("td", {}, badgeFor(e)),
+      el("td", { text: probabilityText(e.probability, 3) }),
     );
   }
 
@@ -491,7 +522,7 @@ async function eventsPage() {
       $("#detail-title").textContent = `${e.kind} ${e.tag} on ${e.camera}/${e.roi}`;
       const img = $("#detail-snapshot");
       img.hidden = !e.snapshot;
-      if (e.snapshot) img.src = `/ui/api/snapshots/${encodeURIComponent(e.id)}.jpg`;
+      if (e.snapshot) img.src = snapshotSrc(e);
       $("#detail-json").textContent = JSON.stringify(e, null, 2);
       dialog.showModal();
     } catch (err) {
