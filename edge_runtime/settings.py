@@ -612,13 +612,14 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def describe_validation_error(exc: ValidationError, data: Mapping[str, Any] | None = None) -> str:
     parts = []
-    cameras = _camera_ids(data.get("cameras")) if data else []
+    ids = {key: _camera_ids(data.get(key)) if data else [] for key in ("cameras", "stations")}
     for err in exc.errors():
         loc = list(err["loc"])
         # cameras.3.fps -> cameras.<id>.fps: an index means nothing when cameras came as a mapping
         by_id = len(loc) > 2 and loc[2] != "id"  # a bad id itself keeps its index
-        if by_id and loc[0] == "cameras" and isinstance(loc[1], int) and loc[1] < len(cameras):
-            loc[1] = cameras[loc[1]]
+        known = ids.get(str(loc[0])) if loc else None
+        if by_id and known and isinstance(loc[1], int) and loc[1] < len(known):
+            loc[1] = known[loc[1]]
         where = ".".join(str(p) for p in loc) or "(top level)"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
