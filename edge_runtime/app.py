@@ -111,6 +111,7 @@ def create_app(
     app[BODIES] = BodyBudget(settings.server.max_body_buffer_bytes)
     app[URL_POLICY] = UrlPolicy.from_allow_list(settings.url_fetch.allow)
     app.cleanup_ctx.append(parts_ctx)
+    app.on_shutdown.append(stop_stations)
     register_routes(app)
     register_station_routes(app)
     register_ui_routes(app)
@@ -154,6 +155,14 @@ async def parts_ctx(app: web.Application) -> AsyncIterator[None]:
             methods = DirectMethods(controller, cameras, delivery, stations)
             await parts.enter_async_context(TwinAgent(hub, controller, methods, board))
         yield
+
+
+async def stop_stations(app: web.Application) -> None:
+    """Shutdown begins (before aiohttp waits for the handlers): pending parts are answered with
+    no_verdict/shutdown while their callers are still connected and the outbox is open."""
+    stations = app.get(STATIONS)
+    if stations is not None:
+        await stations.stop()
 
 
 class HubPart:

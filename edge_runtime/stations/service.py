@@ -112,6 +112,15 @@ class Stations:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+        if self._after:
+            _, late = await asyncio.wait(set(self._after), timeout=STOP_TIMEOUT_S)
+            if late:
+                log.warning("stations: %d verdict(s) not published before the stop", len(late))
+
+    async def stop(self) -> None:
+        """No new parts; pending ones get no_verdict/shutdown now. The app calls this when shutdown
+        begins, so HTTP callers still waiting get that answer before their connections close."""
         self._closing = True
         tasks = [t for group in self._pending.values() for t in group]
         for task in tasks:
@@ -119,10 +128,6 @@ class Stations:
         if tasks:
             log.info("stations: %d pending part(s) get no_verdict/shutdown", len(tasks))
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._after:
-            _, late = await asyncio.wait(set(self._after), timeout=STOP_TIMEOUT_S)
-            if late:
-                log.warning("stations: %d verdict(s) not published before the stop", len(late))
 
     def check(self, config: StationsConfig) -> None:
         """Settings validation covers stations whole (cameras exist and decode every frame)."""
