@@ -7,7 +7,8 @@ What the demo alone does not produce, the run's config file adds (nothing is exc
   - a second camera whose RTSP server refuses connections: stream failures, the backoff state;
   - an MQTT sink whose broker is not there: sink_connected 0, failed deliveries, an outbox backlog,
     and with events.outbox_max_events 1, messages dropped for a full outbox;
-  - a prediction, a 400 and a 404 over HTTP: the request counters and latency histogram.
+  - a prediction, a 400 and a 404 over HTTP: the request counters and latency histogram;
+  - a station on the demo camera and one part triggered: the station metrics.
 The camera's overrun counter exists from its start (at 0), and the model-load counter has both
 outcomes from the start.
 
@@ -109,7 +110,8 @@ def metric_names(expr: str) -> set[str]:
 def runtime_config(tmp_path: Path) -> Path:
     config = {
         "cameras": [
-            DEMO_CAMERA.model_dump(mode="json", exclude_defaults=True),
+            # decode: all, for the station below (its camera must decode every frame)
+            DEMO_CAMERA.model_dump(mode="json", exclude_defaults=True) | {"decode": "all"},
             {
                 "id": "unreachable",
                 "url": f"rtsp://127.0.0.1:{free_port()}/nothing",  # nothing listens: refused at once
@@ -117,6 +119,7 @@ def runtime_config(tmp_path: Path) -> Path:
                 "backoff_max_s": 1.0,
             },
         ],
+        "stations": [{"id": "s1", "cameras": [DEMO_CAMERA.id], "defects": [{"tag": "stain"}]}],
         "events": {"outbox_max_events": 1},
         "sinks": {"mqtt": {"host": "127.0.0.1", "port": free_port(), "reconnect_max_s": 2.0}},
     }
@@ -233,6 +236,7 @@ def test_prometheus_scrapes_the_demo_and_every_dashboard_query_and_alert_evaluat
         assert http("POST", base + "/image", belt_png()) == 200
         assert http("POST", base + "/image", b"not an image") == 400
         assert http("POST", base + "/nowhere", b"x") == 404
+        assert http("POST", base + "/stations/s1/trigger", b'{"partId": "p1"}') == 200  # station metrics
 
         web = f"127.0.0.1:{free_port()}"
         prometheus_log = tmp_path / "prometheus.log"
