@@ -5,7 +5,8 @@
                         ui.live_fps per camera (?camera=<id>: that camera's only); the page then
                         fetches that frame's JPEG
     event: backlog      each sink's outbox depth and oldest undelivered age (measured every second)
-    event: event        each defect event as it is published (not durable: see /ui/api/events)
+    event: event        each defect event and verdict as it is published (not durable: see /ui/api/events)
+    event: stations     each station's counters and last verdict (at most once a second)
 
 Every source coalesces (a slow page sees the newest state, never a backlog) except events, which a page
 more than Delivery.WATCH_QUEUE behind loses the oldest of. A page that stops reading is dropped after
@@ -22,7 +23,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from edge_runtime.api.errors import ApiError
-from edge_runtime.app_keys import BOARD, CAMERAS, CONTROLLER, DELIVERY, INFERENCE
+from edge_runtime.app_keys import BOARD, CAMERAS, CONTROLLER, DELIVERY, INFERENCE, STATIONS
 from edge_runtime.events.outbox import Backlog
 from edge_runtime.redact import scrub_tree
 from edge_runtime.status import Board
@@ -112,6 +113,14 @@ class LiveStream:
             await self.send("backlog", backlog_json(backlogs))
             await asyncio.sleep(BACKLOG_PERIOD_S)
 
+    async def stations(self) -> None:
+        stations = self._request.app.get(STATIONS)
+        if stations is None:
+            return
+        async for statuses in stations.statuses.changes():
+            await self.send("stations", {k: v.to_dict() for k, v in sorted(statuses.items())})
+            await asyncio.sleep(BACKLOG_PERIOD_S)  # a busy line: counters coalesce meanwhile
+
     async def events(self) -> None:
         async with self._request.app[DELIVERY].watch() as feed:
             async for event in feed:
@@ -150,6 +159,7 @@ async def live(request: web.Request) -> web.StreamResponse:
             group.create_task(stream.inspections(ui.settings.live_fps, request.query.get("camera")))
             group.create_task(stream.backlogs())
             group.create_task(stream.events())
+            group.create_task(stream.stations())
             group.create_task(stream.heartbeat())
             group.create_task(stream.until(ui.closing))
     except* (ConnectionError, TimeoutError, Closing):

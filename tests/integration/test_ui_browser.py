@@ -43,6 +43,8 @@ from playwright.sync_api import (
 )
 from processes import free_port, wait_ready
 
+from edge_runtime.demo.camera import DEMO_CAMERA
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +67,7 @@ WAIT_MS = 20_000  # the demo shows a defect every few seconds
 ADMIN_KEY = "admin-key-0123456789"
 VIEWER_KEY = "viewer-key-0123456789"
 CAMERA = "demo-conveyor"
+STATION = "station-1"
 
 if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
@@ -87,6 +90,9 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     config = {
         "server": {"admin_key": ADMIN_KEY},
         "ui": {"viewer_key": VIEWER_KEY, "open_on_loopback": False},
+        # The demo camera as the CLI adds it, decoding every frame for a station on it.
+        "cameras": [DEMO_CAMERA.model_dump(mode="json", exclude_defaults=True) | {"decode": "all"}],
+        "stations": [{"id": STATION, "cameras": [CAMERA], "frames": 2, "defects": [{"tag": "stain"}]}],
         "events": {
             "jsonl_path": str(folder / "events.jsonl"),
             "snapshot_dir": str(folder / "snapshots"),
@@ -565,6 +571,38 @@ def test_configuration_viewer_and_admin(browsing: Browsing) -> None:
 
 
 TABLET = ViewportSize(width=768, height=1024)  # a tablet held upright at the line
+
+
+def test_station_verdicts_show_on_the_overview_and_in_the_events(
+    browsing: Browsing, runtime: Runtime
+) -> None:
+    page = browsing.page(VIEWER_KEY)
+    page.goto("/ui/")
+    page.locator("#live-state", has_text="live").wait_for()
+    answer = page.context.request.post(f"/stations/{STATION}/trigger", data={"partId": "part-4711"})
+    assert answer.ok, answer.text()
+    verdict = answer.json()
+    assert verdict["verdict"] in ("pass", "fail") and len(verdict["frames"]) == 2
+    row = page.locator(f'#stations tr[data-station="{STATION}"]')
+    expect(row).to_contain_text("part-4711")  # pushed over SSE
+    expect(row.locator("td").nth(2)).to_have_text("1")
+    expect(row.locator(".badge").first).to_have_text(verdict["verdict"])
+
+    page.goto("/ui/events?kind=verdict")
+    page.select_option("#f-kind", "verdict")
+    with page.expect_response(is_path("/ui/api/events")):
+        page.click("#filters button[type=submit]")
+    verdict_row = page.locator(f'#events tbody tr[data-event="{verdict["id"]}"]')
+    expect(verdict_row).to_contain_text("part part-4711")
+    expect(verdict_row).to_contain_text(STATION)
+    image_loaded(page, f'#events tbody tr[data-event="{verdict["id"]}"] img.snap')
+    verdict_row.click()
+    page.locator("#detail[open]").wait_for()
+    image_loaded(page, "#detail-snapshot")
+    detail = json.loads(page.text_content("#detail-json") or "")
+    assert detail["part_id"] == "part-4711" and detail["station"] == STATION
+    assert page.text_content("#detail-title") == f"{verdict['verdict']}: part part-4711 at station {STATION}"
+    browsing.assert_clean()
 
 
 def test_pages_fit_a_tablet(browsing: Browsing) -> None:

@@ -280,6 +280,31 @@ async function overviewPage() {
     $("#sinks tbody").replaceChildren(...rows);
   }
 
+  function renderStations(stations) {
+    const ids = Object.keys(stations).sort();
+    $("#stations-section").hidden = !ids.length;
+    const rows = ids.map((id) => {
+      const s = stations[id];
+      const last = s.last;
+      const lastCell = last
+        ? el("td", {}, badgeFor(last), document.createTextNode(` ${last.part_id}${last.reason ? ` (${last.reason})` : ""}, ${last.latency_ms} ms, ${fmtTime(last.triggered_at)}`))
+        : el("td", { class: "muted", text: "none yet" });
+      return el(
+        "tr",
+        { "data-station": id },
+        el("td", { text: id }),
+        el("td", { text: s.cameras.join(", ") }),
+        el("td", { text: String(s.parts) }),
+        el("td", { text: String(s.passes) }),
+        el("td", { text: String(s.fails) }),
+        el("td", { class: s.no_verdicts ? "error" : "", text: String(s.no_verdicts) }),
+        el("td", { text: String(s.pending) }),
+        lastCell,
+      );
+    });
+    $("#stations tbody").replaceChildren(...rows);
+  }
+
   function eventItem(raw) {
     const e = asRow(raw);
     return el(
@@ -343,6 +368,7 @@ async function overviewPage() {
       recent.prepend(eventItem(e));
       while (recent.children.length > 20) recent.lastChild.remove();
     },
+    stations: (data) => renderStations(data),
   });
 }
 
@@ -519,7 +545,10 @@ async function eventsPage() {
     const dialog = $("#detail");
     try {
       const e = await api(`/ui/api/events/${encodeURIComponent(eventId)}`);
-      $("#detail-title").textContent = `${e.kind} ${e.tag} on ${e.camera}/${e.roi}`;
+      $("#detail-title").textContent =
+        e.kind === "verdict"
+          ? `${e.verdict}${e.reason ? ` (${e.reason})` : ""}: part ${e.part_id} at station ${e.station}`
+          : `${e.kind} ${e.tag} on ${e.camera}/${e.roi}`;
       const img = $("#detail-snapshot");
       img.hidden = !e.snapshot;
       if (e.snapshot) img.src = snapshotSrc(e);
