@@ -35,6 +35,7 @@ from edge_runtime.app_keys import (
     CONTROLLER,
     DELIVERY,
     INFERENCE,
+    OPCUA,
     SETTINGS,
     STATIONS,
     URL_POLICY,
@@ -48,6 +49,8 @@ from edge_runtime.inference.models import ModelService
 from edge_runtime.inference.service import Capacity, InferenceService
 from edge_runtime.model.imaging import ImageLimits
 from edge_runtime.model.loader import LoadOptions
+from edge_runtime.opcua.config import OpcUaConfig
+from edge_runtime.opcua.part import OpcUaPart
 from edge_runtime.settings import Settings
 from edge_runtime.sources.cameras import Cameras
 from edge_runtime.stations.service import Stations, StationsConfig
@@ -133,19 +136,15 @@ async def parts_ctx(app: web.Application) -> AsyncIterator[None]:
         stations = await parts.enter_async_context(
             Stations(StationsConfig.of(settings), inference, cameras, delivery, cameras.inspections)
         )
-        more: dict[str, Any] = {"stations": stations}
-        if settings.opcua.enabled:
-            from edge_runtime.opcua.server import OpcUaServer
-
-            more["opcua"] = await parts.enter_async_context(
-                OpcUaServer(settings.opcua, StationsConfig.of(settings).stations, stations, board)
-            )
+        opcua = await parts.enter_async_context(OpcUaPart(OpcUaConfig.of(settings), stations, board))
+        more: dict[str, Any] = {"stations": stations, "opcua": opcua}
         if settings.triggers.mqtt and settings.sinks.mqtt is not None:
             from edge_runtime.stations.mqtt_trigger import MqttTriggers
 
             await parts.enter_async_context(MqttTriggers(settings.sinks.mqtt, stations.submit))
         controller = Controller(settings, board, inference.models, delivery, cameras, more)
         app[DELIVERY], app[CAMERAS], app[CONTROLLER], app[STATIONS] = delivery, cameras, controller, stations
+        app[OPCUA] = opcua
         # The model loads in the background: /health/live answers at once, /health/ready once warm.
         controller.start_model_load()
         if hub is not None and settings.hub.twin:

@@ -9,6 +9,7 @@ from edge_runtime.api.urlfetch import UrlPolicy
 from edge_runtime.control import Controller
 from edge_runtime.events.delivery import Delivery
 from edge_runtime.inference.service import InferenceService
+from edge_runtime.opcua.part import OpcUaPart
 from edge_runtime.settings import Settings
 from edge_runtime.sources.cameras import Cameras
 from edge_runtime.stations.service import Stations
@@ -23,3 +24,4 @@ DELIVERY = web.AppKey("delivery", Delivery)
 CAMERAS = web.AppKey("cameras", Cameras)
 CONTROLLER = web.AppKey("controller", Controller)
 STATIONS = web.AppKey("stations", Stations)
+OPCUA = web.AppKey("opcua", OpcUaPart)  # its endpoint (the real port when opcua.port is 0)

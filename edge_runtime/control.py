@@ -31,6 +31,7 @@ from edge_runtime import __version__
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.events.delivery import DeliveryConfig
 from edge_runtime.inference.models import ModelService
+from edge_runtime.opcua.config import OpcUaConfig
 from edge_runtime.parts import Part
 from edge_runtime.redact import scrub, scrub_tree
 from edge_runtime.settings import CameraSettings, Settings, build_settings, merge_tree, rule_tag_problem
@@ -93,7 +94,7 @@ SLICES: tuple[tuple[str, Callable[[Settings], object]], ...] = (
     ("cameras", lambda s: s.cameras),
     # After the cameras: a station may use a camera just added (never one just removed: validation).
     ("stations", StationsConfig.of),
-    ("opcua", lambda s: (s.opcua, tuple(st for st in s.stations if st.enabled))),
+    ("opcua", OpcUaConfig.of),
 )
 
 
