@@ -59,7 +59,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
 # Settings naming files or folders. In a config file they are relative to the file's folder (like
 # docker-compose, like any config a person writes beside their model), not to where `serve` runs.
 PATH_KEYS = frozenset(
-    {"path", "download_dir", "download_ca_file", "jsonl_path", "snapshot_dir", "outbox_path"}
+    {"path", "download_dir", "download_ca_file", "jsonl_path", "snapshot_dir", "outbox_path", "history_path"}
+    | {"pki_dir"}  # the OPC UA server's certificates
     | {"ca_file", "cert_file", "key_file"}
     | {f"{name}_file" for name in SECRET_FIELDS}
 )

@@ -72,16 +72,20 @@ class Frame:
     are ever converted. Safe to read from several threads (the conversion runs once, under a lock).
     """
 
-    __slots__ = ("_convert", "_image", "_lock", "captured_at", "sequence")
+    __slots__ = ("_convert", "_image", "_lock", "captured_at", "clock", "sequence", "settled")
 
     def __init__(
         self,
         image: NDArray[np.uint8] | Callable[[], NDArray[np.uint8]],
         captured_at: float,
         sequence: int,
+        clock: str = "arrival",
+        settled: bool = True,
     ) -> None:
         self.captured_at = captured_at
         self.sequence = sequence
+        self.clock = clock  # stream_clock.ClockSource: rtcp | pts | arrival
+        self.settled = settled  # False: captured_at not yet trustworthy (a young pts anchor)
         self._lock = threading.Lock()
         if callable(image):
             self._convert: Callable[[], NDArray[np.uint8]] | None = image

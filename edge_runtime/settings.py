@@ -328,6 +328,13 @@ class StationSettings(_Section):
     defects: tuple[DefectSettings, ...] = Field(min_length=1)
     frames: int = Field(1, ge=1, le=50, description="frames inspected per camera for each part")
     min_interval_ms: float = Field(0.0, ge=0, description="between a camera's inspected frames")
+    clock_margin_ms: float = Field(
+        100.0,
+        ge=0,
+        le=10_000,
+        description="a frame not timed by the camera's RTCP clock must be captured this much after the"
+        " trigger (pts and arrival times run late by the stream's latency)",
+    )
     deadline_ms: float = Field(
         2000.0, gt=0, le=600_000, description="no verdict by then: no_verdict/deadline"
     )
@@ -389,6 +396,12 @@ class OpcUaSettings(_Section):
     trust_any_client_certificate: bool = Field(
         False, description="accept any client certificate, not only those in pki_dir/trusted"
     )
+
+    @field_validator("users", mode="before")
+    @classmethod
+    def _users(cls, value: Any) -> Any:
+        # From the environment: EDGE_RUNTIME_OPCUA__USERS='{"line3-plc": "..."}'
+        return json.loads(value) if isinstance(value, str) and value.strip().startswith("{") else value
 
     @model_validator(mode="after")
     def _someone_can_log_in(self) -> OpcUaSettings:

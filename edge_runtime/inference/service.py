@@ -113,6 +113,11 @@ class InferenceService:
             raise ModelNotReady(self.models.error)
         return predictor
 
+    async def first_predictor(self) -> Predictor:
+        """The predictor in service, once there is one (pushed: the model service's `ready`)."""
+        await self.models.ready.wait()
+        return self.predictor()
+
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """An admitted request: waits up to capacity.wait_s in arrival order, else Overloaded."""

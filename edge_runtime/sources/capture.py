@@ -292,7 +292,9 @@ class Capture:
                     self._frames += 1
                     self._last_frame_mono = time.monotonic()
                     self._last_frame_at = picture.captured_at
-                    self.slot.put(Frame(picture.pixels, picture.captured_at, sequence))
+                    self.slot.put(
+                        Frame(picture.pixels, picture.captured_at, sequence, picture.clock, picture.settled)
+                    )
                     metrics.CAMERA_FRAMES.labels(s.id).inc()
                     if self._state is not CameraState.STREAMING and not self._reopen.is_set():
                         self._set_state(CameraState.STREAMING)

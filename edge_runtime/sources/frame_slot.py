@@ -12,6 +12,7 @@ import contextlib
 import threading
 
 from edge_runtime.domain import Frame
+from edge_runtime.sources.stream_clock import ClockSource
 
 
 class FrameSlot:
@@ -21,7 +22,7 @@ class FrameSlot:
         self._taken = True
         self.dropped = 0  # frames overwritten before anyone took them (the backpressure policy)
         self.frames = 0  # frames put since the start (a station tells "stale" from "stalled" by it)
-        self._waiters: list[tuple[float, asyncio.Future[Frame], asyncio.AbstractEventLoop]] = []
+        self._waiters: list[tuple[float, float, asyncio.Future[Frame], asyncio.AbstractEventLoop]] = []
 
     def put(self, frame: Frame) -> None:
         with self._lock:
@@ -32,9 +33,9 @@ class FrameSlot:
             self.frames += 1
             if not self._waiters:
                 return
-            ready = [w for w in self._waiters if frame.captured_at > w[0]]
-            self._waiters = [w for w in self._waiters if frame.captured_at <= w[0] and not w[1].done()]
-        for _, future, loop in ready:
+            ready = [w for w in self._waiters if _newer(frame, w[0], w[1])]
+            self._waiters = [w for w in self._waiters if not _newer(frame, w[0], w[1]) and not w[2].done()]
+        for _, _, future, loop in ready:
             with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle, future, frame)
 
@@ -50,19 +51,26 @@ class FrameSlot:
         with self._lock:
             return self._frame
 
-    def wait_newer(self, after: float) -> asyncio.Future[Frame]:
-        """The first frame captured after `after` (the newest one now, if it already is): from the
-        loop. Cancel the future to stop waiting. Taking from it does not take from the sampler."""
+    def wait_newer(self, after: float, margin: float = 0.0) -> asyncio.Future[Frame]:
+        """The first settled frame captured after `after` (plus `margin` unless the camera's RTCP
+        clock timed it), the newest one now if it already is: from the loop. Cancel the future to stop
+        waiting. Taking from it does not take from the sampler."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Frame] = loop.create_future()
         with self._lock:
-            if self._frame is not None and self._frame.captured_at > after:
+            if self._frame is not None and _newer(self._frame, after, margin):
                 future.set_result(self._frame)
                 return future
             # Bounded by the stations' max_pending; given-up waits (cancelled) are dropped here.
-            self._waiters = [w for w in self._waiters if not w[1].done()]
-            self._waiters.append((after, future, loop))
+            self._waiters = [w for w in self._waiters if not w[2].done()]
+            self._waiters.append((after, margin, future, loop))
         return future
+
+
+def _newer(frame: Frame, after: float, margin: float) -> bool:
+    if not frame.settled:
+        return False
+    return frame.captured_at > after + (0.0 if frame.clock == ClockSource.RTCP else margin)
 
 
 def _settle(future: asyncio.Future[Frame], frame: Frame) -> None:

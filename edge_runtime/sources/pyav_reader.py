@@ -256,6 +256,7 @@ class PyAvReader:
             captured_at, self._clock_source = self._clock.captured_at(
                 pts, arrival, None if realtime is None else realtime / 1e6
             )
-        return Picture(lambda: frame.to_ndarray(format="bgr24"), captured_at)
+        settled = self._clock.settled(arrival, self._clock_source)
+        return Picture(lambda: frame.to_ndarray(format="bgr24"), captured_at, self._clock_source, settled)
 
     _clock_source = ClockSource.ARRIVAL

@@ -58,6 +58,8 @@ class Picture:
 
     pixels: Callable[[], NDArray[np.uint8]]
     captured_at: float
+    clock: ClockSource = ClockSource.ARRIVAL  # what captured_at is measured by
+    settled: bool = True  # False while a pts anchor is too young to trust (stream_clock.settled)
 
     @classmethod
     def of(cls, image: NDArray[np.uint8], captured_at: float | None = None) -> Picture:

@@ -39,6 +39,8 @@ class Inference(Protocol):
 
     async def offload(self, fn: Callable[..., T], *args: object) -> T: ...
 
+    async def first_predictor(self) -> Predictor: ...
+
 
 class Publisher(Protocol):
     """Where a sampler's events and snapshots go (the Delivery part)."""

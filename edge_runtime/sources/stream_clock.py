@@ -13,6 +13,11 @@ slow network) arrive together and would all look fresh. The stream's timestamps 
 - `arrival`: our clock when the decoder handed the frame over (files, streams without timestamps).
 
 A captured time is never later than the arrival: a frame cannot be from the future.
+
+`pts` runs late by the stream's least delay (encode, network, decode), and right after an open the
+first frames arrive in a burst (FFmpeg's probing backlog), so the anchor is too late until prompt frames
+have come: `settled(arrival)` says whether SETTLE_S have passed since the anchor was set. Stations take
+only settled frames, and a margin on clocks other than `rtcp` (StationSettings.clock_margin_ms).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from enum import StrEnum
 
 MAX_SKEW_S = 10.0
 CREEP = 1e-3
+SETTLE_S = 2.0
 
 
 class ClockSource(StrEnum):
@@ -34,6 +40,7 @@ class StreamClock:
         self._offset: float | None = None  # arrival - pts, at its (creeping) minimum
         self._anchored_at = 0.0
         self._last_pts: float | None = None
+        self._anchor_set_at: float | None = None  # arrival when the current anchor was first set
 
     def captured_at(
         self, pts_s: float | None, arrival: float, realtime_start_s: float | None = None
@@ -50,8 +57,15 @@ class StreamClock:
         offset = arrival - pts_s
         if self._offset is None:
             self._offset = offset
+            self._anchor_set_at = arrival
         else:
             crept = self._offset + CREEP * max(0.0, arrival - self._anchored_at)
             self._offset = min(crept, offset)
         self._anchored_at = arrival
         return min(pts_s + self._offset, arrival), ClockSource.PTS
+
+    def settled(self, arrival: float, source: ClockSource) -> bool:
+        """Whether a frame timed by `source` at `arrival` has a trustworthy capture time (see above)."""
+        if source is not ClockSource.PTS:
+            return True
+        return self._anchor_set_at is not None and arrival - self._anchor_set_at >= SETTLE_S

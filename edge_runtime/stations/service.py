@@ -212,11 +212,9 @@ class Stations:
         self._settle(future, verdict, progress.pictures)
 
     async def _inspect(self, station: StationSettings, trigger: Trigger, progress: _Progress) -> Verdict:
-        predictor = self._inference.serving
-        if predictor is None:
-            return self._no_verdict(
-                station, trigger, NoVerdictReason.MODEL_NOT_READY, "no model in service", progress
-            )
+        # No model yet (the runtime just started, triggers kept by the broker arrive at once): wait for
+        # one within the deadline (no_verdict/model_not_ready past it).
+        predictor = self._inference.serving or await self._inference.first_predictor()
         progress.model = predictor
         slots = {}
         for camera in station.cameras:
@@ -246,17 +244,17 @@ class Stations:
     ) -> None:
         rois = self._rois(station, camera)
         interval = station.min_interval_ms / 1000
-        after = trigger.after
+        after, margin = trigger.after, station.clock_margin_ms / 1000
         jobs = []
         for _ in range(station.frames):
-            waiting = slot.wait_newer(after)
+            waiting = slot.wait_newer(after, margin)
             try:
                 frame = await waiting
             finally:
                 waiting.cancel()  # a timeout leaves no waiter behind
             progress.arrived[camera] += 1
             # The next frame: at least min_interval_ms later (a strictly newer one when 0).
-            after = frame.captured_at + interval - (1e-6 if interval else 0.0)
+            after, margin = frame.captured_at + interval - (1e-6 if interval else 0.0), 0.0  # one clock now
             jobs.append(asyncio.ensure_future(self._predicted(camera, frame, rois, predictor)))
         results = await asyncio.gather(*jobs)
         for seen, predictions in results:
@@ -310,6 +308,8 @@ class Stations:
         return self._cameras.rois(camera) or (FULL_FRAME,)
 
     def _why_late(self, station: StationSettings, progress: _Progress) -> tuple[NoVerdictReason, str]:
+        if progress.model is None:
+            return NoVerdictReason.MODEL_NOT_READY, f"no model in service within {station.deadline_ms:g} ms"
         for camera in station.cameras:
             if progress.arrived[camera] >= station.frames:
                 continue
@@ -377,7 +377,6 @@ class Stations:
         metrics.STATION_VERDICTS.labels(station, verdict.verdict.value).inc()
         if verdict.reason is not None:
             metrics.STATION_NO_VERDICTS.labels(station, verdict.reason.value).inc()
-        self._count(verdict)
         log.info(
             "station %s: part %s: %s%s (%.0f ms)",
             station,
@@ -393,6 +392,7 @@ class Stations:
             verdict = replace(verdict, snapshots=tuple(self._delivery.snapshots.url_for(i) for i in ids))
         else:
             ids = ()
+        self._count(verdict)
         if not future.done():
             future.set_result(verdict)
         task = asyncio.create_task(self._keep(verdict, frames, ids), name=f"verdict-{station}")

@@ -117,8 +117,11 @@ class LiveStream:
         stations = self._request.app.get(STATIONS)
         if stations is None:
             return
+        shown = False
         async for statuses in stations.statuses.changes():
-            await self.send("stations", {k: v.to_dict() for k, v in sorted(statuses.items())})
+            if statuses or shown:  # a runtime without stations sends nothing (until it has one)
+                await self.send("stations", {k: v.to_dict() for k, v in sorted(statuses.items())})
+                shown = bool(statuses)
             await asyncio.sleep(BACKLOG_PERIOD_S)  # a busy line: counters coalesce meanwhile
 
     async def events(self) -> None:

@@ -642,7 +642,8 @@ async def test_the_configuration_shows_no_secret(ui_server: Any, web: aiohttp.Cl
             assert effective["cameras"]["back"]["detect_url"] == "rtsp://***@cam2/sub"
             assert config["desired"]["cameras"]["back"]["url"] == "rtsp://***@cam2.example/main"
             assert config["desired"]["cameras"]["back"]["detect_url"] == "rtsp://***@cam2/sub"
-            assert set(config["editable_sections"]) == {"model", "cameras", "sinks", "events", "log_level"}
+            editable = {"model", "cameras", "sinks", "events", "log_level", "stations", "opcua"}
+            assert set(config["editable_sections"]) == editable
     finally:
         status, body, _ = await call(
             web, "PATCH", f"{base}/ui/api/config", headers=ADMIN, body={"cameras": {"back": None}}

@@ -36,7 +36,8 @@ def test_create_options_agree_with_the_image(template: str) -> None:
     host = options["HostConfig"]
     dockerfile = MODULE_DIR / platforms()[TEMPLATES[template]].removeprefix("./")
     exposed = exposed_ports(dockerfile_instructions(dockerfile.read_text(encoding="utf-8")))
-    assert set(options["ExposedPorts"]) == exposed == {"80/tcp", "4840/tcp"}  # the HTTP API; OPC UA (opcua.enabled)
+    # the HTTP API; OPC UA (listening only when opcua.enabled)
+    assert set(options["ExposedPorts"]) == exposed == {"80/tcp", "4840/tcp"}
     assert set(host["PortBindings"]) <= exposed
     assert all(b["HostPort"].isdigit() for bindings in host["PortBindings"].values() for b in bindings)
     # A NAMED volume (no leading /) at /app/var: Docker copies the image's owner of /app/var into it.

@@ -200,3 +200,11 @@ async def test_cancelled_waits_are_dropped() -> None:
         slot.wait_newer(5.0).cancel()
     slot.wait_newer(5.0)
     assert len(slot._waiters) == 1
+
+
+def test_opcua_users_may_come_from_the_environment_as_json() -> None:
+    from edge_runtime.settings import load_settings
+
+    env = {"EDGE_RUNTIME_OPCUA__ENABLED": "true", "EDGE_RUNTIME_OPCUA__USERS": '{"plc": "pw-0123"}'}
+    users = load_settings(None, env=env).opcua.users
+    assert {name: p.get_secret_value() for name, p in users.items()} == {"plc": "pw-0123"}

@@ -35,6 +35,15 @@ class FakeInference:
         self.delay_s = delay_s
         self.calls: list[tuple[int, str]] = []  # (frame sequence, model id)
         self.fail = False
+        self.loaded = asyncio.Event()
+
+    async def first_predictor(self) -> Any:
+        await self.loaded.wait()
+        return self.serving
+
+    def load(self, name: str) -> None:
+        self.serving = model(name)
+        self.loaded.set()
 
     async def predict_rois(
         self, frame: Frame, rois: tuple[Roi, ...], predictor: Any = None
@@ -65,7 +74,8 @@ class FakeCameras:
     def show(self, camera_id: str, scratch: float, captured_at: float | None = None) -> Frame:
         self.sequence += 1
         image = np.full((8, 8, 3), round(scratch * 255), np.uint8)
-        frame = Frame(image, time.time() if captured_at is None else captured_at, self.sequence)
+        # Timed by the camera's own (RTCP) clock: no margin applies (one test below checks the others).
+        frame = Frame(image, time.time() if captured_at is None else captured_at, self.sequence, "rtcp")
         self.slots[camera_id].put(frame)
         return frame
 
@@ -218,14 +228,44 @@ async def test_a_plc_clock_far_behind_cannot_let_old_frames_in() -> None:
     assert verdict.reason is NoVerdictReason.CAMERA_STALLED
 
 
-async def test_no_model_gives_model_not_ready_at_once() -> None:
+async def test_no_model_within_the_deadline_gives_model_not_ready() -> None:
     inference = FakeInference()
     inference.serving = None
-    stations, _, _, _ = make(inference=inference)
+    stations, cameras, _, _ = make(station(deadline_ms=150), inference=inference)
     async with stations:
+        asyncio.get_running_loop().call_later(0.01, cameras.show, "cam", 0.0)
         verdict = await stations.inspect(trigger("p1"))
     assert verdict.reason is NoVerdictReason.MODEL_NOT_READY
     assert verdict.model_id is None
+
+
+async def test_a_part_triggered_before_the_model_loads_waits_for_it() -> None:
+    inference = FakeInference()
+    inference.serving = None
+    stations, cameras, _, _ = make(inference=inference)
+    async with stations:
+        asyncio.get_running_loop().call_later(0.05, inference.load, "late")
+        asyncio.get_running_loop().call_later(0.08, cameras.show, "cam", 0.0)
+        verdict = await stations.inspect(trigger("p1"))
+    assert verdict.verdict is VerdictKind.PASS and verdict.model_id == "late"
+
+
+async def test_a_young_pts_clock_and_the_margin_keep_early_frames_out() -> None:
+    stations, cameras, _, _ = make(station(deadline_ms=400, clock_margin_ms=100))
+    async with stations:
+        t = trigger("p1")
+        slot = cameras.slots["cam"]
+        # captured after the trigger by an unsettled pts anchor: not trusted
+        slot.put(Frame(np.zeros((8, 8, 3), np.uint8), t.received_at + 0.2, 90, "pts", settled=False))
+        # settled pts, but within the margin: may have been captured before the trigger
+        slot.put(Frame(np.zeros((8, 8, 3), np.uint8), t.received_at + 0.05, 91, "pts"))
+        # the camera's own RTCP clock needs no margin
+        loop = asyncio.get_running_loop()
+        loop.call_later(
+            0.02, slot.put, Frame(np.zeros((8, 8, 3), np.uint8), t.received_at + 0.01, 92, "rtcp")
+        )
+        verdict = await stations.inspect(t)
+    assert [f.sequence for f in verdict.frames] == [92]
 
 
 async def test_slow_inference_runs_into_the_deadline() -> None:

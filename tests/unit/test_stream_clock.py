@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from edge_runtime.sources.stream_clock import CREEP, MAX_SKEW_S, ClockSource, StreamClock
+from edge_runtime.sources.stream_clock import CREEP, MAX_SKEW_S, SETTLE_S, ClockSource, StreamClock
 
 T0 = 1_700_000_000.0  # our wall clock when the stream's PTS was 0 (plus whatever delay each frame had)
 FRAME_S = 0.04
@@ -157,3 +157,14 @@ def test_a_capture_time_is_never_later_than_the_arrival() -> None:
             assert at <= arrival, (pts, arrival, realtime, at, source)
             if source is ClockSource.RTCP:
                 assert realtime is not None and abs(arrival - (realtime + max(pts, 0.0))) <= MAX_SKEW_S
+
+
+def test_a_pts_anchor_is_settled_only_after_settle_s() -> None:
+    clock = StreamClock()
+    assert clock.settled(100.0, ClockSource.RTCP) and clock.settled(100.0, ClockSource.ARRIVAL)
+    assert not clock.settled(100.0, ClockSource.PTS)  # no anchor yet
+    clock.captured_at(5.0, 100.0)
+    assert not clock.settled(101.0, ClockSource.PTS)  # the open's backlog may still be draining
+    assert clock.settled(100.0 + SETTLE_S, ClockSource.PTS)
+    clock.captured_at(0.0, 103.0)  # the stream's clock restarted: a new anchor
+    assert not clock.settled(103.5, ClockSource.PTS)
