@@ -31,6 +31,15 @@ class BoundingBox:
     def area(self) -> float:
         return self.width * self.height
 
+    def to_dict(self) -> dict[str, float]:
+        """As events, verdicts and the history give it (6 decimals: a micro-fraction of the frame)."""
+        return {
+            "left": round(self.left, 6),
+            "top": round(self.top, 6),
+            "width": round(self.width, 6),
+            "height": round(self.height, 6),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
@@ -39,6 +48,11 @@ class Prediction:
     # Detection: the class index (the container's integer tagId). Classification: None (tagId "").
     tag_id: int | None = None
     bounding_box: BoundingBox | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """As the history and verdicts keep it (the HTTP API's shape is api/schemas.py's)."""
+        box = self.bounding_box
+        return {"tag": self.tag_name, "probability": round(self.probability, 6), "box": box and box.to_dict()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,15 +216,7 @@ class Event:
             "roi": self.roi,
             "tag": self.tag,
             "probability": round(self.probability, 8),
-            "boxes": [
-                {
-                    "left": round(b.left, 6),
-                    "top": round(b.top, 6),
-                    "width": round(b.width, 6),
-                    "height": round(b.height, 6),
-                }
-                for b in self.boxes
-            ],
+            "boxes": [b.to_dict() for b in self.boxes],
             "captured_at": datetime.fromtimestamp(self.captured_at, UTC).isoformat(timespec="milliseconds"),
             "model": {"id": self.model_id, "sha1": self.model_sha1},
             "snapshot": self.snapshot,
@@ -218,20 +224,4 @@ class Event:
 
     def detail_dict(self) -> dict[str, object]:
         """to_dict() with the ROI's whole prediction (the event history's record)."""
-        return self.to_dict() | {
-            "predictions": [
-                {
-                    "tag": p.tag_name,
-                    "probability": round(p.probability, 6),
-                    "box": None
-                    if p.bounding_box is None
-                    else {
-                        "left": round(p.bounding_box.left, 6),
-                        "top": round(p.bounding_box.top, 6),
-                        "width": round(p.bounding_box.width, 6),
-                        "height": round(p.bounding_box.height, 6),
-                    },
-                }
-                for p in self.predictions
-            ]
-        }
+        return self.to_dict() | {"predictions": [p.to_dict() for p in self.predictions]}

@@ -175,26 +175,10 @@ def _frame_dict(frame: FrameEvidence) -> dict[str, object]:
             {
                 "roi": r.roi,
                 "predictions": [
-                    _prediction_dict(p)
+                    p.to_dict()
                     for p in sorted(r.predictions, key=lambda p: -p.probability)[:MAX_PREDICTIONS_SHOWN]
                 ],
             }
             for r in frame.rois
         ],
-    }
-
-
-def _prediction_dict(p: Prediction) -> dict[str, object]:
-    box = p.bounding_box
-    return {
-        "tag": p.tag_name,
-        "probability": round(p.probability, 6),
-        "box": None
-        if box is None
-        else {
-            "left": round(box.left, 6),
-            "top": round(box.top, 6),
-            "width": round(box.width, 6),
-            "height": round(box.height, 6),
-        },
     }
