@@ -143,8 +143,7 @@ class Stations:
             self.statuses.remove(station_id)
         for station_id in new:
             self._show(station_id)
-        while len(self._recent) > config.triggers.remember_parts:
-            self._recent.popitem(last=False)
+        self._forget_old()
         return changes
 
     # ---- what triggers use ------------------------------------------------------------------------
@@ -165,8 +164,7 @@ class Stations:
         metrics.STATION_TRIGGERS.labels(station.id, trigger.source, "new").inc()
         future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._recent[key] = future
-        while len(self._recent) > self.config.triggers.remember_parts:
-            self._recent.popitem(last=False)
+        self._forget_old()
         pending = self._pending.setdefault(station.id, set())
         if len(pending) >= station.max_pending:
             detail = f"{len(pending)} parts already in inspection (max_pending)"
@@ -190,6 +188,19 @@ class Stations:
     @property
     def ids(self) -> list[str]:
         return sorted(self._stations)
+
+    def _forget_old(self) -> None:
+        """Keep the newest `remember_parts` part ids; a pending part is never forgotten (a repeat of it
+        must join it, not start a second inspection): those are bounded by max_pending."""
+        excess = len(self._recent) - self.config.triggers.remember_parts
+        if excess <= 0:
+            return
+        for key in list(self._recent)[: excess + sum(len(p) for p in self._pending.values())]:
+            if excess <= 0:
+                break
+            if self._recent[key].done():
+                del self._recent[key]
+                excess -= 1
 
     # ---- one part -----------------------------------------------------------------------------------
     async def _run(self, station: StationSettings, trigger: Trigger, future: asyncio.Future[Verdict]) -> None:
@@ -272,7 +283,7 @@ class Stations:
         self, camera: str, frame: Frame, rois: tuple[Roi, ...], predictor: Predictor
     ) -> tuple[Frame, RoiPredictions]:
         """Parts waiting on the same frame share its prediction (a burst of triggers costs one)."""
-        key = (camera, frame.sequence, frame.captured_at, id(predictor), rois)
+        key = (camera, frame.sequence, frame.captured_at, predictor.spec.model_id, predictor.spec.sha1, rois)
         shared = self._memo.get(key)
         if shared is None:
             shared = asyncio.ensure_future(self._inference.predict_rois(frame, rois, predictor))

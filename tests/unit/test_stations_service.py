@@ -423,3 +423,17 @@ async def test_apply_adds_and_removes_stations() -> None:
 
 def test_a_defect_setting_carries_its_defaults() -> None:
     assert DefectSettings(tag="x").votes == 1
+
+
+async def test_a_pending_part_is_never_forgotten_so_a_repeat_joins_it() -> None:
+    stations, cameras, _, delivery = make(station(max_pending=10), remember=2)
+    async with stations:
+        futures = [stations.submit(trigger(f"p{n}")) for n in range(4)]  # 4 pending, memory of 2
+        assert stations.submit(trigger("p0")) is futures[0]
+        cameras.show("cam", 0.0)
+        await asyncio.gather(*futures)
+        await settled(stations, delivery, 4)
+        assert len({v.part_id for v in delivery.published}) == 4 == len(delivery.published)
+        stations.submit(trigger("p9")).cancel()  # settled parts are forgotten again, least recent first
+        assert stations.recent("s1", "p1") is None
+        assert stations.recent("s1", "p0") is not None  # its repeat made it recent
