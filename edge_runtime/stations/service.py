@@ -103,6 +103,7 @@ class Stations:
         self._pending: dict[str, set[asyncio.Task[None]]] = {}
         self._after: set[asyncio.Task[None]] = set()  # snapshots + publishing, after the answer
         self._memo: OrderedDict[tuple[object, ...], asyncio.Future[RoiPredictions]] = OrderedDict()
+        self._snapshot_ids: OrderedDict[tuple[object, ...], str] = OrderedDict()
         self._closing = False
 
     # ---- the part ---------------------------------------------------------------------------------
@@ -397,32 +398,38 @@ class Stations:
             verdict.latency_s * 1000,
         )
         frames = [(f, pictures[f.camera]) for f in _last_per_camera(verdict.frames) if f.camera in pictures]
+        to_save: list[tuple[str, Frame, Drawing]] = []
         if self._delivery.snapshots is not None and frames:
-            # The URLs are known now; the files follow (a part's answer does not wait for JPEGs).
-            ids = tuple(new_event_id() for _ in frames)
+            # The URLs are known now; the files follow (a part's answer does not wait for JPEGs). Parts
+            # that share a frame and a drawing share its snapshot: a burst encodes one JPEG, not one each.
+            ids = []
+            for evidence, frame in frames:
+                drawing = _drawing(verdict, evidence)
+                key = (evidence.camera, evidence.sequence, evidence.captured_at, drawing)
+                snapshot_id = self._snapshot_ids.get(key)
+                if snapshot_id is None:
+                    snapshot_id = self._snapshot_ids[key] = new_event_id()
+                    to_save.append((snapshot_id, frame, drawing))
+                    while len(self._snapshot_ids) > MEMO_SIZE:
+                        self._snapshot_ids.popitem(last=False)
+                ids.append(snapshot_id)
             verdict = replace(verdict, snapshots=tuple(self._delivery.snapshots.url_for(i) for i in ids))
-        else:
-            ids = ()
         self._count(verdict)
         if not future.done():
             future.set_result(verdict)
-        task = asyncio.create_task(self._keep(verdict, frames, ids), name=f"verdict-{station}")
+        task = asyncio.create_task(self._keep(verdict, to_save), name=f"verdict-{station}")
         self._after.add(task)
         task.add_done_callback(self._after.discard)
 
-    async def _keep(
-        self, verdict: Verdict, frames: list[tuple[FrameEvidence, Frame]], ids: tuple[str, ...]
-    ) -> None:
-        snapshots = self._delivery.snapshots
-        if snapshots is not None:
-            for snapshot_id, (evidence, frame) in zip(ids, frames, strict=True):
-                drawing = _drawing(verdict, evidence)
-                try:
-                    await self._inference.offload(
-                        lambda i=snapshot_id, f=frame, d=drawing: snapshots.save(i, f.image, d)
-                    )
-                except OSError as exc:
-                    log.warning("snapshot for verdict %s failed: %s", verdict.id, exc)
+    async def _keep(self, verdict: Verdict, to_save: list[tuple[str, Frame, Drawing]]) -> None:
+        store = self._delivery.snapshots
+        for snapshot_id, frame, drawing in to_save if store is not None else ():
+            try:  # the frame converts (if not yet) on the pool, not on the loop
+                await self._inference.offload(
+                    lambda i=snapshot_id, f=frame, d=drawing, s=store: s.save(i, f.image, d)
+                )
+            except OSError as exc:
+                log.warning("snapshot for verdict %s failed: %s", verdict.id, exc)
         try:
             await self._delivery.publish(verdict)
         except Exception:
@@ -467,7 +474,7 @@ def _drawing(verdict: Verdict, evidence: FrameEvidence) -> Drawing:
     top = max(verdict.defects, key=lambda d: d.probability, default=None)
     return Drawing(
         kind=verdict.verdict.value,
-        tag=verdict.part_id if top is None else f"{verdict.part_id} {top.tag}",
+        tag="" if top is None else top.tag,  # not the part id: parts that share a frame share its JPEG
         probability=0.0 if top is None else top.probability,
         boxes=tuple(boxes),
         roi=None,

@@ -437,3 +437,14 @@ async def test_a_pending_part_is_never_forgotten_so_a_repeat_joins_it() -> None:
         stations.submit(trigger("p9")).cancel()  # settled parts are forgotten again, least recent first
         assert stations.recent("s1", "p1") is None
         assert stations.recent("s1", "p0") is not None  # its repeat made it recent
+
+
+async def test_parts_sharing_a_frame_share_its_snapshot(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, 100, 10**8)
+    stations, cameras, _, delivery = make(station(max_pending=50), delivery=FakeDelivery(store))
+    async with stations:
+        asyncio.get_running_loop().call_later(0.02, cameras.show, "cam", 0.0)
+        verdicts = await asyncio.gather(*(stations.inspect(trigger(f"p{n}")) for n in range(20)))
+        await settled(stations, delivery, 20)
+    assert len({v.snapshots for v in verdicts}) == 1
+    assert len(list(tmp_path.glob("*.jpg"))) == 1
