@@ -87,6 +87,7 @@ def predictor_options(settings: Settings, workers: int) -> PredictorOptions:
             score_threshold=m.score_threshold,
             iou_threshold=m.iou_threshold,
             max_detections=m.max_detections,
+            fidelity=m.fidelity,
         ),
         limits=image_limits(settings),
     )

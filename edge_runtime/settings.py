@@ -33,7 +33,7 @@ from edge_runtime.model.limits import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_RESIZED_PIXELS,
 )
-from edge_runtime.model.spec import Postprocess, Resize
+from edge_runtime.model.spec import Fidelity, Postprocess, Resize
 from edge_runtime.sources.decoding import DecodeMode, HwAccel, ReaderKind
 
 ENV_PREFIX = "EDGE_RUNTIME_"
@@ -54,6 +54,11 @@ class ModelSettings(_Section):
     )
     threads: int = Field(0, ge=0, description="backend threads per inference; 0 = 1 per worker when serving")
     resize: Resize | None = Field(None, description="override the preprocessing recipe")
+    fidelity: Fidelity = Field(
+        Fidelity.EXACT,
+        description="exact: the recipe bit for bit; fast: reduced-scale JPEG decode and OpenCV resizing"
+        " (probabilities shift a little: measured in benchmarks/RESULTS.md)",
+    )
     layout: Postprocess | None = Field(
         None,
         description="the output layout where the model's files and shapes leave a choice: "
@@ -133,6 +138,13 @@ class ServerSettings(_Section):
     )
     inference_workers: int = Field(0, ge=0, description="inference threads; 0 = one per CPU core")
     max_inflight: int = Field(0, ge=0, description="requests in inference at once; 0 = 4 per worker")
+    batch_window_ms: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="micro-batching: wait up to this long to run same-shape inputs as one batch; 0 = off",
+    )
+    max_batch: int = Field(8, ge=1, le=256, description="inputs per micro-batch at most")
     admission_wait_s: float = Field(
         1.0, ge=0, description="how long a request waits for a free slot before 503 (429 on cloud paths)"
     )

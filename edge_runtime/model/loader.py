@@ -7,6 +7,7 @@ built by model/layout_spec.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from edge_runtime.model.modelfile import ModelFacts
 from edge_runtime.model.spec import (
     DEFAULT_YOLO_ANCHORS,
     DetectionParams,
+    Fidelity,
     ModelFormat,
     ModelSpec,
     Postprocess,
@@ -56,6 +58,7 @@ class LoadOptions:
     score_threshold: float | None = None
     iou_threshold: float | None = None
     max_detections: int | None = None
+    fidelity: Fidelity = Fidelity.EXACT
 
     @property
     def overrides(self) -> Overrides:
@@ -65,6 +68,15 @@ class LoadOptions:
 
 def load_spec(path: Path, options: LoadOptions = LoadOptions(), source: Path | None = None) -> ModelSpec:
     """`source`: what the user named, when `path` is where it was extracted to."""
+    spec = _load_spec(path, options, source)
+    if options.fidelity is Fidelity.EXACT:
+        return spec
+    return dataclasses.replace(
+        spec, preprocess=dataclasses.replace(spec.preprocess, fidelity=options.fidelity)
+    )
+
+
+def _load_spec(path: Path, options: LoadOptions, source: Path | None) -> ModelSpec:
     root = open_export(Path(path), options.extract_dir)
     desc = describe_export(root)
     model_path = _model_path(desc)

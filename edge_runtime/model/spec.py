@@ -55,6 +55,13 @@ class Resize(StrEnum):
     LETTERBOX_NO_UPSCALE = "letterbox-no-upscale"
 
 
+class Fidelity(StrEnum):
+    """How close preprocessing stays to the recipe the thresholds were tuned on."""
+
+    EXACT = "exact"  # bit-identical to the recipe (Pillow's resampler on the full decode)
+    FAST = "fast"  # reduced-scale JPEG decode and OpenCV's resampler: the shift is measured, not zero
+
+
 class Resample(StrEnum):
     BILINEAR = "bilinear"  # PIL BILINEAR (antialiased when downscaling)
     BICUBIC = "bicubic"  # PIL's default filter for Image.resize
@@ -74,6 +81,7 @@ class PreprocessSpec:
     nchw: bool = True
     float16: bool = False
     batch: int = 1  # a fixed-batch model: the image is repeated to fill the batch, the first result used
+    fidelity: Fidelity = Fidelity.EXACT
 
     def describe(self) -> str:
         colour = "BGR" if self.bgr else "RGB"
