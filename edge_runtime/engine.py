@@ -32,11 +32,11 @@ from edge_runtime.backends.providers import (
 from edge_runtime.domain import PredictionResult, StageTimings
 from edge_runtime.errors import InferenceError, ModelLoadError
 from edge_runtime.model.export import export_folder
-from edge_runtime.model.imaging import ImageLimits, decode_image, image_from_bgr
+from edge_runtime.model.imaging import ImageLimits, decode_image, image_from_bgr, shrink_frame
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.postprocess import postprocess
-from edge_runtime.model.preprocess import check_resize, prepare, resize_sizes
-from edge_runtime.model.spec import ModelSpec, Postprocess
+from edge_runtime.model.preprocess import check_resize, prepare, resize_sizes, whole_image_resize
+from edge_runtime.model.spec import Fidelity, ModelSpec, Postprocess
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +169,25 @@ class Predictor:
 
     def predict_bytes(self, data: bytes) -> PredictionResult:
         start = time.perf_counter()
-        image = decode_image(data, self.limits, self._check_resize)  # checked from the header already
-        return self._infer(image, decode_seconds=time.perf_counter() - start)
+        full: list[tuple[int, int]] = []  # the picture's size before a reduced-scale decode
+
+        def shrink(width: int, height: int) -> tuple[int, int] | None:
+            full.append((width, height))
+            return whole_image_resize(width, height, self.spec.preprocess)
+
+        fast = self.spec.preprocess.fidelity is Fidelity.FAST
+        # The size was checked from the header already.
+        image = decode_image(data, self.limits, self._check_resize, shrink if fast else None)
+        return self._infer(image, time.perf_counter() - start, full[0] if full else image.size)
 
     def predict_frame(self, frame: NDArray[np.uint8]) -> PredictionResult:
         start = time.perf_counter()
+        height, width = frame.shape[:2]
+        self._check_resize(width, height)
+        if self.spec.preprocess.fidelity is Fidelity.FAST:
+            frame = shrink_frame(frame, whole_image_resize(width, height, self.spec.preprocess))
         image = image_from_bgr(frame)
-        return self.predict_image(image, decode_seconds=time.perf_counter() - start)
+        return self._infer(image, time.perf_counter() - start, (width, height))
 
     def _check_resize(self, width: int, height: int) -> None:
         check_resize(width, height, self.spec.preprocess, self.limits.max_resized_pixels)
@@ -184,7 +196,9 @@ class Predictor:
         self._check_resize(*image.size)
         return self._infer(image, decode_seconds)
 
-    def _infer(self, image: Image.Image, decode_seconds: float) -> PredictionResult:
+    def _infer(
+        self, image: Image.Image, decode_seconds: float, image_size: tuple[int, int] | None = None
+    ) -> PredictionResult:
         t0 = time.perf_counter()
         tensor, geometry = prepare(image, self.spec.preprocess)  # geometry: where the picture lies in it
         t1 = time.perf_counter()
@@ -204,7 +218,7 @@ class Predictor:
         return PredictionResult(
             task=self.spec.task,
             predictions=predictions,
-            image_size=image.size,
+            image_size=image_size or image.size,
             timings=StageTimings(decode_seconds, t1 - t0, t2 - t1, t3 - t2),
         )
 

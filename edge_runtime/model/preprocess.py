@@ -10,7 +10,7 @@ from PIL import Image
 
 from edge_runtime.errors import ImageTooLargeError
 from edge_runtime.model.letterbox import InputGeometry, letterbox_geometry, letterbox_image
-from edge_runtime.model.spec import PreprocessSpec, Resample, Resize
+from edge_runtime.model.spec import Fidelity, PreprocessSpec, Resample, Resize
 
 _FILTERS = {
     Resample.BILINEAR: Image.Resampling.BILINEAR,
@@ -94,6 +94,15 @@ def resize_sizes(width: int, height: int, spec: PreprocessSpec) -> list[tuple[in
     return [shorter_side_size(width, height, side)]
 
 
+def whole_image_resize(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int] | None:
+    """The size the recipe's first step resizes the whole picture to, or None when it crops first (the
+    2018 recipe under 1600 px). Fast mode shrinks to it early: a reduced-scale JPEG decode, or one
+    OpenCV resize of a camera frame."""
+    if spec.resize is Resize.CENTRE_SQUARE_THEN_CROP and max(width, height) <= LEGACY_MAX_SIDE:
+        return None
+    return resize_sizes(width, height, spec)[0]
+
+
 def check_resize(width: int, height: int, spec: PreprocessSpec, max_pixels: int) -> None:
     """A thin image (1 x 20000) passes a pixel limit, but the recipe would make 224 x 4,480,000 of it."""
     for w, h in resize_sizes(width, height, spec):
@@ -106,7 +115,6 @@ def check_resize(width: int, height: int, spec: PreprocessSpec, max_pixels: int)
 
 def resize_for(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """Resize and crop in the image's own mode, then convert to RGB (the container's order)."""
-    resample = _FILTERS[spec.resample]
     if spec.resize in LETTERBOXES:
         geometry = geometry_for(*image.size, spec)
         assert geometry is not None  # the loader gives letterboxed models a fixed input size
@@ -114,20 +122,39 @@ def resize_for(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
     sizes = resize_sizes(*image.size, spec)
     crop = spec.input_size
     if spec.resize is Resize.TORCHVISION_CROP:
-        out = image.resize(sizes[0], resample)
+        out = _resize(image, sizes[0], spec)
         out = torchvision_centre_crop(out, crop) if crop else out
         return out if out.mode == "RGB" else out.convert("RGB")
     if spec.resize is Resize.CENTRE_SQUARE_THEN_CROP:
         if len(sizes) == 2:
-            image = image.resize(sizes[0], resample)
+            image = _resize(image, sizes[0], spec)
         square = min(image.size)
-        out = centre_crop(image, (square, square)).resize(sizes[-1], resample)
+        out = _resize(centre_crop(image, (square, square)), sizes[-1], spec)
         out = centre_crop(out, crop) if crop else out
     else:
-        out = image.resize(sizes[0], resample)
+        out = _resize(image, sizes[0], spec)
         if spec.resize not in (Resize.PIXEL_COUNT_ALIGN32, Resize.STRETCH) and crop:
             out = centre_crop(out, crop)
     return out if out.mode == "RGB" else out.convert("RGB")
+
+
+_CV2_MODES = {"RGB", "RGBA", "L"}  # what OpenCV resizes as plain uint8 channels
+
+
+def _resize(image: Image.Image, size: tuple[int, int], spec: PreprocessSpec) -> Image.Image:
+    """Pillow's resampler (the recipe's, bit for bit), or in fast mode OpenCV's: INTER_AREA when
+    shrinking (it averages like an antialiasing filter), INTER_LINEAR when enlarging."""
+    if spec.fidelity is Fidelity.EXACT or image.mode not in _CV2_MODES:
+        return image.resize(size, _FILTERS[spec.resample])
+    if size == image.size:
+        return image
+    import cv2
+
+    shrinking = size[0] * size[1] < image.width * image.height
+    pixels = cv2.resize(
+        np.asarray(image), size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    )
+    return Image.fromarray(pixels, image.mode)
 
 
 def to_tensor(image: Image.Image, spec: PreprocessSpec) -> NDArray[np.float32] | NDArray[np.float16]:
