@@ -93,7 +93,18 @@ async def test_publish_stores_and_delivers_to_the_jsonl_sink(tmp_path: Path) -> 
         for event in events:
             await delivery.publish(event)
         await delivered(tmp_path / "a.jsonl", events)
-        assert await delivery.backlog() == {"jsonl": 0}
+        # The line is written before the outbox row is acknowledged: wait for the ack too.
+        depth: list[dict[str, int]] = []
+
+        async def drained() -> bool:
+            depth[:] = [await delivery.backlog()]
+            return depth[0] == {"jsonl": 0}
+
+        for _ in range(200):
+            if await drained():
+                break
+            await asyncio.sleep(0.01)
+        assert depth == [{"jsonl": 0}]
     lines = (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == [e.to_dict() for e in events]
 
