@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from edge_runtime.domain import PredictionResult, StageTimings
 from edge_runtime.errors import InferenceError, ModelLoadError
 from edge_runtime.model.export import export_folder
 from edge_runtime.model.imaging import ImageLimits, decode_image, image_from_bgr, shrink_frame
+from edge_runtime.model.letterbox import InputGeometry
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.postprocess import postprocess
 from edge_runtime.model.preprocess import check_resize, prepare, resize_sizes, whole_image_resize
@@ -75,6 +77,22 @@ class InferenceHealth:
         """Half or more of the recent inferences failed (at least 3 judged)."""
         failed, judged = self.recent_failures
         return judged >= 3 and failed * 2 >= judged
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One input, decoded and preprocessed (on any thread), waiting for inference."""
+
+    tensor: NDArray[np.floating[Any]]
+    geometry: InputGeometry | None
+    image_size: tuple[int, int]  # the picture's (w, h) after EXIF orientation
+    decode_seconds: float
+    preprocess_seconds: float
+
+
+def _one_of(outputs: Mapping[str, Any], n: int) -> dict[str, Any]:
+    """Item n of a batch's outputs, each keeping its batch axis (as a batch of one)."""
+    return {name: value[n : n + 1] for name, value in outputs.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +185,33 @@ class Predictor:
             by_shape.setdefault(shape, size)
         return list(by_shape.values())
 
+    @property
+    def batchable(self) -> bool:
+        """Whether several inputs may run as one batch: an ONNX Runtime session whose input and every
+        output have a dynamic first dimension (fixed-batch, ZipMap and TFLite models run one by one)."""
+        from edge_runtime.backends.onnx import OnnxBackend
+
+        spec = self.spec
+        dynamic = [t.shape[:1] for t in (spec.inputs[:1] + spec.outputs)]
+        return (
+            isinstance(self.backend, OnnxBackend)
+            and spec.preprocess.batch == 1
+            and all(len(d) == 1 and not isinstance(d[0], int) for d in dynamic)
+            and all(not t.dtype.startswith("seq") for t in spec.outputs)
+        )
+
     def predict_bytes(self, data: bytes) -> PredictionResult:
+        return self.infer([self.prepare_bytes(data)])[0]
+
+    def predict_frame(self, frame: NDArray[np.uint8]) -> PredictionResult:
+        return self.infer([self.prepare_frame(frame)])[0]
+
+    def predict_image(self, image: Image.Image, decode_seconds: float = 0.0) -> PredictionResult:
+        self._check_resize(*image.size)
+        return self.infer([self._prepare(image, decode_seconds, image.size)])[0]
+
+    def prepare_bytes(self, data: bytes) -> Prepared:
+        """Decode and preprocess an encoded image: the input tensor, ready for infer()."""
         start = time.perf_counter()
         full: list[tuple[int, int]] = []  # the picture's size before a reduced-scale decode
 
@@ -178,34 +222,46 @@ class Predictor:
         fast = self.spec.preprocess.fidelity is Fidelity.FAST
         # The size was checked from the header already.
         image = decode_image(data, self.limits, self._check_resize, shrink if fast else None)
-        return self._infer(image, time.perf_counter() - start, full[0] if full else image.size)
+        return self._prepare(image, time.perf_counter() - start, full[0] if full else image.size)
 
-    def predict_frame(self, frame: NDArray[np.uint8]) -> PredictionResult:
+    def prepare_frame(self, frame: NDArray[np.uint8]) -> Prepared:
+        """A camera frame (OpenCV BGR) preprocessed: the input tensor, ready for infer()."""
         start = time.perf_counter()
         height, width = frame.shape[:2]
         self._check_resize(width, height)
         if self.spec.preprocess.fidelity is Fidelity.FAST:
             frame = shrink_frame(frame, whole_image_resize(width, height, self.spec.preprocess))
         image = image_from_bgr(frame)
-        return self._infer(image, time.perf_counter() - start, (width, height))
+        return self._prepare(image, time.perf_counter() - start, (width, height))
 
     def _check_resize(self, width: int, height: int) -> None:
         check_resize(width, height, self.spec.preprocess, self.limits.max_resized_pixels)
 
-    def predict_image(self, image: Image.Image, decode_seconds: float = 0.0) -> PredictionResult:
-        self._check_resize(*image.size)
-        return self._infer(image, decode_seconds)
-
-    def _infer(
-        self, image: Image.Image, decode_seconds: float, image_size: tuple[int, int] | None = None
-    ) -> PredictionResult:
-        t0 = time.perf_counter()
+    def _prepare(self, image: Image.Image, decode_seconds: float, image_size: tuple[int, int]) -> Prepared:
+        start = time.perf_counter()
         tensor, geometry = prepare(image, self.spec.preprocess)  # geometry: where the picture lies in it
+        return Prepared(tensor, geometry, image_size, decode_seconds, time.perf_counter() - start)
+
+    def infer(self, items: Sequence[Prepared]) -> list[PredictionResult]:
+        """Run prepared inputs, as one batch when there are several (only when `batchable`), and
+        postprocess each; the batch's inference time is shared out evenly."""
         t1 = time.perf_counter()
         try:
-            outputs: Any = self.backend.run(tensor)
+            batch = items[0].tensor if len(items) == 1 else np.concatenate([i.tensor for i in items])
+            outputs: Any = self.backend.run(batch)
             t2 = time.perf_counter()
-            predictions = postprocess(outputs, self.spec, geometry)
+            each = [outputs] if len(items) == 1 else [_one_of(outputs, n) for n in range(len(items))]
+            results = []
+            for item, output in zip(items, each, strict=True):
+                t3 = time.perf_counter()
+                predictions = postprocess(output, self.spec, item.geometry)
+                timings = StageTimings(
+                    item.decode_seconds,
+                    item.preprocess_seconds,
+                    (t2 - t1) / len(items),
+                    time.perf_counter() - t3,
+                )
+                results.append(PredictionResult(self.spec.task, predictions, item.image_size, timings))
         except InferenceError as exc:
             self.health.record(False, str(exc))
             raise
@@ -213,14 +269,9 @@ class Predictor:
             error = f"the model's outputs cannot be used: {type(exc).__name__}: {exc}"
             self.health.record(False, error)
             raise InferenceError(error) from exc
-        t3 = time.perf_counter()
-        self.health.record(True)
-        return PredictionResult(
-            task=self.spec.task,
-            predictions=predictions,
-            image_size=image_size or image.size,
-            timings=StageTimings(decode_seconds, t1 - t0, t2 - t1, t3 - t2),
-        )
+        for _ in items:
+            self.health.record(True)
+        return results
 
     def close(self) -> None:
         self.backend.close()
