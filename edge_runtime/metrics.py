@@ -161,6 +161,11 @@ def set_camera_state(camera: str, state: str, all_states: list[str]) -> None:
         CAMERA_STATE.labels(camera, name).set(1 if name == state else 0)
 
 
+BATCH_SIZE = Histogram(
+    "edge_runtime_inference_batch_size",
+    "Inputs per micro-batch (server.batch_window_ms > 0; a batch of 1: nothing joined within the window)",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256),
+)
 INFERENCE_FAILURES = Counter(
     "edge_runtime_inference_failures_total",
     "Inferences on which the loaded model failed (HTTP answers 500 ModelInferenceFailed), all sources",

@@ -29,6 +29,7 @@ from edge_runtime import metrics
 from edge_runtime.domain import FULL_FRAME, Frame, Prediction, PredictionResult, Roi
 from edge_runtime.engine import Predictor
 from edge_runtime.errors import ModelNotReady, Overloaded
+from edge_runtime.inference.batcher import MicroBatcher
 from edge_runtime.inference.models import ModelService
 from edge_runtime.settings import ServerSettings
 
@@ -42,11 +43,19 @@ class Capacity:
     workers: int  # inference threads
     max_inflight: int  # admitted HTTP requests (waiting for a worker or running)
     wait_s: float  # how long a request may wait for a slot before it is refused
+    batch_window_s: float = 0.0  # micro-batching (batcher.py): 0 = off
+    max_batch: int = 8
 
     @classmethod
     def of(cls, server: ServerSettings) -> Capacity:
         workers = server.inference_workers or os.cpu_count() or 1
-        return cls(workers, server.max_inflight or 4 * workers, server.admission_wait_s)
+        return cls(
+            workers,
+            server.max_inflight or 4 * workers,
+            server.admission_wait_s,
+            server.batch_window_ms / 1000,
+            server.max_batch,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +64,8 @@ class Answer:
     predictor: Predictor  # the one that answered (its spec names the model)
 
 
-RoiPredictions = list[tuple[Roi, tuple[Prediction, ...]]]
+RoiPrediction = tuple[Roi, tuple[Prediction, ...]]
+RoiPredictions = list[RoiPrediction]
 
 
 class FramePredictor(Protocol):
@@ -64,13 +74,16 @@ class FramePredictor(Protocol):
     def predict_frame(self, frame: NDArray[np.uint8]) -> PredictionResult: ...
 
 
-def predict_roi(predictor: FramePredictor, frame: Frame, roi: Roi) -> tuple[Roi, tuple[Prediction, ...]]:
-    """Predict one ROI crop (the frame is converted to pixels here, off the loop, once for all ROIs);
-    boxes come back in full-frame fractions."""
+def roi_crop(frame: Frame, roi: Roi) -> NDArray[np.uint8]:
+    """The ROI's pixels (the frame is converted here, off the loop, once for all its ROIs)."""
     image = frame.image
     height, width = image.shape[:2]
     x0, y0, x1, y1 = roi.pixels(width, height)
-    result = predictor.predict_frame(image[y0:y1, x0:x1])
+    return image[y0:y1, x0:x1]
+
+
+def in_frame(roi: Roi, result: PredictionResult) -> RoiPrediction:
+    """A ROI's predictions with boxes in full-frame fractions."""
     metrics.observe_prediction("camera", result.timings)
     mapped = tuple(
         p
@@ -79,6 +92,11 @@ def predict_roi(predictor: FramePredictor, frame: Frame, roi: Roi) -> tuple[Roi,
         for p in result.predictions
     )
     return roi, mapped
+
+
+def predict_roi(predictor: FramePredictor, frame: Frame, roi: Roi) -> RoiPrediction:
+    """Predict one ROI crop; boxes come back in full-frame fractions."""
+    return in_frame(roi, predictor.predict_frame(roi_crop(frame, roi)))
 
 
 def predict_rois(predictor: FramePredictor, frame: Frame, rois: tuple[Roi, ...]) -> RoiPredictions:
@@ -94,6 +112,11 @@ class InferenceService:
         self.capacity = capacity
         self._executor = ThreadPoolExecutor(capacity.workers, thread_name_prefix="inference")
         self._slots = asyncio.Semaphore(capacity.max_inflight)
+        self._batcher = (
+            MicroBatcher(self._executor, capacity.batch_window_s, capacity.max_batch)
+            if capacity.batch_window_s > 0
+            else None
+        )
 
     async def __aenter__(self) -> Self:
         return self
@@ -137,7 +160,11 @@ class InferenceService:
         """An encoded image (HTTP upload or download) -> predictions; image errors raise ImageError."""
         predictor = self.predictor()
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, predictor.predict_bytes, data)
+        if self._batcher is not None and predictor.batchable:
+            prepared = await loop.run_in_executor(self._executor, predictor.prepare_bytes, data)
+            result = await self._batcher.infer(predictor, prepared)
+        else:
+            result = await loop.run_in_executor(self._executor, predictor.predict_bytes, data)
         metrics.observe_prediction(caller, result.timings)
         return Answer(result, predictor)
 
@@ -148,12 +175,22 @@ class InferenceService:
         the caller took (a sampler keeps its rule state per predictor); default the one in service."""
         predictor = predictor or self.predictor()
         loop = asyncio.get_running_loop()
+        rois = rois or (FULL_FRAME,)
+        if self._batcher is not None and predictor.batchable:
+            return list(await asyncio.gather(*(self._batched_roi(predictor, frame, roi) for roi in rois)))
         # Each ROI is its own job: a camera's ROIs run side by side on the pool, in order in the result.
-        jobs = [
-            loop.run_in_executor(self._executor, predict_roi, predictor, frame, roi)
-            for roi in rois or (FULL_FRAME,)
-        ]
+        jobs = [loop.run_in_executor(self._executor, predict_roi, predictor, frame, roi) for roi in rois]
         return list(await asyncio.gather(*jobs))
+
+    async def _batched_roi(
+        self, predictor: Predictor, frame: Frame, roi: Roi
+    ) -> tuple[Roi, tuple[Prediction, ...]]:
+        assert self._batcher is not None
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(
+            self._executor, lambda: predictor.prepare_frame(roi_crop(frame, roi))
+        )
+        return in_frame(roi, await self._batcher.infer(predictor, prepared))
 
     async def offload(self, fn: Callable[..., T], *args: object) -> T:
         """CPU work that belongs with inference (snapshot encoding): the same bounded pool."""
