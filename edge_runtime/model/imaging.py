@@ -98,6 +98,7 @@ def _draft(image: Image.Image, shrink: Shrink) -> None:
 
 
 EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = {2, 3, 4, 5, 6, 7, 8}  # the orientations exif_transpose acts on
 
 
 def jpeg_scan_count(data: bytes) -> int:
@@ -110,8 +111,11 @@ def jpeg_scan_count(data: bytes) -> int:
 
 
 def orient(image: Image.Image) -> Image.Image:
-    """Apply EXIF orientation (tag 0x0112) like the container; a broken EXIF block is ignored."""
+    """Apply EXIF orientation (tag 0x0112) like the container; a broken EXIF block is ignored. An
+    upright picture (no tag, or 1) is returned as it is: exif_transpose would copy it whole."""
     try:
+        if image.getexif().get(EXIF_ORIENTATION, 1) not in _TRANSPOSED:
+            return image
         return ImageOps.exif_transpose(image)
     except Exception:  # EXIF is client data: any parser failure means "no orientation"
         return image
