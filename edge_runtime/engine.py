@@ -33,11 +33,11 @@ from edge_runtime.backends.providers import (
 from edge_runtime.domain import PredictionResult, StageTimings
 from edge_runtime.errors import InferenceError, ModelLoadError
 from edge_runtime.model.export import export_folder
-from edge_runtime.model.imaging import ImageLimits, decode_image, image_from_bgr, shrink_frame
+from edge_runtime.model.imaging import ImageLimits, decode_image, image_from_bgr, shrink_frame, shrink_image
 from edge_runtime.model.letterbox import InputGeometry
 from edge_runtime.model.loader import LoadOptions, load_spec
 from edge_runtime.model.postprocess import postprocess
-from edge_runtime.model.preprocess import check_resize, prepare, resize_sizes, whole_image_resize
+from edge_runtime.model.preprocess import check_resize, fast_size, prepare, resize_sizes
 from edge_runtime.model.spec import Fidelity, ModelSpec, Postprocess
 
 log = logging.getLogger(__name__)
@@ -217,12 +217,15 @@ class Predictor:
 
         def shrink(width: int, height: int) -> tuple[int, int] | None:
             full.append((width, height))
-            return whole_image_resize(width, height, self.spec.preprocess)
+            return fast_size(width, height, self.spec.preprocess)
 
         fast = self.spec.preprocess.fidelity is Fidelity.FAST
         # The size was checked from the header already.
         image = decode_image(data, self.limits, self._check_resize, shrink if fast else None)
-        return self._prepare(image, time.perf_counter() - start, full[0] if full else image.size)
+        size = full[0] if full else image.size
+        if fast:  # what the decode could not shrink (not a JPEG, or not by a power of two)
+            image = shrink_image(image, fast_size(*image.size, self.spec.preprocess))
+        return self._prepare(image, time.perf_counter() - start, size)
 
     def prepare_frame(self, frame: NDArray[np.uint8]) -> Prepared:
         """A camera frame (OpenCV BGR) preprocessed: the input tensor, ready for infer()."""
@@ -230,7 +233,7 @@ class Predictor:
         height, width = frame.shape[:2]
         self._check_resize(width, height)
         if self.spec.preprocess.fidelity is Fidelity.FAST:
-            frame = shrink_frame(frame, whole_image_resize(width, height, self.spec.preprocess))
+            frame = shrink_frame(frame, fast_size(width, height, self.spec.preprocess))
         image = image_from_bgr(frame)
         return self._prepare(image, time.perf_counter() - start, (width, height))
 

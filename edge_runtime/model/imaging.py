@@ -142,10 +142,18 @@ def image_from_bgr(frame: NDArray[np.uint8]) -> Image.Image:
 
 
 def shrink_frame(frame: NDArray[np.uint8], size: tuple[int, int] | None) -> NDArray[np.uint8]:
-    """Fast fidelity: a camera frame shrunk at once to the recipe's first size (OpenCV INTER_AREA),
-    before the colour swap and Pillow see it; never enlarged."""
+    """Fast fidelity: a camera frame (or a decoded picture's pixels) shrunk at once by one OpenCV
+    INTER_AREA resize (an area average: no aliasing); never enlarged."""
     if size is None or size[0] * size[1] >= frame.shape[0] * frame.shape[1]:
         return frame
     import cv2
 
     return np.asarray(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
+def shrink_image(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """shrink_frame for a decoded picture that a reduced-scale decode could not shrink (PNG, BMP, ...).
+    Pictures with alpha stay with Pillow, which weighs colour by alpha (OpenCV would not)."""
+    if size is None or image.mode not in ("RGB", "L") or size[0] * size[1] >= image.width * image.height:
+        return image
+    return Image.fromarray(shrink_frame(np.asarray(image), size), image.mode)

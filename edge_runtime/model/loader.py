@@ -60,6 +60,13 @@ class LoadOptions:
     max_detections: int | None = None
     fidelity: Fidelity = Fidelity.EXACT
 
+    def __post_init__(self) -> None:
+        # Recipes are compared by identity: a plain string ("sidecar") from an API caller would match none.
+        for name, kind in (("resize", Resize), ("layout", Postprocess), ("fidelity", Fidelity)):
+            value = getattr(self, name)
+            if isinstance(value, str) and not isinstance(value, kind):
+                object.__setattr__(self, name, kind(value))
+
     @property
     def overrides(self) -> Overrides:
         thresholds = (self.score_threshold, self.iou_threshold, self.max_detections)

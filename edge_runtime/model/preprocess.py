@@ -10,7 +10,7 @@ from PIL import Image
 
 from edge_runtime.errors import ImageTooLargeError
 from edge_runtime.model.letterbox import InputGeometry, letterbox_geometry, letterbox_image
-from edge_runtime.model.spec import Fidelity, PreprocessSpec, Resample, Resize
+from edge_runtime.model.spec import PreprocessSpec, Resample, Resize
 
 _FILTERS = {
     Resample.BILINEAR: Image.Resampling.BILINEAR,
@@ -19,6 +19,7 @@ _FILTERS = {
 }
 LEGACY_MAX_SIDE = 1600  # the 2018 container shrinks anything larger first
 LETTERBOXES = {Resize.LETTERBOX: True, Resize.LETTERBOX_NO_UPSCALE: False}  # recipe -> scale up?
+FAST_MARGIN = 2  # fast fidelity shrinks early to no less than this times the recipe's first resize
 
 
 def shorter_side_size(width: int, height: int, side: int) -> tuple[int, int]:
@@ -94,13 +95,17 @@ def resize_sizes(width: int, height: int, spec: PreprocessSpec) -> list[tuple[in
     return [shorter_side_size(width, height, side)]
 
 
-def whole_image_resize(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int] | None:
-    """The size the recipe's first step resizes the whole picture to, or None when it crops first (the
-    2018 recipe under 1600 px). Fast mode shrinks to it early: a reduced-scale JPEG decode, or one
-    OpenCV resize of a camera frame."""
+def fast_size(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int] | None:
+    """Fast fidelity: what a picture may be shrunk to before the recipe runs (a reduced-scale JPEG
+    decode, or one OpenCV INTER_AREA resize): twice the recipe's first whole-picture resize, so that
+    Pillow's resampler still antialiases the last factor of two. None when the recipe crops first (the
+    2018 recipe under 1600 px) or the picture is not at least twice that."""
     if spec.resize is Resize.CENTRE_SQUARE_THEN_CROP and max(width, height) <= LEGACY_MAX_SIDE:
         return None
-    return resize_sizes(width, height, spec)[0]
+    first = resize_sizes(width, height, spec)[0]
+    wanted = (FAST_MARGIN * first[0], FAST_MARGIN * first[1])
+    # Only where it halves the picture at least: a slight shrink costs about what it saves, and shifts.
+    return wanted if width >= 2 * wanted[0] and height >= 2 * wanted[1] else None
 
 
 def check_resize(width: int, height: int, spec: PreprocessSpec, max_pixels: int) -> None:
@@ -138,23 +143,8 @@ def resize_for(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
     return out if out.mode == "RGB" else out.convert("RGB")
 
 
-_CV2_MODES = {"RGB", "RGBA", "L"}  # what OpenCV resizes as plain uint8 channels
-
-
 def _resize(image: Image.Image, size: tuple[int, int], spec: PreprocessSpec) -> Image.Image:
-    """Pillow's resampler (the recipe's, bit for bit), or in fast mode OpenCV's: INTER_AREA when
-    shrinking (it averages like an antialiasing filter), INTER_LINEAR when enlarging."""
-    if spec.fidelity is Fidelity.EXACT or image.mode not in _CV2_MODES:
-        return image.resize(size, _FILTERS[spec.resample])
-    if size == image.size:
-        return image
-    import cv2
-
-    shrinking = size[0] * size[1] < image.width * image.height
-    pixels = cv2.resize(
-        np.asarray(image), size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    )
-    return Image.fromarray(pixels, image.mode)
+    return image.resize(size, _FILTERS[spec.resample])
 
 
 def to_tensor(image: Image.Image, spec: PreprocessSpec) -> NDArray[np.float32] | NDArray[np.float16]:
