@@ -25,6 +25,9 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0 = onnxruntime's default (one per core)
         options.inter_op_num_threads = 1
+        # Idle intra-op threads would spin for work: measured on the meter model with 2 threads, 5.1 ms
+        # of CPU per 1.6 ms inference spinning, 3.4 ms per 2.3 ms not. CPU is what an edge box lacks.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: ORT's own warnings would bypass our logging
         providers: list[Any] = []
         for name in plan.ort_providers:
