@@ -1,10 +1,10 @@
 """The Stations part: every trigger (HTTP, MQTT, direct method, OPC UA) -> one verdict per part.
 
     submit(trigger) -> the part's future (a repeat of a remembered part id gets the same one)
-        -> frames captured after the trigger, `frames` per camera, `min_interval_ms` apart
-           (FrameSlot.wait_newer: pushed by the capture thread, never polled; never an older frame)
-        -> each frame predicted as it arrives, by the model in service at the trigger (one model
-           per part), shared by parts waiting on the same frame
+        -> evidence.py: frames captured after the trigger, `frames` per camera, `min_interval_ms`
+           apart (FrameSlot.wait_newer: pushed by the capture thread, never polled; never an older
+           frame), each predicted as it arrives by the model in service at the trigger (one model per
+           part), shared by parts waiting on the same frame
         -> vote (vote.py) -> pass | fail; anything short of every frame -> no_verdict with a reason
         -> the future is settled (the caller answers at once), then the verdict's snapshots are
            written and it is published (durable outbox, sinks, history) in the background
@@ -21,26 +21,23 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Protocol, Self
+from typing import Self
 
 from edge_runtime import metrics
-from edge_runtime.domain import FULL_FRAME, BoundingBox, Frame, Roi
-from edge_runtime.engine import Predictor
+from edge_runtime.domain import BoundingBox, Frame
 from edge_runtime.events.ids import new_event_id
 from edge_runtime.events.snapshots import Drawing
-from edge_runtime.inference.service import RoiPredictions
 from edge_runtime.latest import Latest
 from edge_runtime.settings import Settings, StationSettings, TriggerSettings
-from edge_runtime.sources.frame_slot import FrameSlot
-from edge_runtime.sources.inspections import Inspection, Inspections, RoiResult
+from edge_runtime.sources.inspections import Inspections
 from edge_runtime.sources.sampler import Inference, Publisher
+from edge_runtime.stations.evidence import Cameras, Evidence, Progress
 from edge_runtime.stations.status import StationStatus
 from edge_runtime.stations.triggers import NotAccepting, UnknownStation
 from edge_runtime.stations.verdict import (
     Defect,
     FrameEvidence,
     NoVerdictReason,
-    RoiEvidence,
     Trigger,
     Verdict,
     VerdictKind,
@@ -49,15 +46,7 @@ from edge_runtime.stations.vote import defects_found
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 10.0  # for publishing the pending parts' shutdown verdicts
-MEMO_SIZE = 64  # frames whose predictions parts may share (a burst waits on the same few frames)
-
-
-class Cameras(Protocol):
-    """What a station needs of the Cameras part."""
-
-    def frame_slot(self, camera_id: str) -> FrameSlot: ...  # KeyError: not running
-
-    def rois(self, camera_id: str) -> tuple[Roi, ...]: ...
+SNAPSHOTS_SHARED = 64  # recent (frame, drawing) pairs whose snapshot parts share
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +57,6 @@ class StationsConfig:
     @classmethod
     def of(cls, settings: Settings) -> StationsConfig:
         return cls(tuple(s for s in settings.stations if s.enabled), settings.triggers)
-
-
-class _Progress:
-    """How far one part got, to say why it got no verdict."""
-
-    def __init__(self, cameras: tuple[str, ...]) -> None:
-        self.frames: dict[str, list[FrameEvidence]] = {c: [] for c in cameras}
-        self.arrived: dict[str, int] = {c: 0 for c in cameras}  # frames taken (predicted or not)
-        self.slot_frames_at_start: dict[str, int] = {}
-        self.model: Predictor | None = None
-        self.pictures: dict[str, Frame] = {}  # each camera's last inspected frame (the snapshot)
 
 
 class Stations:
@@ -93,16 +71,14 @@ class Stations:
         inspections: Inspections | None = None,
     ) -> None:
         self.config = config
-        self._inspections = inspections
+        self._evidence = Evidence(inference, cameras, inspections)
         self.statuses: Latest[str, StationStatus] = Latest()
         self._inference = inference
-        self._cameras = cameras
         self._delivery = delivery
         self._stations = {s.id: s for s in config.stations}
         self._recent: OrderedDict[tuple[str, str], asyncio.Future[Verdict]] = OrderedDict()
         self._pending: dict[str, set[asyncio.Task[None]]] = {}
         self._after: set[asyncio.Task[None]] = set()  # snapshots + publishing, after the answer
-        self._memo: OrderedDict[tuple[object, ...], asyncio.Future[RoiPredictions]] = OrderedDict()
         self._snapshot_ids: OrderedDict[tuple[object, ...], str] = OrderedDict()
         self._closing = False
 
@@ -169,7 +145,7 @@ class Stations:
         pending = self._pending.setdefault(station.id, set())
         if len(pending) >= station.max_pending:
             detail = f"{len(pending)} parts already in inspection (max_pending)"
-            busy = self._no_verdict(station, trigger, NoVerdictReason.BUSY, detail, _Progress(()))
+            busy = self._no_verdict(station, trigger, NoVerdictReason.BUSY, detail, Progress(()))
             self._settle(future, busy, {})
             return future
         task = asyncio.create_task(self._run(station, trigger, future), name=f"part-{station.id}")
@@ -205,13 +181,13 @@ class Stations:
 
     # ---- one part -----------------------------------------------------------------------------------
     async def _run(self, station: StationSettings, trigger: Trigger, future: asyncio.Future[Verdict]) -> None:
-        progress = _Progress(station.cameras)
+        progress = Progress(station.cameras)
         remaining = trigger.received_at + station.deadline_ms / 1000 - time.time()
         try:
             async with asyncio.timeout(max(0.0, remaining)):
                 verdict = await self._inspect(station, trigger, progress)
         except TimeoutError:
-            reason, detail = self._why_late(station, progress)
+            reason, detail = self._evidence.why_late(station, progress)
             verdict = self._no_verdict(station, trigger, reason, detail, progress)
         except asyncio.CancelledError:
             verdict = self._no_verdict(
@@ -223,123 +199,20 @@ class Stations:
             verdict = self._no_verdict(station, trigger, NoVerdictReason.INFERENCE_ERROR, detail, progress)
         self._settle(future, verdict, progress.pictures)
 
-    async def _inspect(self, station: StationSettings, trigger: Trigger, progress: _Progress) -> Verdict:
+    async def _inspect(self, station: StationSettings, trigger: Trigger, progress: Progress) -> Verdict:
         # No model yet (the runtime just started, triggers kept by the broker arrive at once): wait for
         # one within the deadline (no_verdict/model_not_ready past it).
         predictor = self._inference.serving or await self._inference.first_predictor()
         progress.model = predictor
-        slots = {}
-        for camera in station.cameras:
-            try:
-                slots[camera] = self._cameras.frame_slot(camera)
-            except KeyError:
-                detail = f"camera {camera} is not running"
-                return self._no_verdict(station, trigger, NoVerdictReason.CAMERA_STALLED, detail, progress)
-            progress.slot_frames_at_start[camera] = slots[camera].frames
-        await asyncio.gather(
-            *(self._camera(station, camera, slots[camera], trigger, predictor, progress) for camera in slots)
-        )
+        stopped = await self._evidence.gather(station, trigger, predictor, progress)
+        if stopped is not None:
+            detail = f"camera {stopped} is not running"
+            return self._no_verdict(station, trigger, NoVerdictReason.CAMERA_STALLED, detail, progress)
         frames = tuple(f for camera in station.cameras for f in progress.frames[camera])
         defects = defects_found(station.defects, frames)
         verdict = VerdictKind.FAIL if defects else VerdictKind.PASS
         detail = ", ".join(f"{d.tag} {d.probability:.2f} ({d.votes}/{d.needed})" for d in defects)
         return self._verdict(station, trigger, verdict, None, detail or "no defect", defects, progress)
-
-    async def _camera(
-        self,
-        station: StationSettings,
-        camera: str,
-        slot: FrameSlot,
-        trigger: Trigger,
-        predictor: Predictor,
-        progress: _Progress,
-    ) -> None:
-        rois = self._rois(station, camera)
-        interval = station.min_interval_ms / 1000
-        after, margin = trigger.after, station.clock_margin_ms / 1000
-        jobs = []
-        for _ in range(station.frames):
-            waiting = slot.wait_newer(after, margin)
-            try:
-                frame = await waiting
-            finally:
-                waiting.cancel()  # a timeout leaves no waiter behind
-            progress.arrived[camera] += 1
-            # The next frame: at least min_interval_ms later (a strictly newer one when 0).
-            after, margin = frame.captured_at + interval - (1e-6 if interval else 0.0), 0.0  # one clock now
-            jobs.append(asyncio.ensure_future(self._predicted(camera, frame, rois, predictor)))
-        results = await asyncio.gather(*jobs)
-        for seen, predictions in results:
-            progress.pictures[camera] = seen
-            progress.frames[camera].append(
-                FrameEvidence(
-                    camera,
-                    seen.captured_at,
-                    seen.sequence,
-                    tuple(RoiEvidence(roi.name, p) for roi, p in predictions),
-                )
-            )
-
-    async def _predicted(
-        self, camera: str, frame: Frame, rois: tuple[Roi, ...], predictor: Predictor
-    ) -> tuple[Frame, RoiPredictions]:
-        """Parts waiting on the same frame share its prediction (a burst of triggers costs one)."""
-        key = (camera, frame.sequence, frame.captured_at, predictor.spec.model_id, predictor.spec.sha1, rois)
-        shared = self._memo.get(key)
-        if shared is None:
-            shared = asyncio.ensure_future(self._inference.predict_rois(frame, rois, predictor))
-            self._memo[key] = shared
-            while len(self._memo) > MEMO_SIZE:
-                self._memo.popitem(last=False)
-            if self._inspections is not None:
-                shared.add_done_callback(lambda done: self._show_inspection(camera, frame, done, predictor))
-        return frame, await asyncio.shield(shared)
-
-    def _show_inspection(
-        self, camera: str, frame: Frame, done: asyncio.Future[RoiPredictions], predictor: Predictor
-    ) -> None:
-        """The operator page shows what a station's camera saw (a camera with `sample: false` has no
-        other inspection to show)."""
-        if self._inspections is None or done.cancelled() or done.exception() is not None:
-            return
-        self._inspections.put(
-            camera,
-            Inspection(
-                camera=camera,
-                sequence=self._inspections.next_sequence(),
-                frame=frame,
-                rois=tuple(RoiResult(roi, p) for roi, p in done.result()),
-                rules=(),
-                model_id=predictor.spec.model_id,
-            ),
-        )
-
-    def _rois(self, station: StationSettings, camera: str) -> tuple[Roi, ...]:
-        if station.rois:
-            return tuple(Roi(r.name, r.x, r.y, r.width, r.height) for r in station.rois)
-        return self._cameras.rois(camera) or (FULL_FRAME,)
-
-    def _why_late(self, station: StationSettings, progress: _Progress) -> tuple[NoVerdictReason, str]:
-        if progress.model is None:
-            return NoVerdictReason.MODEL_NOT_READY, f"no model in service within {station.deadline_ms:g} ms"
-        for camera in station.cameras:
-            if progress.arrived[camera] >= station.frames:
-                continue
-            got = f"{progress.arrived[camera]} of {station.frames} frames"
-            try:
-                slot = self._cameras.frame_slot(camera)
-            except KeyError:
-                return NoVerdictReason.CAMERA_STALLED, f"camera {camera} stopped ({got})"
-            if slot.frames > progress.slot_frames_at_start.get(camera, slot.frames):
-                return (
-                    NoVerdictReason.CAMERA_STALE,
-                    f"camera {camera} sent frames, but not captured after the trigger in time ({got})",
-                )
-            return (
-                NoVerdictReason.CAMERA_STALLED,
-                f"camera {camera} sent no frame in {station.deadline_ms:g} ms ({got})",
-            )
-        return NoVerdictReason.DEADLINE, f"inference did not finish within {station.deadline_ms:g} ms"
 
     # ---- verdicts -----------------------------------------------------------------------------------
     def _no_verdict(
@@ -348,7 +221,7 @@ class Stations:
         trigger: Trigger,
         reason: NoVerdictReason,
         detail: str,
-        progress: _Progress,
+        progress: Progress,
     ) -> Verdict:
         return self._verdict(station, trigger, VerdictKind.NO_VERDICT, reason, detail, (), progress)
 
@@ -360,7 +233,7 @@ class Stations:
         reason: NoVerdictReason | None,
         detail: str,
         defects: tuple[Defect, ...],
-        progress: _Progress,
+        progress: Progress,
     ) -> Verdict:
         frames = tuple(f for camera in station.cameras for f in progress.frames.get(camera, ()))
         spec = None if progress.model is None else progress.model.spec
@@ -410,7 +283,7 @@ class Stations:
                 if snapshot_id is None:
                     snapshot_id = self._snapshot_ids[key] = new_event_id()
                     to_save.append((snapshot_id, frame, drawing))
-                    while len(self._snapshot_ids) > MEMO_SIZE:
+                    while len(self._snapshot_ids) > SNAPSHOTS_SHARED:
                         self._snapshot_ids.popitem(last=False)
                 ids.append(snapshot_id)
             verdict = replace(verdict, snapshots=tuple(self._delivery.snapshots.url_for(i) for i in ids))
