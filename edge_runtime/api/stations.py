@@ -3,6 +3,7 @@ method, OPC UA's Inspect): all go through the Stations part.
 
     GET  /stations                          every station's counters and last verdict
     POST /stations/{station}/trigger        {"partId": "4711", "plcTime": ..., "metadata": {...}}
+                                            (or Content-Type text/plain: the bare part id)
                                             -> 200 the verdict, when it is ready (pass, fail or
                                                no_verdict: all three are answers)
                                             -> 202 + Location when asked with `Prefer: respond-async`
@@ -19,14 +20,15 @@ import asyncio
 import hmac
 import json
 import time
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
 from edge_runtime.api.admin import object_body
-from edge_runtime.api.body import expect_continue
+from edge_runtime.api.body import BodyLimits, expect_continue, received_body
 from edge_runtime.api.errors import ApiError
-from edge_runtime.app_keys import SETTINGS, STATIONS
+from edge_runtime.app_keys import BODIES, SETTINGS, STATIONS
 from edge_runtime.stations.service import Stations
 from edge_runtime.stations.triggers import BadTrigger, NotAccepting, UnknownStation, parse_trigger
 from edge_runtime.stations.verdict import Verdict
@@ -48,7 +50,7 @@ async def trigger(request: web.Request) -> web.Response:
     received_at = time.time()  # before the body: the part was at the station when the request came
     stations = _stations(request)
     station = request.match_info["station"]
-    body = await object_body(request, '{"partId": "..."}')
+    body = await _trigger_body(request)
     try:
         future = stations.submit(parse_trigger(station, body, "http", received_at))
     except UnknownStation as exc:
@@ -59,7 +61,7 @@ async def trigger(request: web.Request) -> web.Response:
         raise ApiError(503, "ShuttingDown", str(exc)) from None
     wait = "respond-async" not in request.headers.get("Prefer", "") and request.query.get("wait") != "false"
     if not wait and not future.done():
-        return _pending(station, body.get("partId", body.get("part_id")))
+        return _pending(station, _part_of(body))
     verdict = await asyncio.shield(future)  # the client may leave; the part is judged all the same
     return _json(200, verdict.to_dict())
 
@@ -76,6 +78,22 @@ async def part(request: web.Request) -> web.Response:
         return _pending(station, part_id)
     verdict: Verdict = future.result()
     return _json(200, verdict.to_dict())
+
+
+async def _trigger_body(request: web.Request) -> dict[str, Any] | str:
+    """A JSON object, or (Content-Type text/plain) the bare part id, as simple PLC clients send it."""
+    if request.content_type != "text/plain":
+        return await object_body(request, '{"partId": "..."}')
+    settings = request.app[SETTINGS].server
+    async with received_body(request, BodyLimits.of(settings), request.app[BODIES]) as raw:
+        try:
+            return raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ApiError(400, "BadTrigger", "a text/plain trigger is the part id in UTF-8") from None
+
+
+def _part_of(body: dict[str, Any] | str) -> object:
+    return body if isinstance(body, str) else body.get("partId", body.get("part_id"))
 
 
 def _stations(request: web.Request) -> Stations:

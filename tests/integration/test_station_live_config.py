@@ -79,3 +79,38 @@ def test_a_station_is_added_changed_refused_and_removed_live(tmp_path: Path, sta
     assert status == 200 and "station belt removed" in body["changes"], body
     status, body = trigger(url, "belt", "p4")
     assert status == 404 and body["code"] == "UnknownStation"
+
+
+def test_a_plain_text_trigger_is_the_bare_part_id(tmp_path: Path, start_server: Any) -> None:
+    settings = build_settings(
+        {
+            "model": {"device": "cpu"},
+            "cameras": [{**DEMO_CAMERA.model_dump(), "decode": "all", "sample": False, "rules": []}],
+            "stations": {"belt": {"cameras": [DEMO_CAMERA.id], "defects": [{"tag": "stain"}]}},
+            "events": {
+                "jsonl_path": tmp_path / "events.jsonl",
+                "snapshot_dir": None,
+                "outbox_path": tmp_path / "outbox.sqlite3",
+                "history_path": None,
+            },
+        }
+    )
+    server = start_server(build_demo_export(tmp_path / "model"), settings)
+
+    def send(body: bytes) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            f"{server.url}/stations/belt/trigger",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, verdict = send(b"  lot7-part-42\n")
+    assert status == 200 and verdict["part_id"] == "lot7-part-42" and verdict["source"] == "http"
+    assert send(b"\xff\xfe")[1]["code"] == "BadTrigger"
+    assert send(b"")[1]["code"] == "BadTrigger"
