@@ -17,7 +17,6 @@ past Python's digit limit) is a 400 {"code": "BadRequest", "message": ...}, neve
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
@@ -25,6 +24,7 @@ from aiohttp import web
 
 from edge_runtime.api.body import BodyLimits, expect_continue, parse_json, received_body
 from edge_runtime.api.errors import ApiError
+from edge_runtime.api.keys import bearer_matches
 from edge_runtime.app_keys import BODIES, CONTROLLER, SETTINGS
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.redact import masked_tree, scrub
@@ -45,13 +45,7 @@ def _authorise(request: web.Request) -> None:
     key = request.app[SETTINGS].server.admin_key
     if key is None:
         raise ApiError(403, "AdminDisabled", "the admin API is off: set server.admin_key to enable it")
-    header = request.headers.get("Authorization", "")
-    given = header.removeprefix("Bearer ").strip()
-    if (
-        not header.startswith("Bearer ")
-        or not given
-        or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.get_secret_value().encode())
-    ):
+    if not bearer_matches(request, key):
         raise ApiError(401, "Unauthorized", "missing or wrong 'Authorization: Bearer <admin key>' header")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -17,6 +16,7 @@ from edge_runtime.api.admin import register_admin_routes
 from edge_runtime.api.body import BodyLimits, expect_continue, image_from_body, parse_json, received_body
 from edge_runtime.api.client_errors import ClientErrorLog, quiet_aiohttp_server_log
 from edge_runtime.api.errors import ApiError, answer_for
+from edge_runtime.api.keys import key_matches
 from edge_runtime.api.schemas import CloudIds, ResponseIds, cloud_prediction_body, dumps, prediction_body
 from edge_runtime.api.urlfetch import fetch_image
 from edge_runtime.app_keys import BOARD, BODIES, CAMERAS, DELIVERY, INFERENCE, SETTINGS, URL_POLICY
@@ -146,9 +146,7 @@ def _check_key(request: web.Request) -> None:
     key = request.app[SETTINGS].server.prediction_key
     if key is None:
         return
-    given = request.headers.get("Prediction-Key", "")
-    # aiohttp keeps non-ASCII header bytes as surrogates: encode them back, never crash on them.
-    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.get_secret_value().encode()):
+    if not key_matches(request.headers.get("Prediction-Key", ""), key):
         raise errors.unauthorized()
 
 

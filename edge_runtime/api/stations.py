@@ -17,7 +17,6 @@ the same verdict (and the same 200/202) for as long as it is remembered (trigger
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from typing import Any
@@ -28,6 +27,7 @@ from aiohttp import web
 from edge_runtime.api.admin import object_body
 from edge_runtime.api.body import BodyLimits, expect_continue, received_body
 from edge_runtime.api.errors import ApiError
+from edge_runtime.api.keys import bearer_matches
 from edge_runtime.app_keys import BODIES, SETTINGS, STATIONS
 from edge_runtime.stations.service import Stations
 from edge_runtime.stations.triggers import BadTrigger, NotAccepting, UnknownStation, parse_trigger
@@ -98,15 +98,8 @@ def _part_of(body: dict[str, Any] | str) -> object:
 
 def _stations(request: web.Request) -> Stations:
     key = request.app[SETTINGS].triggers.key
-    if key is not None:
-        header = request.headers.get("Authorization", "")
-        given = header.removeprefix("Bearer ").strip().encode("utf-8", "surrogateescape")
-        if not header.startswith("Bearer ") or not hmac.compare_digest(
-            given, key.get_secret_value().encode()
-        ):
-            raise ApiError(
-                401, "Unauthorized", "missing or wrong 'Authorization: Bearer <trigger key>' header"
-            )
+    if key is not None and not bearer_matches(request, key):
+        raise ApiError(401, "Unauthorized", "missing or wrong 'Authorization: Bearer <trigger key>' header")
     stations = request.app.get(STATIONS)
     if stations is None:
         raise ApiError(503, "NotReady", "the runtime is starting")
