@@ -90,6 +90,20 @@ class Prepared:
     preprocess_seconds: float
 
 
+def batchable(spec: ModelSpec, backend: Backend) -> bool:
+    """Whether several inputs may run as one batch: an ONNX Runtime session whose input and every
+    output have a dynamic first dimension (fixed-batch, ZipMap and TFLite models run one by one)."""
+    from edge_runtime.backends.onnx import OnnxBackend
+
+    dynamic = [t.shape[:1] for t in (spec.inputs[:1] + spec.outputs)]
+    return (
+        isinstance(backend, OnnxBackend)
+        and spec.preprocess.batch == 1
+        and all(len(d) == 1 and not isinstance(d[0], int) for d in dynamic)
+        and all(not t.dtype.startswith("seq") for t in spec.outputs)
+    )
+
+
 def _one_of(outputs: Mapping[str, Any], n: int) -> dict[str, Any]:
     """Item n of a batch's outputs, each keeping its batch axis (as a batch of one)."""
     return {name: value[n : n + 1] for name, value in outputs.items()}
@@ -117,6 +131,7 @@ class Predictor:
         self.warmup_seconds = 0.0
         self.health = InferenceHealth()
         self.shape_failures: dict[str, str] = {}  # warm-up image size -> the error, for readiness
+        self.batchable = batchable(spec, backend)  # the micro-batcher asks on every input
 
     @classmethod
     def load(
@@ -184,21 +199,6 @@ class Predictor:
             shape = recipe.input_size if recipe.input_size else resize_sizes(*size, recipe)[-1]
             by_shape.setdefault(shape, size)
         return list(by_shape.values())
-
-    @property
-    def batchable(self) -> bool:
-        """Whether several inputs may run as one batch: an ONNX Runtime session whose input and every
-        output have a dynamic first dimension (fixed-batch, ZipMap and TFLite models run one by one)."""
-        from edge_runtime.backends.onnx import OnnxBackend
-
-        spec = self.spec
-        dynamic = [t.shape[:1] for t in (spec.inputs[:1] + spec.outputs)]
-        return (
-            isinstance(self.backend, OnnxBackend)
-            and spec.preprocess.batch == 1
-            and all(len(d) == 1 and not isinstance(d[0], int) for d in dynamic)
-            and all(not t.dtype.startswith("seq") for t in spec.outputs)
-        )
 
     def predict_bytes(self, data: bytes) -> PredictionResult:
         return self.infer([self.prepare_bytes(data)])[0]
