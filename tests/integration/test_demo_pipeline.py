@@ -266,6 +266,15 @@ def test_cli_serve_without_model_or_camera_runs_the_demo(tmp_path: Path) -> None
             assert status == 200 and body[:3] == b"\xff\xd8\xff"
             assert (temp / "edge-runtime-demo" / "model" / "model.onnx").is_file()
 
+            # The demo's station judges a part (README: the first trigger a new user sends).
+            trigger = urllib.request.Request(
+                f"http://127.0.0.1:{port}/stations/demo/trigger", data=b'{"partId": "p1"}', method="POST"
+            )
+            with urllib.request.urlopen(trigger, timeout=10) as response:
+                verdict = json.loads(response.read())
+            assert verdict["station"] == "demo" and verdict["part_id"] == "p1"
+            assert verdict["verdict"] in ("pass", "fail") and len(verdict["frames"]) == 2
+
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0, log_path.read_text()
         finally:
